@@ -1,0 +1,160 @@
+"""The ``vitprune`` command: parse arguments, call the library, print results. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import VitpruneError
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="a registered name (fmnist_vit_d12), a timm ViT name, or a saved model directory")
+    p.add_argument("--checkpoint", help="weights for a model given by name (.safetensors or a state_dict)")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "imagefolder", "synthetic"])
+    p.add_argument("--data-dir", help="dataset directory (default for fashion-mnist: the Debian package's)")
+    p.add_argument("--calib-size", type=int, help="images carved from train for scoring and search")
+    p.add_argument("--img-size", type=int, default=224, help="image size for imagefolder data")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/calibration carve")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+
+
+def _setup(args) -> str:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return args.device
+
+
+def _splits(args):
+    from .data import load_splits
+
+    return load_splits(args.data, args.data_dir, calib_size=args.calib_size,
+                       img_size=args.img_size, seed=args.split_seed)
+
+
+def _overrides(splits) -> dict:
+    """Constructor overrides that make a timm model fit the data (classes, channels, size)."""
+    return {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
+
+
+def cmd_train(args) -> dict:
+    from .io import resolve_model, save
+    from .models import SMALL_CONFIGS
+    from .train import TrainConfig, evaluate, fit
+    from .data import make_loader
+
+    device = _setup(args)
+    splits = _splits(args)
+    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
+    model, arch, plan = resolve_model(args.model, args.checkpoint, **over)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, seed=args.seed,
+                      augment=not args.no_augment, max_steps_per_epoch=args.max_steps_per_epoch)
+    torch.manual_seed(args.seed)
+    if args.checkpoint is None and not Path(args.model).is_dir() and not args.resume:
+        model = _fresh(arch, args.seed)
+    t0 = time.perf_counter()
+    history = fit(model, splits, cfg, args.out, resume=args.resume, device=device,
+                  progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    test = evaluate(model, make_loader(splits.test, 256), device)
+    meta = {"trained": {"command": "vitprune " + shlex.join(sys.argv[1:]), "seed": args.seed,
+                        "epochs": args.epochs, "data": splits.name, "test_top1": test["top1"],
+                        "test_loss": test["loss"], "wall_seconds_this_run": round(wall, 1),
+                        "threads": torch.get_num_threads(), "history": history}}
+    save(args.out, model, arch, plan=plan, meta=meta)
+    return {"out": str(args.out), "test_top1": test["top1"], "test_loss": test["loss"],
+            "epochs": len(history), "wall_seconds": round(wall, 1)}
+
+
+def _fresh(arch, seed: int):
+    from .models import build_model
+
+    torch.manual_seed(seed)  # the initial weights are a function of the seed
+    return build_model(arch)
+
+
+def cmd_eval(args) -> dict:
+    from .adapters import vit_shape
+    from .cost import macs
+    from .data import make_loader
+    from .io import resolve_model
+    from .models import SMALL_CONFIGS
+    from .train import evaluate
+
+    device = _setup(args)
+    splits = _splits(args)
+    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
+    model, _, _ = resolve_model(args.model, args.checkpoint, device=device, **over)
+    res = evaluate(model, make_loader(splits.test, args.batch_size), device)
+    cost = macs(vit_shape(model))
+    return {"model": args.model, "data": splits.name, "split": "test", "top1": res["top1"],
+            "loss": res["loss"], "images": res["n"], "gmacs": cost.total / 1e9,
+            "gmacs_blocks_only": cost.blocks / 1e9,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "macs_convention": "multiply-accumulates per image, patch embedding and classifier included"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vitprune", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train a baseline ViT")
+    _add_model(p), _add_data(p), _add_common(p)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no random shifts / flips")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test top-1, loss, MACs and parameters of a model")
+    _add_model(p), _add_data(p), _add_common(p)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_eval)
+    return ap
+
+
+def _print(res: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        for k, v in res.items():
+            print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        res = args.func(args)
+    except VitpruneError as exc:
+        print(f"vitprune: error: {exc}", file=sys.stderr)
+        return 2
+    _print(res, getattr(args, "json", False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Analytic compute cost of a (pruned) ViT, from its shape alone.
+
+Counts multiply-accumulates (MACs), the ViT papers' "FLOPs" convention (fvcore's): DeiT-T 1.3G,
+DeiT-S 4.6G, DeiT-B 17.6G at 224x224, *including* the patch embedding and the classifier.
+Norms, biases, GELU and softmax are left out, as in those papers.
+
+Per block with ``h`` heads of width ``d``, MLP width ``D``, model width ``C``, ``N_in`` tokens
+entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects tokens):
+
+    attention = 4 * N_in * C * (h*d) + 2 * N_in**2 * (h*d)
+    mlp       = 2 * N_out * C * D
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """One transformer block.
+
+    Attributes:
+        heads: attention heads kept.
+        head_dim: width of one head.
+        mlp_hidden: MLP hidden units kept.
+        keep_patches: patch tokens kept by a token-selection stage after this block's attention
+            (``None``: no selection in this block).
+        fuse: whether the dropped tokens are fused into one extra token.
+    """
+
+    heads: int
+    head_dim: int
+    mlp_hidden: int
+    keep_patches: int | None = None
+    fuse: bool = True
+
+
+@dataclass(frozen=True)
+class VitShape:
+    """A whole ViT: embedding, blocks and classifier(s)."""
+
+    embed_dim: int
+    num_patches: int
+    num_prefix: int
+    patch_macs: int  # MACs to embed one patch: in_chans * patch_h * patch_w
+    num_classes: int
+    num_heads_out: int  # classifier heads: 1, or 2 for distilled DeiT
+    blocks: tuple[BlockShape, ...]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs of a forward pass of one image, split by part."""
+
+    patch_embed: int
+    attention: int
+    mlp: int
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.patch_embed + self.attention + self.mlp + self.head
+
+    @property
+    def blocks(self) -> int:
+        """The authors' convention: attention and MLP only (no patch embedding, no classifier)."""
+        return self.attention + self.mlp
+
+
+def token_counts(shape: VitShape) -> list[tuple[int, int]]:
+    """(tokens entering, tokens leaving) for each block, prefix tokens included."""
+    out, patches = [], shape.num_patches
+    for b in shape.blocks:
+        n_in = shape.num_prefix + patches
+        if b.keep_patches is not None and b.keep_patches < patches:
+            patches = b.keep_patches + (1 if b.fuse else 0)
+        out.append((n_in, shape.num_prefix + patches))
+    return out
+
+
+def macs(shape: VitShape) -> Cost:
+    """MACs of one image's forward pass through ``shape``."""
+    C = shape.embed_dim
+    attn = mlp = 0
+    for b, (n_in, n_out) in zip(shape.blocks, token_counts(shape)):
+        a = b.heads * b.head_dim
+        attn += 4 * n_in * C * a + 2 * n_in * n_in * a
+        mlp += 2 * n_out * C * b.mlp_hidden
+    return Cost(
+        patch_embed=shape.num_patches * shape.patch_macs * C,
+        attention=attn,
+        mlp=mlp,
+        head=shape.num_heads_out * C * shape.num_classes,
+    )

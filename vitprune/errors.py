@@ -1,0 +1,28 @@
+"""One exception family for everything vitprune reports to a user.
+
+Every message says what was wrong and what to do about it.
+"""
+
+
+class VitpruneError(Exception):
+    """Base class of all errors raised on purpose by vitprune."""
+
+
+class DataError(VitpruneError):
+    """A dataset is missing, corrupt or not in a supported layout."""
+
+
+class ModelError(VitpruneError):
+    """A model name, architecture or checkpoint is unknown, unsupported or mismatched."""
+
+
+class PlanError(VitpruneError):
+    """A prune plan is malformed or does not fit the model it is applied to."""
+
+
+class BudgetError(VitpruneError):
+    """No architecture in the search space meets the requested compute budget."""
+
+
+class OutputError(VitpruneError):
+    """An output directory holds files of another run, or cannot be written."""

@@ -1,0 +1,103 @@
+"""A model directory: ``model.safetensors`` + ``model.json`` (architecture, plan, metadata).
+
+``model.json`` records the SHA-256 of the weights file, so a directory whose weights were
+replaced or damaged is refused with a clear message instead of loading the wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .. import fsutil
+from ..errors import ModelError
+from ..models import ArchSpec, build_model, load_weights, read_state_dict
+
+FORMAT = "vitprune.model"
+VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "model.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *, plan: dict | None = None,
+         meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to directory ``out`` (weights first, then the JSON that vouches for them)."""
+    out = Path(out)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fsutil.atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p)))
+    fsutil.write_json(out / CONFIG, {
+        "format": FORMAT, "version": VERSION, "arch": arch.to_dict(), "plan": plan,
+        "weights": {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS)}, "meta": meta or {},
+    })
+    return out
+
+
+def read_config(d: str | Path) -> dict[str, Any]:
+    """The parsed, checked ``model.json`` of a model directory."""
+    d = Path(d)
+    cfg_path = d / CONFIG
+    if not cfg_path.is_file():
+        raise ModelError(f"{d} is not a vitprune model directory: {CONFIG} is missing")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{cfg_path} is not valid JSON ({exc}); the directory is damaged") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ModelError(f"{cfg_path} is not a vitprune model record (format != {FORMAT!r})")
+    if cfg.get("version", 0) > VERSION:
+        raise ModelError(f"{cfg_path} has format version {cfg['version']}; upgrade vitprune to read it")
+    return cfg
+
+
+def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild exactly the model saved in directory ``d`` (dense or pruned) in eval mode."""
+    d = Path(d)
+    cfg = read_config(d)
+    weights = d / cfg.get("weights", {}).get("file", WEIGHTS)
+    if not weights.is_file():
+        raise ModelError(f"{d}: weights file {weights.name} is missing; re-save the model")
+    expected = cfg.get("weights", {}).get("sha256")
+    if expected and _sha256(weights) != expected:
+        raise ModelError(
+            f"{weights} does not match {CONFIG} (checksum differs): the weights were replaced or "
+            "damaged. Re-save the model, or restore the original file."
+        )
+    model = build_model(ArchSpec.from_dict(cfg["arch"]))
+    if cfg.get("plan") is not None:
+        from .. import surgery  # noqa: PLC0415  (pruned models: rebuild the smaller structure)
+
+        model = surgery.restructure(model, cfg["plan"])
+    load_weights(model, read_state_dict(weights), str(weights))
+    return model.to(device).eval()
+
+
+def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device: str = "cpu",
+                  **overrides: Any) -> tuple[torch.nn.Module, ArchSpec, dict | None]:
+    """A model from a saved directory or a name (random weights, or ``checkpoint``'s).
+
+    Returns:
+        (model in eval mode, its base architecture, its plan or None).
+    """
+    path = Path(name_or_dir)
+    if path.is_dir():
+        if checkpoint is not None:
+            raise ModelError(f"{path} is a saved model directory; do not pass --checkpoint with it")
+        cfg = read_config(path)
+        return load(path, device), ArchSpec.from_dict(cfg["arch"]), cfg.get("plan")
+    arch = ArchSpec(name_or_dir, overrides)
+    model = build_model(arch)
+    if checkpoint is not None:
+        load_weights(model, read_state_dict(checkpoint), str(checkpoint))
+    return model.to(device).eval(), arch, None

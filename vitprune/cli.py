@@ -74,7 +74,7 @@ def cmd_train(args) -> dict:
                   progress=not args.quiet)
     wall = time.perf_counter() - t0
     test = evaluate(model, make_loader(splits.test, 256), device)
-    meta = {"trained": {"command": "vitprune " + shlex.join(sys.argv[1:]), "seed": args.seed,
+    meta = {"trained": {"command": "vitprune " + shlex.join(args.argv), "seed": args.seed,
                         "epochs": args.epochs, "data": splits.name, "test_top1": test["top1"],
                         "test_loss": test["loss"], "wall_seconds_this_run": round(wall, 1),
                         "threads": torch.get_num_threads(), "history": history}}
@@ -146,7 +146,9 @@ def _print(res: dict, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         res = args.func(args)
     except VitpruneError as exc:

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from vitprune import fsutil
+from vitprune.errors import ModelError
+from vitprune.io import load, resolve_model, save
+from vitprune.models import ArchSpec
+
+
+def test_save_load_reproduces_logits(tmp_path, tiny_vit):
+    save(tmp_path / "m", tiny_vit, ArchSpec("fmnist_vit_tiny"), meta={"note": "x"})
+    again = load(tmp_path / "m")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(again(x), tiny_vit(x))
+    model, arch, plan = resolve_model(str(tmp_path / "m"))
+    assert arch.name == "fmnist_vit_tiny" and plan is None
+    assert torch.equal(model(x), tiny_vit(x))
+
+
+def test_replaced_weights_are_detected(tmp_path, tiny_vit):
+    save(tmp_path / "a", tiny_vit, ArchSpec("fmnist_vit_tiny"))
+    torch.manual_seed(9)
+    other = type(tiny_vit)(**{**tiny_vit_kwargs()})
+    save(tmp_path / "b", other, ArchSpec("fmnist_vit_tiny"))
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="checksum"):
+        load(tmp_path / "a")
+
+
+def tiny_vit_kwargs():
+    from vitprune.models import SMALL_CONFIGS
+
+    return SMALL_CONFIGS["fmnist_vit_tiny"]
+
+
+def test_missing_weights_or_bad_json_are_explained(tmp_path, tiny_vit):
+    save(tmp_path / "m", tiny_vit, ArchSpec("fmnist_vit_tiny"))
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load(tmp_path / "m")
+    with pytest.raises(ModelError, match="not a vitprune model directory"):
+        load(tmp_path)
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    fsutil.write_json(tmp_path / "a.json", {"v": 1})
+
+    def boom(p):
+        p.write_text("half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        fsutil.atomic_write(tmp_path / "a.json", boom)
+    with pytest.raises(RuntimeError):
+        fsutil.atomic_write(tmp_path / "new.json", boom)
+    assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -1,0 +1,66 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vitprune.errors import ModelError
+from vitprune.models import ArchSpec, build_model, load_weights, read_state_dict
+
+
+def test_registered_and_timm_names_build_vits():
+    m = build_model("fmnist_vit_d12")
+    assert len(m.blocks) == 12 and m.patch_embed.num_patches == 49
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    d = build_model("deit_tiny_patch16_224", num_classes=7, img_size=32, patch_size=16)
+    assert d.num_classes == 7 and d.blocks[0].attn.num_heads == 3
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ModelError) as err:
+        build_model("deit_smal_patch16_224")
+    assert "deit_small_patch16_224" in str(err.value)
+
+
+def test_non_vit_timm_model_is_refused():
+    with pytest.raises(ModelError, match="not a timm VisionTransformer"):
+        build_model("resnet18")
+
+
+def test_arch_spec_round_trip():
+    spec = ArchSpec("deit_tiny_patch16_224", {"num_classes": 10})
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ModelError):
+        ArchSpec.from_dict({"kwargs": {}})
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "train-ckpt"])
+def test_checkpoint_formats_load(tmp_path, tiny_vit, fmt):
+    sd = tiny_vit.state_dict()
+    f = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pt")
+    if fmt == "safetensors":
+        save_file(sd, str(f))
+    else:
+        torch.save({"model": sd, "epoch": 3} if fmt == "train-ckpt" else sd, f)
+    torch.manual_seed(1)
+    other = build_model("fmnist_vit_tiny").eval()
+    load_weights(other, read_state_dict(f), str(f))
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(other(x), tiny_vit(x))
+
+
+def test_checkpoint_from_another_architecture_is_explained(tmp_path, tiny_vit):
+    f = tmp_path / "w.safetensors"
+    save_file(tiny_vit.state_dict(), str(f))
+    big = build_model("fmnist_vit_d12")
+    with pytest.raises(ModelError) as err:
+        load_weights(big, read_state_dict(f), str(f))
+    msg = str(err.value)
+    assert "does not match" in msg and "missing" in msg and "other shapes" in msg
+
+
+def test_corrupt_checkpoint_is_explained(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelError, match="corrupt"):
+        read_state_dict(f)
+    with pytest.raises(ModelError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pt")

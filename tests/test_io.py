@@ -60,3 +60,13 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         fsutil.atomic_write(tmp_path / "new.json", boom)
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    # written files get the ordinary permissions (umask), not mkstemp's private 0600
+    assert (tmp_path / "a.json").stat().st_mode & 0o044 == 0o644 & 0o044 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -11,8 +11,8 @@ LAYER = {
     "errors": 0, "fsutil": 0, "cost": 0, "plan": 1,
     "models": 2, "adapters": 3,
     "scoring": 4, "surgery": 4, "search": 4, "data": 4,
-    "train": 5, "io": 5,
-    "pipeline": 6, "demo": 7, "cli": 7, "__main__": 8, "__init__": 8,
+    "train": 5, "io": 5, "speed": 5,
+    "pipeline": 6, "cli": 7, "demo": 8, "__main__": 9, "__init__": 9,
 }
 # search is pure decision-making: it may import only plan/cost/errors, never a model
 SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "search"}

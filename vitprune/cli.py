@@ -111,6 +111,81 @@ def cmd_eval(args) -> dict:
             "macs_convention": "multiply-accumulates per image, patch embedding and classifier included"}
 
 
+def _model_and_plan(args, device: str = "cpu"):
+    """The model named by --model (+ --checkpoint, --img-size overrides) and the --plan, if any."""
+    from .io import resolve_model
+    from .plan import PrunePlan
+
+    over = {}
+    if getattr(args, "img_size", None) and not Path(args.model).is_dir():
+        over["img_size"] = args.img_size
+    model, arch, saved_plan = resolve_model(args.model, args.checkpoint, device=device, **over)
+    plan = PrunePlan.load(args.plan) if getattr(args, "plan", None) else None
+    return model, arch, saved_plan, plan
+
+
+def cmd_prune(args) -> dict:
+    from .adapters import vit_shape
+    from .cost import macs
+    from .io import save
+    from .surgery import prune
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        from .errors import OutputError
+
+        raise OutputError(f"{out} is not empty; choose another --out or pass --overwrite")
+    model, arch, saved_plan, plan = _model_and_plan(args)
+    if saved_plan is not None:
+        from .errors import PlanError
+
+        raise PlanError(f"{args.model} is already pruned; prune its dense base model instead")
+    plan.validate(vit_shape(model))
+    pruned = prune(model, plan)
+    save(out, pruned, arch, plan=plan.to_dict(), meta={"pruned_from": args.model,
+                                                       "checkpoint": args.checkpoint})
+    dense, small = macs(vit_shape(model)).total, macs(vit_shape(pruned)).total
+    return {"out": str(out), "gmacs_dense": dense / 1e9, "gmacs_pruned": small / 1e9,
+            "macs_kept": small / dense,
+            "params_m_pruned": sum(p.numel() for p in pruned.parameters()) / 1e6}
+
+
+def cmd_cost(args) -> dict:
+    from .adapters import vit_shape
+    from .cost import macs, params
+    from .plan import planned_shape
+
+    model, _, _, plan = _model_and_plan(args)
+    shape = vit_shape(model)
+    if plan is not None:
+        plan.validate(shape)
+        shape = planned_shape(shape, plan)
+    c = macs(shape)
+    return {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
+            "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
+            "gmacs_mlp": c.mlp / 1e9, "params_m": params(shape) / 1e6,
+            "macs_convention": "multiply-accumulates per image, patch embedding and classifier included"}
+
+
+def cmd_bench(args) -> dict:
+    from .adapters import vit_shape
+    from .cost import macs
+    from .speed import measure
+    from .surgery import prune
+
+    device = _setup(args)
+    model, _, _, plan = _model_and_plan(args)
+    if plan is not None:
+        plan.validate(vit_shape(model))
+        model = prune(model, plan)
+    pe = model.patch_embed
+    shape = (pe.proj.in_channels, *pe.img_size)
+    res = measure(model, shape, args.batch, warmup=args.warmup, repeats=args.repeats,
+                  threads=args.threads or torch.get_num_threads(), device=device)
+    return {"model": args.model, "plan": args.plan, "device": device,
+            "gmacs": macs(vit_shape(model)).total / 1e9, **res}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vitprune", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -134,6 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prune", help="apply a plan: write a physically smaller model directory")
+    _add_model(p)
+    p.add_argument("--plan", required=True, help="plan JSON (kept heads/neurons per block, token stages)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("cost", help="MACs and parameters of a model, or of a plan applied to it")
+    _add_model(p)
+    p.add_argument("--plan")
+    p.add_argument("--img-size", type=int, help="input size for a model given by name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("bench", help="measured latency and throughput (warm-up, median of repeats)")
+    _add_model(p), _add_common(p)
+    p.add_argument("--plan")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return ap
 
 

@@ -93,3 +93,29 @@ def macs(shape: VitShape) -> Cost:
         mlp=mlp,
         head=shape.num_heads_out * C * shape.num_classes,
     )
+
+
+def params(shape: VitShape) -> int:
+    """Number of parameters of a timm ViT of ``shape``.
+
+    Exact for timm's ``VisionTransformer`` as DeiT and the original ViTs build it, dense or
+    pruned: patch embedding with bias, class/distillation/register tokens, a position embedding
+    that covers the prefix tokens too, ``qkv_bias=True``, a final LayerNorm (``norm`` or
+    ``fc_norm``) and one or two linear classifiers. Not counted (a model with them has more):
+    layer scale (``init_values``), q/k norms (``qk_norm``), attention pooling
+    (``global_pool='map'``), a pre-norm. A model with ``no_embed_class=True`` (e.g.
+    ``vit_base_patch16_reg4_gap_256``) has ``num_prefix * embed_dim`` fewer (no position
+    embedding for prefix tokens), one with ``qkv_bias=False`` ``3 * h * d`` fewer per block.
+    Token selection adds no parameters.
+    """
+    C = shape.embed_dim
+    tokens = shape.num_patches + shape.num_prefix
+    embed = shape.patch_macs * C + C + shape.num_prefix * C + tokens * C  # conv, prefix, pos
+    blocks = 0
+    for b in shape.blocks:
+        a, D = b.heads * b.head_dim, b.mlp_hidden
+        blocks += 4 * C  # norm1, norm2 (weight + bias)
+        blocks += C * 3 * a + 3 * a + a * C + C  # qkv (with bias), proj
+        blocks += C * D + D + D * C + C  # fc1, fc2
+    head = 2 * C + shape.num_heads_out * (C * shape.num_classes + shape.num_classes)
+    return embed + blocks + head

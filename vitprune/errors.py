@@ -26,3 +26,14 @@ class BudgetError(VitpruneError):
 
 class OutputError(VitpruneError):
     """An output directory holds files of another run, or cannot be written."""
+
+
+class ScoringError(VitpruneError):
+    """Bad scoring input or option: too few samples, unknown kernel, mismatched shapes."""
+
+
+class SearchError(VitpruneError, ValueError):
+    """A search setting is invalid, or a trials file does not belong to this search.
+
+    Also a ``ValueError``, so callers that validate arguments generically still catch it.
+    """

@@ -16,6 +16,15 @@ from typing import Any, Callable, Iterator
 import torch
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def _atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
@@ -27,6 +36,7 @@ def _atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _MODE)  # mkstemp makes 0600 files; outputs are ordinary files
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,92 @@
+"""The analytic cost model against published numbers, parameter counts and a measured count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitprune import cost
+from vitprune.adapters import vit_shape
+from vitprune.models import build_model
+from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
+from vitprune.surgery import prune
+
+
+def _meta(name: str, **kw) -> torch.nn.Module:
+    """The model's structure without allocating or initialising weights."""
+    with torch.device("meta"):
+        return build_model(name, **kw)
+
+
+@pytest.mark.parametrize("name,gmacs", [
+    ("deit_tiny_patch16_224", 1.3),
+    ("deit_small_patch16_224", 4.6),
+    ("deit_base_patch16_224", 17.6),
+])
+def test_dense_deit_macs_match_the_papers(name, gmacs):
+    assert round(cost.macs(vit_shape(_meta(name))).total / 1e9, 1) == gmacs
+
+
+def test_authors_convention_leaves_out_embedding_and_classifier():
+    c = cost.macs(vit_shape(_meta("deit_small_patch16_224")))
+    assert round(c.blocks / 1e9, 2) == 4.54  # the number the authors' counter prints
+    assert c.total == c.blocks + c.patch_embed + c.head
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("deit_tiny_patch16_224", {}), ("deit_small_patch16_224", {}), ("deit_base_patch16_224", {}),
+    ("deit_tiny_distilled_patch16_224", {}), ("deit_tiny_patch16_224", {"reg_tokens": 4}),
+    ("deit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}),
+    ("fmnist_vit_d12", {}),
+])
+def test_params_are_exact_for_deit_style_vits(name, kw):
+    model = _meta(name, **kw)
+    assert cost.params(vit_shape(model)) == sum(p.numel() for p in model.parameters())
+
+
+def test_params_are_exact_after_pruning():
+    torch.manual_seed(0)
+    model = build_model("deit_tiny_patch16_224", img_size=64)
+    plan = _plan(vit_shape(model), stages=(3,))
+    pruned = prune(model, plan)
+    n = sum(p.numel() for p in pruned.parameters())
+    assert cost.params(planned_shape(vit_shape(model), plan)) == n
+    assert n < sum(p.numel() for p in model.parameters())
+
+
+def _plan(shape: cost.VitShape, stages: tuple[int, ...] = ()) -> PrunePlan:
+    """Keep heads 0..h-2 and every other neuron of each block; stages keep 60% of the tokens."""
+    blocks = tuple(
+        BlockPlan(tuple(range(max(1, b.heads - 1 - i % 2))), tuple(range(0, b.mlp_hidden, 2)))
+        for i, b in enumerate(shape.blocks)
+    )
+    return PrunePlan(blocks, tuple(TokenStage(s, 0.6) for s in stages))
+
+
+def _measured_macs(model: torch.nn.Module, img: int) -> int:
+    """MACs of one image counted by torch (2 FLOPs per MAC), unfused attention so it sees it."""
+    for b in model.blocks:
+        b.attn.fused_attn = False  # FlopCounterMode does not see CPU SDPA
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.randn(1, 3, img, img))
+    return counter.get_total_flops() // 2
+
+
+def test_analytic_macs_match_measured_for_dense_deit_small():
+    torch.manual_seed(0)
+    model = build_model("deit_small_patch16_224")
+    analytic = cost.macs(vit_shape(model)).total
+    assert abs(_measured_macs(model, 224) - analytic) / analytic < 0.01
+
+
+def test_analytic_macs_match_measured_for_a_pruned_plan_with_token_stages():
+    torch.manual_seed(0)
+    model = build_model("deit_small_patch16_224")
+    plan = _plan(vit_shape(model), stages=(3, 6, 9))
+    analytic = cost.macs(planned_shape(vit_shape(model), plan)).total
+    measured = _measured_macs(prune(model, plan), 224)
+    assert abs(measured - analytic) / analytic < 0.01
+    # the cut is large enough that a cost model ignoring tokens (or heads) would be off by >1%
+    assert analytic < 0.6 * cost.macs(vit_shape(model)).total

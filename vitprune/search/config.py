@@ -1,0 +1,129 @@
+"""Frozen, self-validating settings of a policy search: the compute budget and the loop's knobs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from ..errors import SearchError  # noqa: F401  (re-exported)
+
+METHODS = ("gp-ei", "random", "uniform")
+Method = Literal["gp-ei", "random", "uniform"]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SearchError(message)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute the pruned model may use.
+
+    A candidate is feasible when the MACs of its integer architecture lie in the band
+    ``[(1 - tolerance) * target, target]``: at most the target, and not wastefully far below it.
+
+    Attributes:
+        value: the target: a fraction of the dense model's MACs (``0.6`` keeps 60%) when
+            ``unit="fraction"``, or GMACs per image (1e9 multiply-accumulates) when
+            ``unit="gmacs"``.
+        unit: ``"fraction"`` or ``"gmacs"``.
+        tolerance: width of the band below the target, as a fraction of the target (the
+            method's authors use 0.02).
+    """
+
+    value: float
+    unit: Literal["fraction", "gmacs"] = "fraction"
+    tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.value, (int, float)) and not isinstance(self.value, bool)
+               and math.isfinite(self.value) and self.value > 0,
+               f"budget must be a positive number, got {self.value!r}; e.g. 0.6 keeps 60% of the "
+               "dense MACs")
+        _check(self.unit in ("fraction", "gmacs"),
+               f"budget unit must be 'fraction' or 'gmacs', got {self.unit!r}")
+        _check(isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0,
+               f"budget tolerance must be in [0, 1), got {self.tolerance!r}; 0.02 accepts "
+               "candidates down to 2% below the target")
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "tolerance", float(self.tolerance))
+
+    def target_macs(self, dense_macs: int) -> float:
+        """The target in MACs per image, given the dense model's MACs."""
+        return self.value * dense_macs if self.unit == "fraction" else self.value * 1e9
+
+    def describe(self) -> str:
+        """The target as a person reads it, e.g. ``"60% of the dense MACs"``."""
+        if self.unit == "fraction":
+            return f"{self.value:.1%} of the dense MACs"
+        return f"{self.value:.4g} GMACs"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides which candidates a search proposes.
+
+    Attributes:
+        method: ``"gp-ei"`` (Gaussian process + expected improvement after ``n_init`` random
+            feasible trials), ``"random"`` (random feasible trials only) or ``"uniform"`` (the one
+            uniform ratio that meets the budget: a single evaluation whatever ``n_trials`` says).
+        n_trials: evaluations in all, the initial population included.
+        n_init: random feasible trials before the first GP proposal (``gp-ei`` only; the other
+            methods ignore it).
+        seed: trial ``i`` draws its randomness from ``(seed, i)`` alone, so a resumed search
+            proposes what an uninterrupted one would.
+        n_candidates: fresh random feasible candidates scored by the acquisition per GP step.
+        n_local: extra candidates per GP step made by perturbing the best trials so far.
+        n_best_local: how many of the best trials are perturbed.
+        local_scale: standard deviation of a perturbation, as a fraction of each ratio's range.
+        gp_restarts: extra random restarts of the GP's hyper-parameter optimiser.
+    """
+
+    method: Method = "gp-ei"
+    n_trials: int = 100
+    n_init: int = 30
+    seed: int = 0
+    n_candidates: int = 2000
+    n_local: int = 500
+    n_best_local: int = 5
+    local_scale: float = 0.1
+    gp_restarts: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"search method must be one of {METHODS}, got "
+               f"{self.method!r}")
+        for name in ("n_trials", "n_init", "seed", "n_candidates", "n_local", "n_best_local",
+                     "gp_restarts"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+        _check(self.n_trials >= 1, "n_trials must be at least 1")
+        _check(self.n_candidates >= 1, "n_candidates must be at least 1")
+        if self.method == "gp-ei":
+            _check(self.n_init <= self.n_trials,
+                   f"n_init ({self.n_init}) exceeds n_trials ({self.n_trials}): the initial "
+                   "population is part of the trials; lower n_init or raise n_trials")
+            # a GP fitted to fewer than two points has nothing to say about length scales
+            _check(self.n_init >= 2, f"gp-ei needs n_init >= 2 random trials before the first "
+                   f"GP proposal, got {self.n_init}")
+        _check(self.n_local == 0 or self.n_best_local >= 1,
+               "n_local > 0 perturbs the best trials: n_best_local must be at least 1")
+        _check(isinstance(self.local_scale, (int, float)) and 0 < self.local_scale <= 1,
+               f"local_scale must be in (0, 1], got {self.local_scale!r}")
+
+    def proposal_settings(self) -> dict:
+        """The settings that decide which points are proposed (``n_trials`` only says how many):
+        a trials file may be resumed, or extended, by any search with the same ones."""
+        if self.method != "gp-ei":
+            return {"method": self.method, "seed": self.seed}
+        return {k: v for k, v in asdict(self).items() if k != "n_trials"}
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations the search makes: ``n_trials``, or one for ``uniform``."""
+        return 1 if self.method == "uniform" else self.n_trials

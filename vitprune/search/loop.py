@@ -1,0 +1,223 @@
+"""The search loop: propose a feasible policy, evaluate it, record it, repeat.
+
+Trial ``i`` takes its randomness from ``(seed, i)`` alone and its data from the trials before it,
+which the trials file holds exactly (JSON floats round-trip), so a search resumed from its trials
+file proposes what the uninterrupted search would have: a killed run loses at most the
+evaluation in flight.
+
+Multi-process evaluation (torchrun) fits behind the objective: run the same search on every rank
+with the same seed and let the objective split the calibration batch across ranks and all-reduce
+the accuracy, so every rank sees the same value and proposes the same next point; only rank 0
+passes ``trials_path`` / ``out_dir`` (the others pass ``None`` and write nothing). Where GP fits
+might differ across ranks' hardware, rank 0 alone can run the search instead, with an objective
+that broadcasts each plan to worker ranks waiting in an evaluation loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..errors import OutputError
+from ..plan import PrunePlan
+from .acquisition import log_expected_improvement
+from .config import Budget, SearchConfig, SearchError
+from .sampler import Band, FeasibleSampler, resolve_band
+from .space import Ratios, SearchSpace, plan_macs
+from .surrogate import GPSurrogate, Surrogate
+from .trials import Trial, append_trial, fingerprint, read_trials
+
+
+class Objective(Protocol):
+    """What a search maximises: e.g. calibration top-1 of the dense weights pruned by ``plan``.
+
+    Called with the integer plan (components chosen by the space's rankings) and the continuous
+    ratios it was made from; returns a finite float, higher is better.
+    """
+
+    def __call__(self, plan: PrunePlan, ratios: Ratios) -> float: ...
+
+
+SurrogateFactory = Callable[[int], Surrogate]  # seed -> an unfitted surrogate
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The outcome of a search.
+
+    Attributes:
+        trials: every evaluation, in order.
+        best: the trial with the highest value (the first of equals).
+        best_plan: its integer prune plan.
+        config: the search settings.
+        space: the search space.
+        band: the feasible MACs band.
+    """
+
+    trials: tuple[Trial, ...]
+    best: Trial
+    best_plan: PrunePlan
+    config: SearchConfig
+    space: SearchSpace
+    band: Band
+
+    @property
+    def best_ratios(self) -> Ratios:
+        """The best trial's prune ratios."""
+        return Ratios.from_vector(self.best.ratios)
+
+    def best_so_far(self) -> list[float]:
+        """Best value after each evaluation."""
+        return list(np.maximum.accumulate([t.value for t in self.trials]))
+
+
+def trial_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of trial ``index``: a function of (seed, index) only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
+           method: str = "gp-ei", n_trials: int = 100, n_init: int = 30, seed: int = 0,
+           trials_path: str | Path | None = None, resume: bool = False,
+           out_dir: str | Path | None = None, progress: bool = True,
+           surrogate: SurrogateFactory | None = None, **tuning) -> SearchResult:
+    """Search prune ratios that maximise ``objective`` within ``budget``.
+
+    Args:
+        objective: scores a plan (see :class:`Objective`).
+        space: the ratios searched and their bounds.
+        budget: a :class:`Budget`, or a fraction of the dense MACs (0.6 keeps 60%).
+        method, n_trials, n_init, seed: see :class:`SearchConfig`; ``**tuning`` sets its other
+            fields (``n_candidates``, ``n_local``, ...).
+        trials_path: JSON-lines file that receives each evaluation as it completes (default
+            ``out_dir / "trials.jsonl"``; ``None`` with no ``out_dir``: nothing is written).
+        resume: continue the search stored in ``trials_path``; without it an existing non-empty
+            trials file is an error rather than silently overwritten.
+        out_dir: where the best plan, a summary and a plot go at the end (default: the trials
+            file's directory).
+        progress: show a progress bar with the best value so far.
+        surrogate: ``seed -> Surrogate`` for the GP step (default :class:`GPSurrogate`).
+    Returns:
+        The :class:`SearchResult`.
+    Raises:
+        BudgetError: no architecture of the space meets the budget.
+        SearchError: invalid settings.
+        OutputError: the trials file exists (without ``resume``) or belongs to another search.
+    """
+    config = SearchConfig(method=method, n_trials=n_trials, n_init=n_init, seed=seed, **tuning)
+    if not isinstance(budget, Budget):
+        budget = Budget(budget)
+    if trials_path is None and out_dir is not None:
+        trials_path = Path(out_dir) / "trials.jsonl"
+    if out_dir is None and trials_path is not None:
+        out_dir = Path(trials_path).parent
+    result = run_search(objective, space, budget, config, trials_path=trials_path,
+                        resume=resume, progress=progress, surrogate=surrogate)
+    if out_dir is not None:
+        from .report import write_outputs  # matplotlib is imported only when writing
+
+        write_outputs(result, out_dir)
+    return result
+
+
+def run_search(objective: Objective, space: SearchSpace, budget: Budget, config: SearchConfig,
+               *, trials_path: str | Path | None = None, resume: bool = False,
+               progress: bool = True, surrogate: SurrogateFactory | None = None) -> SearchResult:
+    """The loop behind :func:`search`, taking a ready :class:`SearchConfig`; writes no report."""
+    band = resolve_band(space, budget)
+    sampler = FeasibleSampler(space, band)
+    run = fingerprint({"space": space.describe(), "band": [band.low, band.high],
+                       "config": config.proposal_settings()})
+    trials = _load(trials_path, resume, run)[:config.evaluations]
+    make = surrogate or (lambda s: GPSurrogate(seed=s, restarts=config.gp_restarts))
+    from tqdm.auto import tqdm
+
+    with tqdm(total=config.evaluations, initial=len(trials), desc=f"search {config.method}",
+              disable=not progress, unit="eval") as bar:
+        if trials:
+            bar.set_postfix(best=f"{max(t.value for t in trials):.4g}")
+        for i in range(len(trials), config.evaluations):
+            trial = _run_trial(i, objective, space, sampler, config, trials, make, run)
+            if trials_path is not None:
+                append_trial(trials_path, trial)
+            trials.append(trial)
+            bar.set_postfix(best=f"{max(t.value for t in trials):.4g}", refresh=False)
+            bar.update(1)
+    best = max(trials, key=lambda t: t.value)  # max keeps the first of equal values
+    return SearchResult(tuple(trials), best, space.plan(best.ratios), config, space, band)
+
+
+def _load(trials_path: str | Path | None, resume: bool, run: str) -> list[Trial]:
+    """Trials to continue from: those in the file when resuming, none otherwise."""
+    if trials_path is None:
+        if resume:
+            raise SearchError("resume=True needs the trials_path to resume from")
+        return []
+    path = Path(trials_path)
+    if not resume:
+        if path.exists() and path.stat().st_size > 0:
+            raise OutputError(f"trials file {path} already exists: pass resume=True to continue "
+                              "that search, or choose a new path")
+        return []
+    return read_trials(path, run=run)
+
+
+def _run_trial(i: int, objective: Objective, space: SearchSpace, sampler: FeasibleSampler,
+               config: SearchConfig, trials: list[Trial], make: SurrogateFactory,
+               run: str) -> Trial:
+    """Propose trial ``i``, check its cost, evaluate it."""
+    t0 = time.perf_counter()
+    x, source = _propose(i, space, sampler, config, trials, make)
+    plan, ratios = space.plan(x), space.ratios(x)
+    cost = plan_macs(space.shape, plan)  # the authoritative count, not the sampler's vectorised one
+    if not sampler.band.contains(cost):
+        raise RuntimeError(f"internal error: proposal {i} costs {cost} MACs, outside the band "
+                           f"[{sampler.band.low}, {sampler.band.high}]")
+    t1 = time.perf_counter()
+    value = objective(plan, ratios)
+    t2 = time.perf_counter()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise SearchError(f"the objective must return a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise SearchError(f"the objective returned {value} for trial {i}; it must return a finite "
+                          "score (higher is better)")
+    return Trial(trial=i, method=config.method, source=source, seed=config.seed,
+                 ratios=tuple(float(r) for r in x), macs=cost,
+                 macs_fraction=cost / sampler.band.dense, value=value, wall_s=t2 - t1,
+                 propose_s=t1 - t0, run=run)
+
+
+def _propose(i: int, space: SearchSpace, sampler: FeasibleSampler, config: SearchConfig,
+             trials: list[Trial], make: SurrogateFactory) -> tuple[np.ndarray, str]:
+    """The point trial ``i`` evaluates, and how it was chosen."""
+    if config.method == "uniform":
+        return sampler.uniform(), "uniform"
+    rng = trial_rng(config.seed, i)
+    if config.method == "random":
+        return sampler.sample(rng, 1)[0], "random"
+    if i < config.n_init:
+        return sampler.sample(rng, 1)[0], "init"  # the same points random search starts with
+    return _propose_ei(rng, space, sampler, config, trials, make), "ei"
+
+
+def _propose_ei(rng: np.random.Generator, space: SearchSpace, sampler: FeasibleSampler,
+                config: SearchConfig, trials: list[Trial], make: SurrogateFactory) -> np.ndarray:
+    """The candidate with the highest log EI under a surrogate fitted to ``trials``."""
+    X = np.array([t.ratios for t in trials])
+    y = np.array([t.value for t in trials])
+    model = make(int(rng.integers(2**31 - 1)))
+    model.fit(space.to_unit(X), y)
+    fresh = sampler.sample(rng, config.n_candidates)
+    top = X[np.argsort(-y, kind="stable")[:config.n_best_local]]
+    local = sampler.perturb(rng, top, config.n_local, config.local_scale)
+    cands = np.concatenate([fresh, local])
+    mu, sigma = model.predict(space.to_unit(cands))
+    score = log_expected_improvement(mu, sigma, float(y.max()))
+    return cands[int(np.argmax(score))]

@@ -1,0 +1,147 @@
+"""Masked execution: run a plan on the dense model in place, without rebuilding it.
+
+The search evaluates hundreds of plans on one model; :class:`Masker` makes each switch cheap.
+Heads are masked by zeroing their channels at the input of ``attn.proj``, neurons by zeroing
+their channels at the input of ``mlp.fc2``: exactly what removing those rows/columns computes.
+Token stages swap in :class:`~vitprune.surgery.tokens.TokenSelectBlock`s that score tokens with
+the kept heads only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ..adapters import check_prunable, token_stage, vit_shape
+from ..errors import ModelError
+from ..plan import PrunePlan, TokenStage
+from .prune import as_plan, head_channels
+from .tokens import TokenSelectBlock
+
+
+class Masker:
+    """Applies plans to a model in place by masking; :meth:`remove` restores it exactly.
+
+    Example::
+
+        masker = Masker(model)
+        for plan in candidates:
+            masker.set(plan)
+            acc = evaluate(model)
+        masker.remove()
+    """
+
+    def __init__(self, model: VisionTransformer) -> None:
+        """Install the (inactive) mask hooks on ``model``.
+
+        Raises:
+            ModelError: unsupported blocks, or the model already selects tokens.
+        """
+        check_prunable(model)
+        if any(token_stage(b) is not None for b in model.blocks):
+            raise ModelError("Masker needs a model without token stages; mask the dense model")
+        self.model = model
+        self.shape = vit_shape(model)
+        self._blocks = list(model.blocks)  # the original block objects, restored by clear()
+        n = len(self._blocks)
+        self._head_masks: list[torch.Tensor | None] = [None] * n
+        self._neuron_masks: list[torch.Tensor | None] = [None] * n
+        self._head_weights: list[torch.Tensor | None] = [None] * n
+        self._stages: dict[int, TokenSelectBlock] = {}
+        self._handles = []
+        for i, b in enumerate(self._blocks):
+            self._handles += [
+                b.attn.proj.register_forward_pre_hook(_mask_hook(self._head_masks, i)),
+                b.mlp.fc2.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
+            ]
+        self._removed = False
+
+    def set(self, plan: PrunePlan | dict[str, Any]) -> None:
+        """Make the model compute what ``prune(model, plan)`` computes.
+
+        Raises:
+            PlanError: the plan does not fit the model.
+            ModelError: :meth:`remove` was called already.
+        """
+        self._check_live()
+        plan = as_plan(plan)
+        plan.validate(self.shape)
+        for i, (bp, bs) in enumerate(zip(plan.blocks, self.shape.blocks)):
+            dev = self._blocks[i].attn.proj.weight.device
+            if len(bp.heads) == bs.heads:  # None: the hook passes the input through untouched
+                self._head_masks[i] = self._head_weights[i] = None
+            else:
+                channels = head_channels(bp.heads, bs.head_dim, dev)
+                self._head_masks[i] = _mask(channels, bs.heads * bs.head_dim)
+                self._head_weights[i] = _mask(torch.as_tensor(bp.heads, device=dev), bs.heads)
+            self._neuron_masks[i] = (
+                None if len(bp.neurons) == bs.mlp_hidden
+                else _mask(torch.as_tensor(bp.neurons, device=dev), bs.mlp_hidden)
+            )
+        self._set_stages(plan.tokens)
+
+    def clear(self) -> None:
+        """Dense behaviour again (hooks stay installed, inactive)."""
+        self._check_live()
+        for masks in (self._head_masks, self._neuron_masks, self._head_weights):
+            masks[:] = [None] * len(masks)
+        self._set_stages(())
+
+    def remove(self) -> None:
+        """Remove every hook and token block: the model is the original, same module objects."""
+        if self._removed:
+            return
+        self.clear()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._removed = True
+
+    def __enter__(self) -> "Masker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _set_stages(self, stages: tuple[TokenStage, ...]) -> None:
+        wanted = {t.block: t for t in stages}
+        for i in [i for i in self._stages if i not in wanted]:
+            self.model.blocks[i] = self._blocks[i]
+            del self._stages[i]
+        for i, stage in wanted.items():
+            tb = self._stages.get(i)
+            if tb is None:  # only a new stage position costs a module swap
+                orig = self._blocks[i]
+                tb = TokenSelectBlock(orig, stage, self.model.num_prefix_tokens,
+                                      self.model.cls_token is not None).train(orig.training)
+                self.model.blocks[i] = tb
+                self._stages[i] = tb
+            tb.token_stage = stage
+            tb.head_weights = self._head_weights[i]
+
+    def _check_live(self) -> None:
+        if self._removed:
+            raise ModelError("this Masker was removed; create a new Masker(model) to mask again")
+
+
+def _mask(keep: torch.Tensor, size: int) -> torch.Tensor:
+    """(size,) float 0/1 mask with ones at ``keep``."""
+    m = torch.zeros(size, device=keep.device)
+    m[keep] = 1.0
+    return m
+
+
+def _mask_hook(masks: list[torch.Tensor | None], i: int) -> Callable[..., Any]:
+    """A forward pre-hook multiplying the (B, N, channels) input by ``masks[i]`` when set."""
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        m = masks[i]
+        if m is None:
+            return None
+        x = args[0]
+        return (x * m.to(dtype=x.dtype, device=x.device),) + args[1:]
+
+    return hook

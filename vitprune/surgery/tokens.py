@@ -1,0 +1,156 @@
+"""Token selection (EViT-style): keep the most attended patch tokens, fuse the rest into one.
+
+The algorithm is two pure tensor functions, :func:`cls_attention` and :func:`select_tokens`;
+:class:`TokenSelectBlock` is the thin module that runs them inside a timm ``Block``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..plan import TokenStage, kept_tokens
+
+
+def cls_attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    head_dim: int,
+    scale: float,
+    q_norm: nn.Module | None = None,
+    k_norm: nn.Module | None = None,
+    head_weights: torch.Tensor | None = None,
+    *,
+    has_class_token: bool = True,
+) -> torch.Tensor:
+    """Attention each token receives from the class token, averaged over heads.
+
+    Only the class token's query row is computed, ``O(N)`` per head, never the ``N x N`` matrix.
+    Models without a class token (``class_token=False``) use the mean of all queries instead:
+    the attention a typical token pays to each token.
+
+    Args:
+        qkv: output of the attention's ``qkv`` projection, (B, N, 3 * num_heads * head_dim),
+            laid out as timm's Attention reads it: (3, heads, head_dim) along the last axis.
+        num_heads: heads in ``qkv``.
+        head_dim: width of one head.
+        scale: the attention's logit scale (``attn.scale``, ``head_dim ** -0.5``).
+        q_norm, k_norm: the attention's per-head query/key norms (``nn.Identity`` or None: none).
+        head_weights: (num_heads,) weights of the heads in the average (e.g. a 0/1 mask of kept
+            heads); None: plain mean.
+        has_class_token: whether token 0 is a class token.
+
+    Returns:
+        (B, N) attention weights, each row summing to 1.
+    """
+    B, N, _ = qkv.shape
+    qkv = qkv.reshape(B, N, 3, num_heads, head_dim)
+    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, h, N, d)
+    q_norm, k_norm = q_norm or nn.Identity(), k_norm or nn.Identity()
+    if has_class_token:
+        q = q_norm(q[:, :, :1])  # (B, h, 1, d)
+    else:
+        q = q_norm(q).mean(dim=2, keepdim=True)  # (B, h, 1, d)
+    attn = ((q * scale) @ k_norm(k).transpose(-2, -1)).softmax(dim=-1).squeeze(2)  # (B, h, N)
+    if head_weights is None:
+        return attn.mean(dim=1)
+    w = head_weights.to(attn)
+    return (attn * w[:, None]).sum(dim=1) / w.sum()
+
+
+def select_tokens(
+    x: torch.Tensor, scores: torch.Tensor, num_prefix: int, keep: int, fuse: bool
+) -> torch.Tensor:
+    """Keep the ``keep`` highest-scoring non-prefix tokens, optionally fusing the rest into one.
+
+    Args:
+        x: tokens, (B, N, C), the ``num_prefix`` prefix tokens first.
+        scores: (B, N) token scores (e.g. :func:`cls_attention`); prefix scores are ignored.
+        num_prefix: leading tokens that are always kept (class, distillation, register tokens).
+        keep: non-prefix tokens to keep; ``keep >= N - num_prefix`` returns ``x`` unchanged.
+        fuse: append one token, the mean of the dropped tokens weighted by their scores (EViT).
+
+    Returns:
+        (B, num_prefix + keep (+1 if fuse), C): prefix tokens, the kept tokens in their original
+        order, then the fused token.
+    """
+    B, N, C = x.shape
+    n = N - num_prefix
+    if keep >= n:
+        return x
+    prefix, patches, s = x[:, :num_prefix], x[:, num_prefix:], scores[:, num_prefix:]
+    order = s.argsort(dim=1, descending=True)  # (B, n)
+    kept_idx = order[:, :keep].sort(dim=1).values  # original order keeps position structure
+    parts = [prefix, patches.gather(1, kept_idx.unsqueeze(-1).expand(-1, -1, C))]
+    if fuse:
+        drop_idx = order[:, keep:]  # (B, n - keep)
+        dropped = patches.gather(1, drop_idx.unsqueeze(-1).expand(-1, -1, C))
+        w = s.gather(1, drop_idx)
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        parts.append(w.unsqueeze(1) @ dropped)  # (B, 1, C)
+    return torch.cat(parts, dim=1)
+
+
+# The parts of a timm Block, adopted under the same names so state_dict keys do not change.
+BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+
+
+class TokenSelectBlock(nn.Module):
+    """A timm ``Block`` that selects tokens between its attention and its MLP.
+
+    It adopts the block's submodules (same objects, same attribute names), so
+    ``blocks.3.attn.qkv.weight`` and friends keep their keys, and runs timm's two residual lines
+    with :func:`select_tokens` in between. Attention itself runs through timm's own forward (fused
+    SDPA included); the class-token attention is recomputed from the ``qkv`` output, captured by a
+    forward hook that lives only for the call.
+
+    Attributes:
+        token_stage: the :class:`~vitprune.plan.TokenStage` this block runs.
+        num_prefix: leading tokens never dropped.
+        has_class_token: whether token 0 is a class token (else the mean query scores tokens).
+        head_weights: (num_heads,) weights of heads in the score average (masked execution keeps
+            only kept heads), or None; a non-persistent buffer.
+    """
+
+    def __init__(self, block: nn.Module, stage: TokenStage, num_prefix: int,
+                 has_class_token: bool) -> None:
+        super().__init__()
+        for name in BLOCK_PARTS:
+            setattr(self, name, getattr(block, name))
+        self.token_stage = stage
+        self.num_prefix = num_prefix
+        self.has_class_token = has_class_token
+        self.register_buffer("head_weights", None, persistent=False)
+
+    def extra_repr(self) -> str:
+        s = self.token_stage
+        return f"keep_rate={s.keep_rate}, fuse={s.fuse}, num_prefix={self.num_prefix}"
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        """(B, N, C) -> (B, N', C) with N' = prefix + kept (+ 1 fused) tokens."""
+        if attn_mask is not None or is_causal:
+            raise ModelError(
+                "a token-selecting block cannot take an attention mask or causal attention: the "
+                "mask would no longer match the tokens; run the model without attn_mask"
+            )
+        captured: list[torch.Tensor] = []
+        hook = self.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            y = self.attn(self.norm1(x))
+        finally:
+            hook.remove()
+        x = x + self.drop_path1(self.ls1(y))
+        x = self._select(x, captured[-1])
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def _select(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1] - self.num_prefix
+        keep = kept_tokens(n, self.token_stage.keep_rate)
+        if keep >= n:
+            return x
+        a = self.attn
+        scores = cls_attention(qkv, a.num_heads, a.head_dim, a.scale, a.q_norm, a.k_norm,
+                               self.head_weights, has_class_token=self.has_class_token)
+        return select_tokens(x, scores, self.num_prefix, keep, self.token_stage.fuse)

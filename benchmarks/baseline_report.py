@@ -24,7 +24,14 @@ def main() -> int:
              "The DeiT-style ViT that `make demo` and the benchmarks compress "
              "(`vitprune/assets/fmnist_vit_d12`): depth 12, width 64, 4 heads of 16, MLP 256, "
              "patch 4 on 28x28 (49 patches + class token). Trained on the 55,000 training images "
-             "(the 5,000-image calibration split is held out), tested on the 10,000 test images.", ""]
+             "(the 5,000-image calibration split is held out), tested on the 10,000 test images.", "",
+             "Two phases. The first (random 2-pixel shifts and flips, label smoothing 0.1, weight "
+             "decay 0.05, AdamW at 1e-3 with one warm-up epoch and cosine decay) underfits in 15 "
+             "epochs: its training loss stays high and test top-1 ends at 87.3%. The second "
+             "continues from its weights without augmentation at a lower peak rate (4e-4) for 6 "
+             "epochs. Width 64 rather than 96 was chosen because on these two cores a width-96 "
+             "model trains at about 150 images/s against 246, and every later stage (search, "
+             "fine-tuning, ablations) pays for the model's cost many times over.", ""]
     total = 0.0
     for run in args.runs:
         meta = json.loads((run / "model.json").read_text())["meta"]["trained"]

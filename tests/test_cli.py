@@ -24,6 +24,17 @@ def test_train_then_eval_json(tmp_path, capsys):
     assert res["gmacs"] * 1e9 == pytest.approx(expected)
 
 
+def test_continued_training_keeps_the_lineage(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--quiet",
+              "--max-steps-per-epoch", "2"]
+    assert main(["train", "--model", "fmnist_vit_tiny", "--out", str(first)] + common) == 0
+    assert main(["train", "--model", str(first), "--out", str(second), "--no-augment"] + common) == 0
+    meta = json.loads((second / "model.json").read_text())["meta"]
+    assert meta["lineage"][0]["command"].startswith("vitprune train --model fmnist_vit_tiny")
+    assert "--no-augment" in meta["trained"]["command"]
+
+
 def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
     assert main(["eval", "--model", "no_such_vit", "--data", "synthetic"]) == 2
     assert "unknown model 'no_such_vit'" in capsys.readouterr().err

@@ -78,6 +78,11 @@ def cmd_train(args) -> dict:
                         "epochs": args.epochs, "data": splits.name, "test_top1": test["top1"],
                         "test_loss": test["loss"], "wall_seconds_this_run": round(wall, 1),
                         "threads": torch.get_num_threads(), "history": history}}
+    if Path(args.model).is_dir():  # continued training: keep the record of how the input was made
+        from .io.model_dir import read_config
+
+        prior = read_config(args.model).get("meta", {})
+        meta["lineage"] = prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
     save(args.out, model, arch, plan=plan, meta=meta)
     return {"out": str(args.out), "test_top1": test["top1"], "test_loss": test["loss"],
             "epochs": len(history), "wall_seconds": round(wall, 1)}
@@ -94,14 +99,11 @@ def cmd_eval(args) -> dict:
     from .adapters import vit_shape
     from .cost import macs
     from .data import make_loader
-    from .io import resolve_model
-    from .models import SMALL_CONFIGS
     from .train import evaluate
 
     device = _setup(args)
     splits = _splits(args)
-    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
-    model, _, _ = resolve_model(args.model, args.checkpoint, device=device, **over)
+    model, _, _ = _model_for_data(args, splits, device)
     res = evaluate(model, make_loader(splits.test, args.batch_size), device)
     cost = macs(vit_shape(model))
     return {"model": args.model, "data": splits.name, "split": "test", "top1": res["top1"],
@@ -122,6 +124,50 @@ def _model_and_plan(args, device: str = "cpu"):
     model, arch, saved_plan = resolve_model(args.model, args.checkpoint, device=device, **over)
     plan = PrunePlan.load(args.plan) if getattr(args, "plan", None) else None
     return model, arch, saved_plan, plan
+
+
+def _model_for_data(args, splits, device: str = "cpu"):
+    """--model (+ --checkpoint) built to fit the data's classes, channels and image size."""
+    from .io import resolve_model
+    from .models import SMALL_CONFIGS
+
+    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
+    return resolve_model(args.model, args.checkpoint, device=device, **over)
+
+
+def cmd_score(args) -> dict:
+    from .pipeline import score
+
+    _setup(args)
+    splits = _splits(args)
+    model, _, plan = _model_for_data(args, splits)
+    if plan is not None:
+        from .errors import PlanError
+
+        raise PlanError(f"{args.model} is already pruned; score its dense base model")
+    scores = score(model, splits, args.criterion, n_images=args.images, out=args.out)
+    return {"out": args.out, "criterion": args.criterion, "images": args.images,
+            "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
+
+
+def cmd_search(args) -> dict:
+    from .pipeline import parse_budget, policy_search
+
+    _setup(args)
+    splits = _splits(args)
+    model, _, plan = _model_for_data(args, splits)
+    if plan is not None:
+        from .errors import PlanError
+
+        raise PlanError(f"{args.model} is already pruned; search on its dense base model")
+    res = policy_search(model, splits, parse_budget(args.budget), args.out, method=args.method,
+                        n_trials=args.trials, n_init=args.init, seed=args.seed,
+                        scores=args.scores, criterion=args.criterion,
+                        calib_images=args.calib_images, bounds=(0.0, args.max_ratio),
+                        resume=args.resume, progress=not args.quiet)
+    return {"out": str(args.out), "method": args.method, "trials": len(res.trials),
+            "best_calib_top1": res.best.value, "best_trial": res.best.trial,
+            "best_plan": str(Path(args.out) / "best_plan.json")}
 
 
 def cmd_prune(args) -> dict:
@@ -209,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="score every head and MLP neuron with a criterion")
+    _add_model(p), _add_data(p), _add_common(p)
+    p.add_argument("--criterion", default="hsic",
+                   choices=["hsic", "magnitude", "activation", "taylor", "random"])
+    p.add_argument("--images", type=int, default=256, help="calibration images used")
+    p.add_argument("--out", required=True, help="scores JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("search", help="search per-block prune ratios under a MACs budget")
+    _add_model(p), _add_data(p), _add_common(p)
+    p.add_argument("--budget", required=True, help="0.6 keeps 60%% of the dense MACs; 2.7G = 2.7 GMACs")
+    p.add_argument("--method", default="gp-ei", choices=["gp-ei", "random", "uniform"])
+    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--init", type=int, default=20, help="random feasible policies before the GP")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--criterion", default="hsic", help="ranks components when --scores is not given")
+    p.add_argument("--scores", help="scores JSON from `vitprune score`")
+    p.add_argument("--calib-images", type=int, default=2000, help="calibration images per evaluation")
+    p.add_argument("--max-ratio", type=float, default=0.5, help="upper bound of every prune ratio")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the trials in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("prune", help="apply a plan: write a physically smaller model directory")
     _add_model(p)

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from vitprune.adapters import vit_shape
+from vitprune.cli import main
+from vitprune.cost import macs
+from vitprune.plan import PrunePlan, planned_shape
+from vitprune.pipeline import MaskedAccuracy, calibration_batches, parse_budget
+from vitprune.scoring import load_scores
+from vitprune.search import Ratios, ratios_to_plan
+from vitprune.surgery import prune
+
+
+def test_masked_objective_equals_the_pruned_model(tiny_vit, synth_splits):
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    assert sum(len(y) for _, y in batches) == 64
+    shape = vit_shape(tiny_vit)
+    plan = ratios_to_plan(shape, Ratios((0.5, 0.25, 0.5, 0.25), (0.5, 0.0, 0.3, 0.5), 0.4))
+    pruned = prune(tiny_vit, plan)
+    with torch.no_grad():
+        correct = sum((pruned(x).argmax(-1) == y).sum().item() for x, y in batches)
+    obj = MaskedAccuracy(tiny_vit, batches)
+    assert obj(plan) == pytest.approx(100.0 * correct / 64)
+    obj.close()
+    assert not tiny_vit.blocks[0].attn.proj._forward_pre_hooks  # masks removed
+
+
+def test_parse_budget():
+    assert parse_budget("0.6").value == 0.6 and parse_budget("0.6").unit == "fraction"
+    b = parse_budget("2.5G")
+    assert (b.value, b.unit) == (2.5, "gmacs")
+
+
+def test_score_search_prune_commands(tmp_path, capsys):
+    common = ["--model", "fmnist_vit_tiny", "--data", "synthetic", "--threads", "1"]
+    assert main(["score", *common, "--criterion", "magnitude", "--out", str(tmp_path / "s.json")]) == 0
+    scores, meta = load_scores(tmp_path / "s.json")
+    assert len(scores) == 4 and all(len(s.heads) == 4 and len(s.neurons) == 64 for s in scores)
+    assert meta["criterion"] == "magnitude"
+
+    out = tmp_path / "search"
+    args = ["search", *common, "--budget", "0.6", "--method", "gp-ei", "--init", "3",
+            "--scores", str(tmp_path / "s.json"), "--calib-images", "64", "--out", str(out),
+            "--quiet", "--json"]
+    assert main(args + ["--trials", "5"]) == 0
+    res = json.loads(_last_json(capsys))
+    assert res["trials"] == 5
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    # resuming with more trials extends the same search
+    assert main(args + ["--trials", "7", "--resume"]) == 0
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 7
+    assert (out / "trials.jsonl").read_text().splitlines()[:5] == lines
+
+    plan = PrunePlan.load(out / "best_plan.json")
+    from vitprune.models import build_model
+
+    shape = vit_shape(build_model("fmnist_vit_tiny"))
+    kept = macs(planned_shape(shape, plan)).total / macs(shape).total
+    assert 0.6 * 0.98 - 1e-9 <= kept <= 0.6 + 1e-9
+    assert main(["prune", "--model", "fmnist_vit_tiny", "--plan", str(out / "best_plan.json"),
+                 "--out", str(tmp_path / "pruned")]) == 0
+
+
+def _last_json(capsys):
+    text = capsys.readouterr().out
+    return text[text.index("{"):]
+
+
+def test_unreachable_budget_is_a_clear_error(tmp_path, capsys):
+    assert main(["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--budget", "0.05",
+                 "--criterion", "random", "--calib-images", "32", "--trials", "3", "--init", "2",
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "budget" in err.lower() and "%" in err
+    assert not (tmp_path / "s" / "trials.jsonl").exists()

@@ -1,0 +1,112 @@
+"""The one place that composes the parts: score -> search -> prune (-> fine-tune, later).
+
+Each function takes a model and data splits and returns plain results; the command line
+(``cli.py``) only parses arguments and calls these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .adapters import vit_shape
+from .data import Splits, make_loader
+from .data.base import TensorImageSet
+from .errors import ScoringError
+from .plan import PrunePlan
+from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
+from .search import Ratios
+from .search.config import Budget
+from .search.loop import SearchResult, search
+from .search.space import SearchSpace
+from .surgery import Masker
+
+
+def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 256,
+                        device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n_images`` of the calibration split as in-memory batches, same order each time.
+
+    The calibration split is carved from the training images (held out from training), so the
+    search never sees the test set.
+    """
+    ds = splits.calib
+    n = len(ds) if n_images is None else min(n_images, len(ds))
+    if isinstance(ds, TensorImageSet):
+        ds = ds.subset(torch.arange(n))
+    else:
+        ds = torch.utils.data.Subset(ds, list(range(n)))
+    return [(x.to(device), y.to(device)) for x, y in make_loader(ds, batch_size)]
+
+
+def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
+          n_images: int = 256, out: str | Path | None = None,
+          **options: Any) -> list[BlockScores]:
+    """Score every head and neuron of ``model`` on calibration images; optionally save them."""
+    crit = get_criterion(criterion, **options)
+    batches = calibration_batches(splits, n_images, batch_size=min(64, n_images))
+    scores = crit(model, batches)
+    if out is not None:
+        save_scores(out, scores, {**crit.meta(), "images": n_images, "data": splits.name})
+    return scores
+
+
+class MaskedAccuracy:
+    """The search objective: top-1 (%) of the dense weights under a plan, on calibration batches.
+
+    Applies plans as masks in place (fast to change between evaluations); :meth:`close`
+    restores the model.
+    """
+
+    def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+        self.model = model.eval()
+        self.batches = batches
+        self.masker = Masker(model)
+
+    @torch.inference_mode()
+    def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
+        self.masker.set(plan)
+        correct = total = 0
+        for x, y in self.batches:
+            correct += (self.model(x).argmax(-1) == y).sum().item()
+            total += y.numel()
+        return 100.0 * correct / total
+
+    def close(self) -> None:
+        self.masker.remove()
+
+
+def parse_budget(text: str | float) -> Budget:
+    """``0.6`` keeps 60% of the dense MACs; ``2.7G`` is an absolute 2.7 GMACs per image."""
+    if isinstance(text, str) and text.strip().lower().endswith("g"):
+        return Budget(float(text.strip()[:-1]), unit="gmacs")
+    return Budget(float(text))
+
+
+def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float, out: str | Path,
+                  *, method: str = "gp-ei", n_trials: int = 50, n_init: int = 20, seed: int = 0,
+                  scores: Sequence[BlockScores] | str | Path | None = None,
+                  criterion: str = "hsic", calib_images: int | None = 2000,
+                  bounds: tuple[float, float] = (0.0, 0.5), resume: bool = False,
+                  progress: bool = True) -> SearchResult:
+    """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1.
+
+    Components are kept in the order of ``scores`` (a criterion's, computed here when not given),
+    so the search decides how many to keep per block, not which.
+    """
+    if isinstance(scores, (str, Path)):
+        scores, _ = load_scores(scores)
+    if scores is None:
+        scores = score(model, splits, criterion, n_images=min(256, calib_images or 256))
+    shape = vit_shape(model)
+    if len(scores) != len(shape.blocks):
+        raise ScoringError(f"scores are for {len(scores)} blocks, the model has {len(shape.blocks)}")
+    space = SearchSpace(shape, head_bounds=bounds, neuron_bounds=bounds, token_bounds=bounds,
+                        rankings=tuple(rankings(scores)))
+    objective = MaskedAccuracy(model, calibration_batches(splits, calib_images))
+    try:
+        return search(objective, space, budget, method=method, n_trials=n_trials, n_init=n_init,
+                      seed=seed, out_dir=out, resume=resume, progress=progress)
+    finally:
+        objective.close()

@@ -54,21 +54,17 @@ def _overrides(splits) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from .io import resolve_model, save
-    from .models import SMALL_CONFIGS
-    from .train import TrainConfig, evaluate, fit
     from .data import make_loader
+    from .io import save
+    from .train import TrainConfig, evaluate, fit
 
     device = _setup(args)
     splits = _splits(args)
-    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
-    model, arch, plan = resolve_model(args.model, args.checkpoint, **over)
+    torch.manual_seed(args.seed)  # a model built by name: its initial weights follow the seed
+    model, arch, plan = _model_for_data(args, splits)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed,
                       augment=not args.no_augment, max_steps_per_epoch=args.max_steps_per_epoch)
-    torch.manual_seed(args.seed)
-    if args.checkpoint is None and not Path(args.model).is_dir() and not args.resume:
-        model = _fresh(arch, args.seed)
     t0 = time.perf_counter()
     history = fit(model, splits, cfg, args.out, resume=args.resume, device=device,
                   progress=not args.quiet)
@@ -86,13 +82,6 @@ def cmd_train(args) -> dict:
     save(args.out, model, arch, plan=plan, meta=meta)
     return {"out": str(args.out), "test_top1": test["top1"], "test_loss": test["loss"],
             "epochs": len(history), "wall_seconds": round(wall, 1)}
-
-
-def _fresh(arch, seed: int):
-    from .models import build_model
-
-    torch.manual_seed(seed)  # the initial weights are a function of the seed
-    return build_model(arch)
 
 
 def cmd_eval(args) -> dict:
@@ -135,16 +124,22 @@ def _model_for_data(args, splits, device: str = "cpu"):
     return resolve_model(args.model, args.checkpoint, device=device, **over)
 
 
-def cmd_score(args) -> dict:
-    from .pipeline import score
-
+def _dense_for_data(args, verb: str):
+    """(dense model, splits) for commands that work on an unpruned model."""
     _setup(args)
     splits = _splits(args)
     model, _, plan = _model_for_data(args, splits)
     if plan is not None:
         from .errors import PlanError
 
-        raise PlanError(f"{args.model} is already pruned; score its dense base model")
+        raise PlanError(f"{args.model} is already pruned; {verb} its dense base model instead")
+    return model, splits
+
+
+def cmd_score(args) -> dict:
+    from .pipeline import score
+
+    model, splits = _dense_for_data(args, "score")
     scores = score(model, splits, args.criterion, n_images=args.images, out=args.out)
     return {"out": args.out, "criterion": args.criterion, "images": args.images,
             "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
@@ -153,13 +148,7 @@ def cmd_score(args) -> dict:
 def cmd_search(args) -> dict:
     from .pipeline import parse_budget, policy_search
 
-    _setup(args)
-    splits = _splits(args)
-    model, _, plan = _model_for_data(args, splits)
-    if plan is not None:
-        from .errors import PlanError
-
-        raise PlanError(f"{args.model} is already pruned; search on its dense base model")
+    model, splits = _dense_for_data(args, "search")
     res = policy_search(model, splits, parse_budget(args.budget), args.out, method=args.method,
                         n_trials=args.trials, n_init=args.init, seed=args.seed,
                         scores=args.scores, criterion=args.criterion,

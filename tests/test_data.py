@@ -150,3 +150,21 @@ def test_imagefolder_needs_train_and_val(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="ImageFolder"):
         load_splits("imagefolder", tmp_path)
+
+
+def test_imagefolder_tree_loads_with_splits(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 4)):
+        for cls in ("cat", "dog"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=4)
+    assert (len(s.train), len(s.calib), len(s.test)) == (16, 4, 8)
+    assert (s.num_classes, s.in_chans, s.img_size) == (2, 3, 32)
+    x, y = next(iter(make_loader(s.test, 8)))
+    assert x.shape == (8, 3, 32, 32) and sorted(y.tolist()) == [0] * 4 + [1] * 4
+    assert not set(s.train.indices) & set(s.calib.indices)

@@ -76,3 +76,15 @@ def test_unreachable_budget_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "budget" in err.lower() and "%" in err
     assert not (tmp_path / "s" / "trials.jsonl").exists()
+
+
+def test_masked_objective_leaves_the_model_usable_for_autograd(tiny_vit, synth_splits):
+    batches = calibration_batches(synth_splits, 32, batch_size=32)
+    shape = vit_shape(tiny_vit)
+    obj = MaskedAccuracy(tiny_vit, batches)
+    obj(ratios_to_plan(shape, Ratios.uniform(4, heads=0.25, neurons=0.5)))
+    x, y = batches[0]
+    loss = torch.nn.functional.cross_entropy(tiny_vit(x), y)
+    loss.backward()  # failed when the masks were inference tensors
+    assert tiny_vit.blocks[0].mlp.fc1.weight.grad is not None
+    obj.close()

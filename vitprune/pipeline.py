@@ -64,13 +64,15 @@ class MaskedAccuracy:
         self.batches = batches
         self.masker = Masker(model)
 
-    @torch.inference_mode()
     def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
+        # masks are made outside inference mode: inference tensors would break later autograd
+        # use of the same model (e.g. a Taylor criterion) while the masks are installed
         self.masker.set(plan)
         correct = total = 0
-        for x, y in self.batches:
-            correct += (self.model(x).argmax(-1) == y).sum().item()
-            total += y.numel()
+        with torch.inference_mode():
+            for x, y in self.batches:
+                correct += (self.model(x).argmax(-1) == y).sum().item()
+                total += y.numel()
         return 100.0 * correct / total
 
     def close(self) -> None:

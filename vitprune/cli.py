@@ -175,8 +175,7 @@ def cmd_prune(args) -> dict:
         from .errors import PlanError
 
         raise PlanError(f"{args.model} is already pruned; prune its dense base model instead")
-    plan.validate(vit_shape(model))
-    pruned = prune(model, plan)
+    pruned = prune(model, plan)  # validates the plan against the model
     save(out, pruned, arch, plan=plan.to_dict(), meta={"pruned_from": args.model,
                                                        "checkpoint": args.checkpoint})
     dense, small = macs(vit_shape(model)).total, macs(vit_shape(pruned)).total
@@ -211,8 +210,7 @@ def cmd_bench(args) -> dict:
     device = _setup(args)
     model, _, _, plan = _model_and_plan(args)
     if plan is not None:
-        plan.validate(vit_shape(model))
-        model = prune(model, plan)
+        model = prune(model, plan)  # validates the plan against the model
     pe = model.patch_embed
     shape = (pe.proj.in_channels, *pe.img_size)
     res = measure(model, shape, args.batch, warmup=args.warmup, repeats=args.repeats,

@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DataError
 from .augment import random_flip, random_shift
 
 
@@ -119,8 +120,6 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
 def carve(n: int, calib_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``range(n)`` into (train ids, calibration ids), deterministically for a seed."""
     if not 0 < calib_size < n:
-        from ..errors import DataError
-
         raise DataError(f"calibration size {calib_size} must be between 1 and {n - 1}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[calib_size:].sort().values, perm[:calib_size].sort().values

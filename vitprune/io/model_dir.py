@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from .. import fsutil
 from ..errors import ModelError
 from ..models import ArchSpec, build_model, load_weights, read_state_dict
+from ..surgery import restructure
 
 FORMAT = "vitprune.model"
 VERSION = 1
@@ -76,9 +77,7 @@ def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
         )
     model = build_model(ArchSpec.from_dict(cfg["arch"]))
     if cfg.get("plan") is not None:
-        from .. import surgery  # noqa: PLC0415  (pruned models: rebuild the smaller structure)
-
-        model = surgery.restructure(model, cfg["plan"])
+        model = restructure(model, cfg["plan"])  # pruned: rebuild the smaller structure
     load_weights(model, read_state_dict(weights), str(weights))
     return model.to(device).eval()
 

@@ -34,11 +34,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _setup(args) -> str:
+    """Threads and device; under torchrun also joins the process group (this rank's device)."""
+    from . import dist
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return args.device
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return dist.init(device)
 
 
 def _splits(args):
@@ -159,6 +163,73 @@ def cmd_search(args) -> dict:
             "best_plan": str(Path(args.out) / "best_plan.json")}
 
 
+def _recipe(p: argparse.ArgumentParser, epochs: int) -> None:
+    """Fine-tuning options shared by finetune and compress (defaults: CompressConfig's)."""
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (all processes)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation vs labels")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--kd-hard", action="store_true", help="hard distillation (teacher's arg-max)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_finetune(args) -> dict:
+    from .data import make_loader
+    from .io import resolve_model, save
+    from .pipeline import finetune
+    from . import dist
+    from .train import TrainConfig, evaluate
+
+    device = _setup(args)
+    splits = _splits(args)
+    student, arch, plan = resolve_model(args.student)
+    teacher_args = argparse.Namespace(model=args.teacher, checkpoint=args.teacher_checkpoint)
+    teacher, _, _ = _model_for_data(teacher_args, splits)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      warmup_epochs=args.warmup_epochs, seed=args.seed, augment=not args.no_augment,
+                      kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                      kd_hard=args.kd_hard, max_steps_per_epoch=args.max_steps_per_epoch)
+    t0 = time.perf_counter()
+    history = finetune(student, teacher, splits, cfg, args.out, resume=args.resume, device=device,
+                       progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    test = evaluate(student, make_loader(splits.test, 256, rank=dist.rank(), world=dist.world()),
+                    device)
+    if dist.is_main():
+        save(args.out, student.cpu(), arch, plan=plan, meta={"finetuned": {
+            "command": "vitprune " + shlex.join(args.argv), "teacher": args.teacher,
+            "student": args.student, "history": history, "test_top1": test["top1"],
+            "wall_seconds_this_run": round(wall, 1)}})
+    return {"out": str(args.out), "test_top1": test["top1"], "epochs": len(history),
+            "final_train_loss": history[-1]["train_loss"], "wall_seconds": round(wall, 1)}
+
+
+def cmd_compress(args) -> dict:
+    from .compression import compress
+
+    device = _setup(args)
+    res = compress(args.model, _splits(args), args.budget, args.out, checkpoint=args.checkpoint,
+                   device=device, progress=not args.quiet,
+                   criterion=args.criterion, method=args.method, trials=args.trials,
+                   init=args.init, calib_images=args.calib_images, max_ratio=args.max_ratio,
+                   seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
+                   kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                   kd_hard=args.kd_hard, max_steps_per_epoch=args.max_steps_per_epoch)
+    rows = res.metrics["rows"]
+    return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
+            "macs_kept": rows["finetuned"]["macs"] / rows["dense"]["macs"],
+            "test_top1_dense": rows["dense"]["test_top1"],
+            "test_top1_pruned": rows["pruned"]["test_top1"],
+            "test_top1_finetuned": rows["finetuned"]["test_top1"]}
+
+
 def cmd_prune(args) -> dict:
     from .adapters import vit_shape
     from .cost import macs
@@ -269,6 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("finetune", help="fine-tune a pruned model by distillation from a teacher")
+    p.add_argument("--student", required=True, help="a pruned model directory")
+    p.add_argument("--teacher", required=True, help="the dense model: a saved directory or a name")
+    p.add_argument("--teacher-checkpoint", help="weights for a teacher given by name")
+    _add_data(p), _add_common(p), _recipe(p, epochs=8)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compress", help="score, search, prune, fine-tune, evaluate and report")
+    _add_model(p), _add_data(p), _add_common(p)
+    p.add_argument("--budget", required=True, help="0.6 keeps 60%% of the dense MACs; 2.7G = 2.7 GMACs")
+    p.add_argument("--criterion", default="hsic",
+                   choices=["hsic", "magnitude", "activation", "taylor", "random"])
+    p.add_argument("--method", default="gp-ei", choices=["gp-ei", "random", "uniform"])
+    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--init", type=int, default=20)
+    p.add_argument("--calib-images", type=int, default=2000)
+    p.add_argument("--max-ratio", type=float, default=0.5)
+    _recipe(p, epochs=8)
+    p.add_argument("--out", required=True, type=Path,
+                   help="run directory; the same command again resumes an interrupted run")
+    p.set_defaults(func=cmd_compress)
+
     p = sub.add_parser("prune", help="apply a plan: write a physically smaller model directory")
     _add_model(p)
     p.add_argument("--plan", required=True, help="plan JSON (kept heads/neurons per block, token stages)")
@@ -313,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     except VitpruneError as exc:
         print(f"vitprune: error: {exc}", file=sys.stderr)
         return 2
-    _print(res, getattr(args, "json", False))
+    from . import dist
+
+    if dist.is_main():  # under torchrun, one process speaks
+        _print(res, getattr(args, "json", False))
     return 0
 
 

@@ -11,25 +11,29 @@ from typing import Any, Sequence
 
 import torch
 
+from . import dist
 from .adapters import vit_shape
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
-from .errors import ScoringError
+from .errors import ModelError, ScoringError, VitpruneError
 from .plan import PrunePlan
 from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
 from .search.config import Budget
 from .search.loop import SearchResult, search
+from .search.sampler import resolve_band
 from .search.space import SearchSpace
 from .surgery import Masker
+from .train import TrainConfig, fit
 
 
 def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 256,
-                        device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+                        device: str = "cpu", *, rank: int = 0,
+                        world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n_images`` of the calibration split as in-memory batches, same order each time.
 
     The calibration split is carved from the training images (held out from training), so the
-    search never sees the test set.
+    search never sees the test set. With ``world > 1`` this rank's part of each batch.
     """
     ds = splits.calib
     n = len(ds) if n_images is None else min(n_images, len(ds))
@@ -37,7 +41,8 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
         ds = ds.subset(torch.arange(n))
     else:
         ds = torch.utils.data.Subset(ds, list(range(n)))
-    return [(x.to(device), y.to(device)) for x, y in make_loader(ds, batch_size)]
+    return [(x.to(device), y.to(device))
+            for x, y in make_loader(ds, batch_size, rank=rank, world=world)]
 
 
 def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
@@ -57,6 +62,11 @@ class MaskedAccuracy:
 
     Applies plans as masks in place (fast to change between evaluations); :meth:`close`
     restores the model.
+
+    Under torchrun each rank holds its part of the calibration batches: rank 0 calls the
+    objective (it runs the search), which sends the plan to the other ranks, waiting in
+    :meth:`serve`; the correct counts are summed over ranks, so every rank's value is the
+    accuracy on all the batches.
     """
 
     def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
@@ -64,7 +74,7 @@ class MaskedAccuracy:
         self.batches = batches
         self.masker = Masker(model)
 
-    def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
+    def _counts(self, plan: PrunePlan) -> list[float]:
         # masks are made outside inference mode: inference tensors would break later autograd
         # use of the same model (e.g. a Taylor criterion) while the masks are installed
         self.masker.set(plan)
@@ -73,7 +83,23 @@ class MaskedAccuracy:
             for x, y in self.batches:
                 correct += (self.model(x).argmax(-1) == y).sum().item()
                 total += y.numel()
+        return dist.sum_([correct, total])
+
+    def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
+        if dist.active():
+            dist.broadcast(plan.to_dict())
+        correct, total = self._counts(plan)
         return 100.0 * correct / total
+
+    def serve(self) -> None:
+        """On ranks other than 0: evaluate the plans rank 0 sends until it sends ``None``."""
+        while (d := dist.broadcast(None)) is not None:
+            self._counts(PrunePlan.from_dict(d))
+
+    def stop(self) -> None:
+        """On rank 0: release the ranks waiting in :meth:`serve`."""
+        if dist.active():
+            dist.broadcast(None)
 
     def close(self) -> None:
         self.masker.remove()
@@ -84,6 +110,21 @@ def parse_budget(text: str | float) -> Budget:
     if isinstance(text, str) and text.strip().lower().endswith("g"):
         return Budget(float(text.strip()[:-1]), unit="gmacs")
     return Budget(float(text))
+
+
+def _space(model: torch.nn.Module, bounds: tuple[float, float],
+           scores: Sequence[BlockScores] | None = None) -> SearchSpace:
+    return SearchSpace(vit_shape(model), head_bounds=bounds, neuron_bounds=bounds,
+                       token_bounds=bounds,
+                       rankings=None if scores is None else tuple(rankings(scores)))
+
+
+def check_budget(model: torch.nn.Module, budget: Budget | float,
+                 bounds: tuple[float, float] | float = (0.0, 0.5)) -> None:
+    """Raise :class:`BudgetError` (with the reachable range) if no plan can meet ``budget``."""
+    if isinstance(bounds, (int, float)):
+        bounds = (0.0, float(bounds))
+    resolve_band(_space(model, bounds), budget if isinstance(budget, Budget) else Budget(budget))
 
 
 def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float, out: str | Path,
@@ -101,14 +142,52 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
         scores, _ = load_scores(scores)
     if scores is None:
         scores = score(model, splits, criterion, n_images=min(256, calib_images or 256))
-    shape = vit_shape(model)
-    if len(scores) != len(shape.blocks):
-        raise ScoringError(f"scores are for {len(scores)} blocks, the model has {len(shape.blocks)}")
-    space = SearchSpace(shape, head_bounds=bounds, neuron_bounds=bounds, token_bounds=bounds,
-                        rankings=tuple(rankings(scores)))
-    objective = MaskedAccuracy(model, calibration_batches(splits, calib_images))
+    depth = len(vit_shape(model).blocks)
+    if len(scores) != depth:
+        raise ScoringError(f"scores are for {len(scores)} blocks, the model has {depth}")
+    space = _space(model, bounds, scores)
+    objective = MaskedAccuracy(model, calibration_batches(splits, calib_images, rank=dist.rank(),
+                                                          world=dist.world()))
     try:
-        return search(objective, space, budget, method=method, n_trials=n_trials, n_init=n_init,
-                      seed=seed, out_dir=out, resume=resume, progress=progress)
+        if dist.is_main():
+            try:
+                result = search(objective, space, budget, method=method, n_trials=n_trials,
+                                n_init=n_init, seed=seed, out_dir=out, resume=resume,
+                                progress=progress)
+            except VitpruneError as exc:  # every rank raises it, none is left waiting
+                result = exc
+            objective.stop()
+        else:  # under torchrun: evaluate rank 0's plans on this rank's images
+            objective.serve()
+            result = None
+        result = dist.broadcast(result)
     finally:
         objective.close()
+    if isinstance(result, VitpruneError):
+        raise result
+    return result
+
+
+def _io(model: torch.nn.Module) -> tuple[int, int, tuple[int, int]]:
+    pe = model.patch_embed
+    return model.num_classes, pe.proj.in_channels, tuple(pe.img_size)
+
+
+def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
+             cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
+             progress: bool = True) -> list[dict]:
+    """Fine-tune ``student`` (in place) by distillation from ``teacher`` (see :func:`fit`).
+
+    Raises:
+        ModelError: the two models do not take the same images or predict the same classes.
+    """
+    s, t = _io(student), _io(teacher)
+    if s != t:
+        raise ModelError(
+            f"teacher and student are incompatible: (classes, channels, image size) {t} vs {s}. "
+            "Distil from the dense model the student was pruned from, or one trained on the same "
+            "data at the same image size.")
+    if cfg.kd_alpha <= 0:
+        raise ValueError("fine-tuning distils from the teacher: kd_alpha must be > 0")
+    return fit(student, splits, cfg, out, resume=resume, teacher=teacher, device=device,
+               progress=progress)

@@ -12,6 +12,12 @@ from ..errors import DataError
 from .augment import random_flip, random_shift
 
 
+def _shard(n: int, rank: int, world: int) -> slice:
+    """The contiguous part of a batch of ``n`` that ``rank`` of ``world`` takes."""
+    per = -(-n // world)
+    return slice(min(rank * per, n), min((rank + 1) * per, n))
+
+
 class TensorImageSet(Dataset):
     """Images held in memory as uint8 ``(N, C, H, W)`` with int64 labels ``(N,)``.
 
@@ -58,10 +64,10 @@ class _TensorBatches:
     """Fast batches over a :class:`TensorImageSet`: one indexing op per batch, no collation."""
 
     def __init__(self, ds: TensorImageSet, batch_size: int, shuffle: bool, seed: int,
-                 augment: bool, drop_last: bool):
+                 augment: bool, drop_last: bool, rank: int = 0, world: int = 1):
         self.ds, self.bs, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.augment, self.drop_last = augment, drop_last
-        self.epoch = 0
+        self.rank, self.world, self.epoch = rank, world, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Make the order (and augmentation) of the next pass a function of (seed, epoch)."""
@@ -78,18 +84,21 @@ class _TensorBatches:
         for b in range(len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs]
             x = self.ds.normalise(self.ds.images[idx])  # (B, C, H, W) float32
-            if self.augment:
+            if self.augment:  # the whole global batch: the random draws match a 1-process run
                 x = random_flip(random_shift(x, pad=2, generator=gen), generator=gen)
-            yield x, self.ds.labels[idx]
+            part = _shard(len(idx), self.rank, self.world)
+            if part.stop > part.start:
+                yield x[part], self.ds.labels[idx[part]]
 
 
 class _EpochLoader:
     """A torch DataLoader whose shuffling is a function of (seed, epoch), for generic datasets."""
 
     def __init__(self, ds: Dataset, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool, num_workers: int):
+                 drop_last: bool, num_workers: int, rank: int = 0, world: int = 1):
         self.ds, self.bs, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.drop_last, self.num_workers, self.epoch = drop_last, num_workers, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,23 +107,41 @@ class _EpochLoader:
         n = len(self.ds)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
-    def __iter__(self):
+    def _batches(self) -> list[list[int]]:
+        """Each global batch's indices, cut to this rank's part (a distributed batch sampler)."""
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(DataLoader(self.ds, batch_size=self.bs, shuffle=self.shuffle, generator=gen,
-                               drop_last=self.drop_last, num_workers=self.num_workers))
+        n = len(self.ds)
+        order = (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)).tolist()
+        out = []
+        for b in range(len(self)):
+            idx = order[b * self.bs : (b + 1) * self.bs]
+            part = idx[_shard(len(idx), self.rank, self.world)]
+            if part:
+                out.append(part)
+        return out
+
+    def __iter__(self):
+        return iter(DataLoader(self.ds, batch_sampler=self._batches(), num_workers=self.num_workers))
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                augment: bool = False, drop_last: bool = False, num_workers: int = 0):
+                augment: bool = False, drop_last: bool = False, num_workers: int = 0,
+                rank: int = 0, world: int = 1):
     """Batches of ``(images (B, C, H, W) float32, labels (B,) int64)``.
 
     The returned loader has ``set_epoch(e)``: with the same seed and epoch, the same batches come
     out, which is what makes an interrupted and resumed training run reproduce an uninterrupted one.
     Augmentation (random 2-pixel shifts and horizontal flips) applies to in-memory sets only.
+
+    With ``world > 1`` (torchrun), ``batch_size`` is the global batch: rank ``r`` gets the
+    ``r``-th contiguous part of each one, so the ranks together see exactly the batches that a
+    single process would.
     """
+    if world > 1 and drop_last and batch_size % world:
+        raise DataError(f"batch size {batch_size} does not split evenly over {world} processes")
     if isinstance(ds, TensorImageSet):
-        return _TensorBatches(ds, batch_size, shuffle, seed, augment, drop_last)
-    return _EpochLoader(ds, batch_size, shuffle, seed, drop_last, num_workers)
+        return _TensorBatches(ds, batch_size, shuffle, seed, augment, drop_last, rank, world)
+    return _EpochLoader(ds, batch_size, shuffle, seed, drop_last, num_workers, rank, world)
 
 
 def carve(n: int, calib_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import fsutil
+from .. import dist, fsutil
 from ..data import Splits, make_loader
 from ..errors import OutputError
+from .distill import Distiller
 from .schedule import warmup_cosine
 
 CKPT = "checkpoint.pt"
@@ -38,16 +40,25 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and quick demos
+    # distillation from a teacher (fine-tuning): loss = (1 - a) CE + a T^2 KL; a = 0: no teacher
+    kd_alpha: float = 0.0
+    kd_temperature: float = 1.0
+    kd_hard: bool = False
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise ValueError("kd_alpha must be in [0, 1] and kd_temperature > 0")
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
              max_batches: int | None = None) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``."""
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
+
+    Under torchrun each rank passes its part of the data; the sums are added over ranks.
+    """
     model.eval()
     correct = total = 0
     loss_sum = 0.0
@@ -56,9 +67,11 @@ def evaluate(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
             break
         x, y = x.to(device), y.to(device)
         logits = model(x)  # (B, classes)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         total += y.numel()
+    correct, total, loss_sum = dist.sum_([correct, total, loss_sum], device)
+    total = int(total)
     return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
 
 
@@ -76,8 +89,15 @@ def _check_out(out: Path, resume: bool) -> dict | None:
     return None
 
 
+def _autocast(device: str, amp: bool | None):
+    """bf16 autocast on CUDA (no loss scaling needed); off on CPU, where it does not pay here."""
+    on = str(device).startswith("cuda") and (amp is None or amp)
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on) if on else contextlib.nullcontext()
+
+
 def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Path, *,
-        resume: bool = False, loss_fn: LossFn | None = None, device: str = "cpu",
+        resume: bool = False, loss_fn: LossFn | None = None,
+        teacher: torch.nn.Module | None = None, device: str = "cpu", amp: bool | None = None,
         progress: bool = True) -> list[dict]:
     """Train ``model`` in place with AdamW and a warm-up + cosine schedule.
 
@@ -85,26 +105,35 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     ``out``; ``resume=True`` continues from it and reproduces the uninterrupted run exactly (the
     data order, augmentation and dropout randomness are functions of (seed, epoch)).
 
+    Under torchrun (``vitprune.dist.init`` called first) the model is wrapped in
+    DistributedDataParallel, each rank takes its part of every global batch of
+    ``cfg.batch_size``, and rank 0 alone writes.
+
     Args:
-        loss_fn: ``loss_fn(logits, labels, images) -> loss``; default label-smoothed CE.
+        loss_fn: ``loss_fn(logits, labels, images) -> loss``; default label-smoothed CE, or
+            distillation from ``teacher`` when ``cfg.kd_alpha > 0``.
+        teacher: the frozen model to distil from (fine-tuning a pruned model).
+        amp: bf16 mixed precision; default on for CUDA, never on CPU.
     Returns:
         one record per epoch (train loss, calibration top-1, seconds).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     state = _check_out(out, resume)
     model.to(device)
+    rank, world = dist.rank(), dist.world()
     loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         augment=cfg.augment, drop_last=True)
-    calib = make_loader(splits.calib, 256)
+                         augment=cfg.augment, drop_last=True, rank=rank, world=world)
+    calib = make_loader(splits.calib, 256, rank=rank, world=world)
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
     total = steps * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total, int(cfg.warmup_epochs * steps)))
     if loss_fn is None:
-        loss_fn = lambda logits, y, x: F.cross_entropy(  # noqa: E731
-            logits, y, label_smoothing=cfg.label_smoothing)
+        loss_fn = _default_loss(cfg, teacher, device)
 
     history, start = [], 0
     if state is not None:
@@ -118,19 +147,24 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], json.loads(state["history"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
 
     for epoch in range(start, cfg.epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path randomness
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * rank)  # dropout / drop-path
         loader.set_epoch(epoch)
-        model.train()
+        net.train()
         t0, loss_sum = time.perf_counter(), 0.0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main),
                    leave=False, dynamic_ncols=True)
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
             x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x), y, x)
+            with _autocast(device, amp):
+                loss = loss_fn(net(x), y, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -141,16 +175,29 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}")
         bar.close()
+        loss_sum = dist.sum_([loss_sum], device)[0] / world
         val = evaluate(model, calib, device)
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "calib_top1": val["top1"],
                "calib_loss": val["loss"], "seconds": time.perf_counter() - t0}
         history.append(rec)
-        if progress:
-            print(json.dumps(rec), flush=True)
-        fsutil.torch_save(out / CKPT, {
-            "config": dataclasses.asdict(cfg), "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "history": json.dumps(history),
-        })
-        fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+        if main:
+            if progress:
+                print(json.dumps(rec), flush=True)
+            fsutil.torch_save(out / CKPT, {
+                "config": dataclasses.asdict(cfg), "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": json.dumps(history),
+            })
+            fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+        dist.barrier()
     return history
+
+
+def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str) -> LossFn:
+    if cfg.kd_alpha > 0:
+        if teacher is None:
+            raise ValueError("kd_alpha > 0 needs a teacher model")
+        return Distiller(teacher.to(device), alpha=cfg.kd_alpha, temperature=cfg.kd_temperature,
+                         hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing)
+    return lambda logits, y, x: F.cross_entropy(  # noqa: E731
+        logits.float(), y, label_smoothing=cfg.label_smoothing)

@@ -1,0 +1,111 @@
+"""Distillation loss and fine-tuning of a pruned model from its dense teacher."""
+
+import math
+
+import pytest
+import torch
+
+from vitprune.errors import ModelError
+from vitprune.models import build_model
+from vitprune.pipeline import finetune
+from vitprune.search import Ratios, ratios_to_plan
+from vitprune.adapters import vit_shape
+from vitprune.surgery import prune
+from vitprune.train import TrainConfig, fit, kd_loss
+
+
+def _softmax(row, t):
+    e = [math.exp(v / t) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_matches_a_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    y = torch.tensor([1, 2])
+    T, a = 2.0, 0.3
+    kl = ce = 0.0
+    for srow, trow, label in zip(s.tolist(), t.tolist(), y.tolist()):
+        p, q = _softmax(trow, T), _softmax(srow, T)
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        ce += -math.log(_softmax(srow, 1.0)[label])
+    kl, ce = kl / 2, ce / 2
+    expected = (1 - a) * ce + a * T * T * kl
+    assert kd_loss(s, t, y, alpha=a, temperature=T).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_loss(s, t, alpha=1.0, temperature=T).item() == pytest.approx(T * T * kl, rel=1e-6)
+    # hard distillation: cross-entropy against the teacher's arg-max classes (0 and 0)
+    hard = -(math.log(_softmax(s[0].tolist(), 1)[0]) + math.log(_softmax(s[1].tolist(), 1)[0])) / 2
+    assert kd_loss(s, t, alpha=1.0, hard=True).item() == pytest.approx(hard, rel=1e-6)
+    assert kd_loss(t, t, alpha=1.0, temperature=3.0).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        kd_loss(s, t, alpha=0.5)
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    teacher = build_model("fmnist_vit_tiny").eval()
+    plan = ratios_to_plan(vit_shape(teacher), Ratios((0.5,) * 4, (0.5,) * 4, 0.3))
+    return teacher, prune(teacher, plan)
+
+
+def _kd_on(student, teacher, batch):
+    x, y = batch
+    with torch.no_grad():
+        return kd_loss(student(x), teacher(x), y, alpha=0.5, temperature=2.0).item()
+
+
+def test_fine_tuning_lowers_the_distillation_loss(tmp_path, synth_splits):
+    teacher, student = _pair()
+    batch = (synth_splits.train.normalise(synth_splits.train.images[:256]), synth_splits.train.labels[:256])
+    before = _kd_on(student.eval(), teacher, batch)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=2e-3, kd_alpha=0.5, kd_temperature=2.0,
+                      max_steps_per_epoch=6, augment=False)
+    hist = finetune(student, teacher, synth_splits, cfg, tmp_path, progress=False)
+    assert len(hist) == 1
+    assert _kd_on(student.eval(), teacher, batch) < before - 0.05
+    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher stays frozen
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _DyingTeacher(torch.nn.Module):
+    """Runs the teacher, and raises once it has been called ``limit`` times."""
+
+    def __init__(self, teacher, limit):
+        super().__init__()
+        self.teacher, self.limit, self.calls = teacher, limit, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise _Interrupt
+        return self.teacher(x)
+
+
+def test_resumed_fine_tuning_equals_an_uninterrupted_one(tmp_path, synth_splits):
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=2e-3, kd_alpha=0.7, kd_temperature=2.0, seed=3,
+                      max_steps_per_epoch=4)
+    teacher, full = _pair()
+    finetune(full, teacher, synth_splits, cfg, tmp_path / "full", progress=False)
+
+    _, cut = _pair()
+    with pytest.raises(_Interrupt):  # dies in epoch 2, after epoch 1's checkpoint
+        fit(cut, synth_splits, cfg, tmp_path / "cut", teacher=_DyingTeacher(teacher, 4 + 2),
+            progress=False)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    _, resumed = _pair(seed=9)  # other weights: everything must come from the checkpoint
+    hist = finetune(resumed, teacher, synth_splits, cfg, tmp_path / "cut", resume=True,
+                    progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_incompatible_teacher_is_refused(tmp_path, synth_splits):
+    _, student = _pair()
+    other = build_model("fmnist_vit_tiny", num_classes=7)
+    with pytest.raises(ModelError, match="incompatible"):
+        finetune(student, other, synth_splits, TrainConfig(epochs=1, kd_alpha=0.5), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written

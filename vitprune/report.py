@@ -1,0 +1,133 @@
+"""The Markdown report of a compression run, with its PNG plots (all written atomically)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import fsutil
+from .cost import VitShape, token_counts
+from .plan import PrunePlan, planned_shape
+
+NAMES = {"dense": "dense", "pruned": "pruned, before fine-tuning", "finetuned": "pruned + fine-tuned"}
+
+
+def write_report(out: Path, metrics: dict[str, Any], plan: PrunePlan, dense: VitShape,
+                 search: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write ``report.md``, ``plan.png`` and ``finetune.png`` into ``out``.
+
+    Args:
+        metrics: the evaluation (``eval.json``): ``rows`` of dense / pruned / finetuned.
+        plan: the searched plan.
+        dense: the dense model's shape.
+        search: the search summary (``search/search.json``).
+        config: the run's settings.
+    """
+    plots = []
+    try:
+        _plot_plan(out / "plan.png", plan, dense)
+        _plot_finetune(out / "finetune.png", metrics)
+        plots = ["plan.png", "finetune.png"]
+    except ImportError:
+        warnings.warn("matplotlib is not installed: the report has no plots", stacklevel=2)
+    text = "\n".join(_summary(metrics, config) + _plan_table(plan, dense) + _search(search, plots))
+    fsutil.write_text(out / "report.md", text + "\n")
+    return out / "report.md"
+
+
+def _summary(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    rows, d = metrics["rows"], metrics["rows"]["dense"]
+    batches = config["bench_batches"]
+    lat, thr = f"batch{batches[0]}", f"batch{batches[-1]}"
+    lines = ["# Compression report", "",
+             f"Budget {config['budget']} ({config['criterion']} criterion, {config['method']} search, "
+             f"{config['trials']} evaluations), then {config['epochs']} epochs of fine-tuning with "
+             f"distillation from the dense model (alpha {config['kd_alpha']}, T "
+             f"{config['kd_temperature']}). Test split: {metrics['test_images']} images. CPU speed "
+             f"with {metrics['threads']} threads (median of repeats after warm-up).", "",
+             f"| model | MMACs | MACs kept | params (M) | test top-1 | latency b{batches[0]} (ms) "
+             f"| throughput b{batches[-1]} (img/s) | speed-up b{batches[0]} / b{batches[-1]} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, r in rows.items():
+        cpu = r.get("cpu")  # measured for dense and fine-tuned (pruned has the same structure)
+        speed = ["-", "-", "-"]
+        if cpu:
+            speed = [f"{cpu[lat]['latency_ms']:.2f}", f"{cpu[thr]['throughput']:.0f}",
+                     f"{d['cpu'][lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
+                     f"{cpu[thr]['throughput'] / d['cpu'][thr]['throughput']:.2f}x"]
+        lines.append(f"| {NAMES[key]} | {r['macs'] / 1e6:.1f} | {r['macs'] / d['macs']:.1%} | "
+                     f"{r['params'] / 1e6:.3f} | {r['test_top1']:.2f} | " + " | ".join(speed) + " |")
+    drop = rows["finetuned"]["test_top1"] - d["test_top1"]
+    lines += ["", f"Accuracy change after fine-tuning: {drop:+.2f} points; before fine-tuning: "
+                  f"{rows['pruned']['test_top1'] - d['test_top1']:+.2f}.", ""]
+    return lines
+
+
+def _plan_table(plan: PrunePlan, dense: VitShape) -> list[str]:
+    small = planned_shape(dense, plan)
+    tokens = token_counts(small)
+    stages = {t.block: t for t in plan.tokens}
+    lines = ["## Searched plan", "",
+             "| block | heads kept | MLP neurons kept | tokens in | token stage |", "|---|---|---|---|---|"]
+    for i, (b, p) in enumerate(zip(dense.blocks, plan.blocks)):
+        st = stages.get(i)
+        stage = f"keep {st.keep_rate:.2f}{' + fused' if st.fuse else ''}" if st else ""
+        lines.append(f"| {i} | {len(p.heads)} / {b.heads} | {len(p.neurons)} / {b.mlp_hidden} | "
+                     f"{tokens[i][0]} | {stage} |")
+    return lines + [""]
+
+
+def _search(search: dict[str, Any], plots: list[str]) -> list[str]:
+    best = search["best"]
+    lo, hi = search["band_fraction"]
+    lines = ["## Search", "",
+             f"{search['n_evaluations']} evaluations inside the band {lo:.1%}-{hi:.1%} of the dense "
+             f"MACs; best masked calibration top-1 {best['value']:.2f} at evaluation "
+             f"{best['trial'] + 1} ({best['macs_fraction']:.1%} of the dense MACs).", "",
+             "![search](search/search.png)", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
+    return lines
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)  # its own canvas: no global backend switch
+    return fig
+
+
+def _plot_plan(dest: Path, plan: PrunePlan, dense: VitShape) -> None:
+    """Per block: fraction of heads and neurons kept (bars) and of tokens entering (line)."""
+    fig = _figure((8, 3.5))
+    ax = fig.subplots()
+    blocks = range(len(plan.blocks))
+    heads = [len(p.heads) / b.heads for p, b in zip(plan.blocks, dense.blocks)]
+    neurons = [len(p.neurons) / b.mlp_hidden for p, b in zip(plan.blocks, dense.blocks)]
+    n0 = token_counts(dense)[0][0]
+    tokens = [n / n0 for n, _ in token_counts(planned_shape(dense, plan))]
+    ax.bar([i - 0.2 for i in blocks], heads, width=0.4, label="heads kept")
+    ax.bar([i + 0.2 for i in blocks], neurons, width=0.4, label="MLP neurons kept")
+    ax.plot(list(blocks), tokens, "k.-", label="tokens entering")
+    ax.set(xlabel="block", ylabel="fraction of dense", ylim=(0, 1.05), xticks=list(blocks),
+           title="searched plan")
+    ax.legend(loc="lower left")
+    fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))
+
+
+def _plot_finetune(dest: Path, metrics: dict[str, Any]) -> None:
+    """Calibration top-1 after each fine-tuning epoch, against the dense and pruned test top-1."""
+    hist = metrics["finetune_history"]
+    rows = metrics["rows"]
+    fig = _figure((6, 3.5))
+    ax = fig.subplots()
+    ax.plot([h["epoch"] for h in hist], [h["calib_top1"] for h in hist], "o-",
+            label="calibration top-1 (fine-tuning)")
+    ax.axhline(rows["dense"]["test_top1"], color="0.3", ls="--", label="dense, test")
+    ax.axhline(rows["pruned"]["test_top1"], color="C3", ls=":", label="pruned before fine-tuning, test")
+    ax.set(xlabel="epoch", ylabel="top-1 (%)", title="fine-tuning")
+    ax.legend(loc="lower right")
+    fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))

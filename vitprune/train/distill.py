@@ -1,0 +1,63 @@
+"""Knowledge distillation from the dense model (the teacher) into the pruned one (the student)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None, *,
+            alpha: float = 1.0, temperature: float = 1.0, hard: bool = False,
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """``(1 - alpha) * CE(labels, s) + alpha * D(t, s)``, averaged over the batch.
+
+    ``D`` is soft distillation, ``T^2 * KL(softmax(t / T) || softmax(s / T))`` (the ``T^2`` keeps
+    gradient scale independent of ``T``), or with ``hard=True`` the cross-entropy against the
+    teacher's arg-max class (DeiT's hard distillation).
+
+    Args:
+        student: student logits (B, classes).
+        teacher: teacher logits (B, classes); no gradient flows into them.
+        labels: true classes (B,); needed when ``alpha < 1``.
+        alpha: weight of the distillation term in [0, 1].
+        temperature: softening temperature T > 0 (soft distillation only).
+        label_smoothing: applied to the label cross-entropy term.
+    """
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise ValueError("alpha must be in [0, 1] and temperature > 0")
+    teacher = teacher.detach().float()
+    student = student.float()
+    if hard:
+        distill = F.cross_entropy(student, teacher.argmax(-1))
+    else:
+        t = temperature
+        distill = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+                           reduction="batchmean", log_target=True) * t * t
+    if alpha >= 1.0:
+        return distill
+    if labels is None:
+        raise ValueError("labels are needed when alpha < 1")
+    ce = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    return (1.0 - alpha) * ce + alpha * distill
+
+
+class Distiller:
+    """A training loss ``(logits, labels, images) -> loss`` that runs the frozen teacher.
+
+    The teacher is put in eval mode and run without gradients on the same (augmented) images the
+    student sees, so the student matches the teacher's function on them.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, *, alpha: float, temperature: float,
+                 hard: bool = False, label_smoothing: float = 0.0):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.alpha, self.temperature, self.hard = alpha, temperature, hard
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.teacher(images)
+        return kd_loss(logits, t, labels, alpha=self.alpha, temperature=self.temperature,
+                       hard=self.hard, label_smoothing=self.label_smoothing)

@@ -71,6 +71,17 @@ def test_uniform_is_the_least_uniform_ratio_in_the_band(d12_shape):
     assert space.macs(x - 1e-6) > 0.6 * space.dense_macs  # a little less pruning breaks the budget
 
 
+def test_uniform_raises_the_neuron_ratio_when_heads_step_over_the_band(d12_shape):
+    # at 40% one ratio everywhere jumps from 41.8% to 35.1% (each block loses a head at once)
+    space = SearchSpace(d12_shape)
+    x = _sampler(space, 0.4).uniform()
+    L = space.depth
+    heads, neurons, tokens = x[:L], x[L:2 * L], x[2 * L]
+    assert np.ptp(heads) == 0.0 and np.ptp(neurons) == 0.0  # still uniform across blocks
+    assert heads[0] == pytest.approx(tokens) and neurons[0] > heads[0]
+    assert 0.392 <= space.macs(x) / space.dense_macs <= 0.4
+
+
 def test_uniform_reports_a_jump_over_the_band(small_space):
     # heads only: every block loses a head at the same ratio, a ~10% step in cost
     heads_only = SearchSpace(small_space.shape, neuron_bounds=(0, 0), token_bounds=(0, 0))

@@ -5,12 +5,10 @@ which the trials file holds exactly (JSON floats round-trip), so a search resume
 file proposes what the uninterrupted search would have: a killed run loses at most the
 evaluation in flight.
 
-Multi-process evaluation (torchrun) fits behind the objective: run the same search on every rank
-with the same seed and let the objective split the calibration batch across ranks and all-reduce
-the accuracy, so every rank sees the same value and proposes the same next point; only rank 0
-passes ``trials_path`` / ``out_dir`` (the others pass ``None`` and write nothing). Where GP fits
-might differ across ranks' hardware, rank 0 alone can run the search instead, with an objective
-that broadcasts each plan to worker ranks waiting in an evaluation loop.
+Multi-process evaluation (torchrun) lives behind the objective, so this loop knows nothing of
+it: rank 0 alone runs the search and writes the trials; its objective sends each plan to the
+other ranks, every rank scores its part of the calibration images, and the counts are summed
+(``vitprune.pipeline.MaskedAccuracy``). The value is then exactly the single-process one.
 """
 
 from __future__ import annotations

@@ -128,18 +128,24 @@ class FeasibleSampler:
         """The least pruning on the ray from ``lower`` to ``upper`` that meets the target.
 
         With equal bounds for heads, neurons and tokens this is one ratio everywhere (the uniform
-        baseline); otherwise the same fraction of each coordinate's range.
+        baseline); otherwise the same fraction of each coordinate's range. Where that ray's cost
+        jumps over the band (an integer step, e.g. every block losing a head at once), the point
+        just before the jump is taken and the neuron ratio alone, still the same in every block,
+        is raised into the band.
 
         Raises:
-            BudgetError: the uniform ray's cost jumps over the band (an integer step, e.g. every
-                block losing a head at once); the message gives the costs on both sides.
+            BudgetError: even that jumps over the band; the message gives the costs on both sides.
         """
         P = self._upper[None]
         X, ok = self.project(P, np.array([self.band.high]))
         if ok[0]:
             return X[0]
         t_hi = self._bisect(P, np.array([self.band.high]))[0]
-        before = self.space.batch_macs(self._along(P, np.array([t_hi * (1 - 1e-9)])))[0]
+        base = self._along(P, np.array([t_hi * (1 - 1e-9)]))  # just before the jump
+        fitted = self._neurons_to_band(base[0])
+        if fitted is not None:
+            return fitted
+        before = self.space.batch_macs(base)[0]
         after = self.space.batch_macs(X)[0]
         dense = self.band.dense
         raise BudgetError(
@@ -148,6 +154,28 @@ class FeasibleSampler:
             f"from {before / dense:.2%} to {after / dense:.2%} at ratio {X[0].max():.4f}. Widen "
             "the budget's tolerance or move the budget."
         )
+
+    def _neurons_to_band(self, base: np.ndarray) -> np.ndarray | None:
+        """From ``base`` (costing above the band), raise every block's neuron ratio by the same
+        amount until the cost lands in the band; ``None`` if that jumps over it too.
+
+        Heads come in a few per block, so one ratio for everything can step over a narrow band
+        (every block losing a head at once); MLP neurons are fine-grained enough to land in it.
+        """
+        L = self.space.depth
+        top = base.copy()
+        top[L:2 * L] = self._upper[L:2 * L]
+        lo, hi = 0.0, 1.0
+        if self.space.batch_macs((base + hi * (top - base))[None])[0] > self.band.high:
+            return None
+        for _ in range(_BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            if self.space.batch_macs((base + mid * (top - base))[None])[0] <= self.band.high:
+                hi = mid
+            else:
+                lo = mid
+        x = base + hi * (top - base)
+        return x if self.band.contains(self.space.batch_macs(x[None])[0]) else None
 
     def project(self, P: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Walk each ray towards ``P`` to the first point costing at most its level.

@@ -88,3 +88,31 @@ def test_masked_objective_leaves_the_model_usable_for_autograd(tiny_vit, synth_s
     loss.backward()  # failed when the masks were inference tensors
     assert tiny_vit.blocks[0].mlp.fc1.weight.grad is not None
     obj.close()
+
+
+def test_kl_objective_is_minus_the_kl_from_the_dense_model(tiny_vit, synth_splits):
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    shape = vit_shape(tiny_vit)
+    with torch.no_grad():
+        dense_logp = [tiny_vit(x).log_softmax(-1) for x, _ in batches]
+    plan = ratios_to_plan(shape, Ratios((0.5,) * 4, (0.5,) * 4, 0.4))
+    pruned = prune(tiny_vit, plan)
+    obj = MaskedAccuracy(tiny_vit, batches, metric="kl")
+    assert obj(PrunePlan.dense(shape)) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        kl = sum(torch.nn.functional.kl_div(pruned(x).log_softmax(-1), d, reduction="sum",
+                                            log_target=True).item()
+                 for (x, _), d in zip(batches, dense_logp)) / 64
+    assert kl > 1e-3
+    assert obj(plan) == pytest.approx(-kl, rel=1e-4)
+    obj.close()
+
+
+def test_a_search_does_not_resume_under_another_objective(tmp_path, capsys):
+    common = ["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--threads", "1",
+              "--budget", "0.6", "--method", "random", "--criterion", "magnitude",
+              "--calib-images", "64", "--out", str(tmp_path), "--quiet", "--trials"]
+    assert main(common + ["2"]) == 0
+    assert main(common + ["3", "--resume", "--objective", "kl"]) == 2
+    assert "another" in capsys.readouterr().err.lower()
+    assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 2

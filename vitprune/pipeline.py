@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import dist
 from .adapters import vit_shape
@@ -58,38 +59,52 @@ def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
 
 
 class MaskedAccuracy:
-    """The search objective: top-1 (%) of the dense weights under a plan, on calibration batches.
+    """The search objective: top-1 (%) of the dense weights under a plan, on calibration batches,
+    or with ``metric="kl"`` minus the mean KL divergence from the dense model's predictions
+    (higher is better either way; KL is smoother than top-1 on a few thousand images).
 
     Applies plans as masks in place (fast to change between evaluations); :meth:`close`
     restores the model.
 
     Under torchrun each rank holds its part of the calibration batches: rank 0 calls the
     objective (it runs the search), which sends the plan to the other ranks, waiting in
-    :meth:`serve`; the correct counts are summed over ranks, so every rank's value is the
-    accuracy on all the batches.
+    :meth:`serve`; the sums are added over ranks, so the value is that of all the batches.
     """
 
-    def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 metric: str = "top1"):
+        if metric not in ("top1", "kl"):
+            raise ValueError(f"metric must be 'top1' or 'kl', got {metric!r}")
         self.model = model.eval()
         self.batches = batches
+        self.metric = metric
+        self.dense = None
+        if metric == "kl":  # the dense model's log-probabilities, computed once
+            with torch.inference_mode():
+                self.dense = [model(x).float().log_softmax(-1) for x, _ in batches]
         self.masker = Masker(model)
 
     def _counts(self, plan: PrunePlan) -> list[float]:
         # masks are made outside inference mode: inference tensors would break later autograd
         # use of the same model (e.g. a Taylor criterion) while the masks are installed
         self.masker.set(plan)
-        correct = total = 0
+        good = total = 0.0
         with torch.inference_mode():
-            for x, y in self.batches:
-                correct += (self.model(x).argmax(-1) == y).sum().item()
+            for i, (x, y) in enumerate(self.batches):
+                logits = self.model(x)
+                if self.dense is None:
+                    good += (logits.argmax(-1) == y).sum().item()
+                else:
+                    good -= F.kl_div(logits.float().log_softmax(-1), self.dense[i],
+                                     reduction="sum", log_target=True).item()
                 total += y.numel()
-        return dist.sum_([correct, total])
+        return dist.sum_([good, total])
 
     def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
         if dist.active():
             dist.broadcast(plan.to_dict())
-        correct, total = self._counts(plan)
-        return 100.0 * correct / total
+        good, total = self._counts(plan)
+        return (100.0 if self.metric == "top1" else 1.0) * good / total
 
     def serve(self) -> None:
         """On ranks other than 0: evaluate the plans rank 0 sends until it sends ``None``."""
@@ -132,8 +147,9 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
                   scores: Sequence[BlockScores] | str | Path | None = None,
                   criterion: str = "hsic", calib_images: int | None = 2000,
                   bounds: tuple[float, float] = (0.0, 0.5), resume: bool = False,
-                  progress: bool = True) -> SearchResult:
-    """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1.
+                  progress: bool = True, metric: str = "top1") -> SearchResult:
+    """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1
+    (``metric="kl"``: minimising the KL divergence from the dense model's predictions).
 
     Components are kept in the order of ``scores`` (a criterion's, computed here when not given),
     so the search decides how many to keep per block, not which.
@@ -147,13 +163,13 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
         raise ScoringError(f"scores are for {len(scores)} blocks, the model has {depth}")
     space = _space(model, bounds, scores)
     objective = MaskedAccuracy(model, calibration_batches(splits, calib_images, rank=dist.rank(),
-                                                          world=dist.world()))
+                                                          world=dist.world()), metric=metric)
     try:
         if dist.is_main():
             try:
                 result = search(objective, space, budget, method=method, n_trials=n_trials,
                                 n_init=n_init, seed=seed, out_dir=out, resume=resume,
-                                progress=progress)
+                                progress=progress, metric=metric)
             except VitpruneError as exc:  # every rank raises it, none is left waiting
                 result = exc
             objective.stop()

@@ -83,6 +83,8 @@ class SearchConfig:
         n_best_local: how many of the best trials are perturbed.
         local_scale: standard deviation of a perturbation, as a fraction of each ratio's range.
         gp_restarts: extra random restarts of the GP's hyper-parameter optimiser.
+        metric: a label for what the objective measures (``"top1"``, ``"kl"``): values of
+            different metrics are not comparable, so a trials file only resumes under the same.
     """
 
     method: Method = "gp-ei"
@@ -94,6 +96,7 @@ class SearchConfig:
     n_best_local: int = 5
     local_scale: float = 0.1
     gp_restarts: int = 2
+    metric: str = "top1"
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"search method must be one of {METHODS}, got "
@@ -119,9 +122,11 @@ class SearchConfig:
     def proposal_settings(self) -> dict:
         """The settings that decide which points are proposed (``n_trials`` only says how many):
         a trials file may be resumed, or extended, by any search with the same ones."""
+        # the default metric is left out, so trials files written before it existed resume
+        extra = {} if self.metric == "top1" else {"metric": self.metric}
         if self.method != "gp-ei":
-            return {"method": self.method, "seed": self.seed}
-        return {k: v for k, v in asdict(self).items() if k != "n_trials"}
+            return {"method": self.method, "seed": self.seed, **extra}
+        return {k: v for k, v in asdict(self).items() if k not in ("n_trials", "metric")} | extra
 
     @property
     def evaluations(self) -> int:

@@ -80,15 +80,14 @@ def select_tokens(
     if keep >= n:
         return x
     prefix, patches, s = x[:, :num_prefix], x[:, num_prefix:], scores[:, num_prefix:]
-    order = s.argsort(dim=1, descending=True)  # (B, n)
-    kept_idx = order[:, :keep].sort(dim=1).values  # original order keeps position structure
+    top = s.topk(keep, dim=1, sorted=False).indices  # (B, keep)
+    kept_idx = top.sort(dim=1).values  # original order keeps position structure
     parts = [prefix, patches.gather(1, kept_idx.unsqueeze(-1).expand(-1, -1, C))]
     if fuse:
-        drop_idx = order[:, keep:]  # (B, n - keep)
-        dropped = patches.gather(1, drop_idx.unsqueeze(-1).expand(-1, -1, C))
-        w = s.gather(1, drop_idx)
+        # the dropped tokens' score-weighted mean, as (all - kept) sums: no second gather
+        w = s.scatter(1, kept_idx, 0.0)  # (B, n): scores of dropped tokens, 0 for kept ones
         w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        parts.append(w.unsqueeze(1) @ dropped)  # (B, 1, C)
+        parts.append(w.unsqueeze(1).to(patches.dtype) @ patches)  # (B, 1, C)
     return torch.cat(parts, dim=1)
 
 

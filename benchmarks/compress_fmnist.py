@@ -80,9 +80,9 @@ def main() -> int:
             "throughput_speedup_b64": speed[64]["dense"] / speed[64][b],
             "latency_ms_b1": 1e3 * speed[1][b], "throughput_b64": 64 / speed[64][b],
             "search_s": sum(t["wall_s"] + t["propose_s"] for t in trials),
-            "finetune_s": sum(h["seconds"] for h in m["finetune_history"]),
-            "epochs": len(m["finetune_history"]),
-            "finetune_calib_top1": [h["calib_top1"] for h in m["finetune_history"]],
+            "finetune_s": sum(h["seconds"] for h in res.metrics["finetune_history"]),
+            "epochs": len(res.metrics["finetune_history"]),
+            "finetune_calib_top1": [h["calib_top1"] for h in res.metrics["finetune_history"]],
         })
     dense = {"mmacs": results[args.budgets[0]][0].metrics["rows"]["dense"]["macs"] / 1e6,
              "latency_ms_b1": 1e3 * speed[1]["dense"], "throughput_b64": 64 / speed[64]["dense"]}

@@ -1,6 +1,6 @@
 """Why does HSIC lose to activation magnitude on heads? Variants of the HSIC criterion on the
-Fashion-MNIST baseline, no fine-tuning: accuracy after removing a third of the heads (and half the
-neurons) in every block, the components chosen by each variant (scores from calibration images,
+Fashion-MNIST baseline, no fine-tuning: accuracy after removing a third or half of the heads (and
+half the neurons) in every block, the components chosen by each variant (scores from calibration images,
 accuracy on the test split).
 
     python benchmarks/hsic_variants.py --out docs/hsic_variants
@@ -36,7 +36,7 @@ VARIANTS = [
     ("activation magnitude (reference)", "activation", {}),
     ("taylor (reference)", "taylor", {}),
 ]
-SETTINGS = [("heads -1/3", 1 / 3, 0.0), ("neurons -50%", 0.0, 0.5)]
+SETTINGS = [("heads -1/3", 1 / 3, 0.0), ("heads -1/2", 0.5, 0.0), ("neurons -50%", 0.0, 0.5)]
 
 
 def main() -> int:

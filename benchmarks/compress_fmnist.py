@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,26 +25,9 @@ import torch
 
 import vitprune
 from vitprune import fsutil
+from vitprune.speed import compare
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
-
-
-def interleaved_speed(models: dict[str, torch.nn.Module], batch: int, rounds: int,
-                      reps: int) -> dict[str, float]:
-    """Median seconds per forward of each model, timing the models in turn within each round."""
-    x = torch.randn(batch, 1, 28, 28)
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(3):
-                m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    m(x)
-                times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> int:
@@ -63,8 +45,9 @@ def main() -> int:
         results[b] = (res, time.perf_counter() - t0)
     models = {"dense": vitprune.load(BASELINE)}
     models.update({b: r.model for b, (r, _) in results.items()})
-    speed = {1: interleaved_speed(models, 1, rounds=15, reps=20),
-             64: interleaved_speed(models, 64, rounds=9, reps=3)}
+    speed = {b: {k: r["latency_ms"] / 1e3 for k, r in
+                 compare(models, (1, 28, 28), b, rounds=15 if b == 1 else 9,
+                         reps=20 if b == 1 else 3).items()} for b in (1, 64)}
     rows = []
     for b, (res, _) in results.items():
         m = res.metrics["rows"]

@@ -29,7 +29,7 @@ from .models import SMALL_CONFIGS, ArchSpec
 from .pipeline import check_budget, finetune, parse_budget, policy_search, score
 from .plan import PrunePlan
 from .scoring import load_scores
-from .speed import measure
+from .speed import compare
 from .surgery import prune
 from .train import TrainConfig, evaluate
 
@@ -271,10 +271,10 @@ class _Run:
         if dist.is_main():
             pe = self.dense.patch_embed
             img = (pe.proj.in_channels, *pe.img_size)
-            for name in ("dense", "finetuned"):
-                m = models[name].cpu()
-                rows[name]["cpu"] = {f"batch{b}": measure(m, img, b, warmup=5, repeats=30 if b == 1 else 10)
-                                     for b in self.cfg.bench_batches}
+            pair = {name: models[name].cpu() for name in ("dense", "finetuned")}
+            for b in self.cfg.bench_batches:  # timed in turn: the speed-up is a fair ratio
+                for name, r in compare(pair, img, b, rounds=15, reps=10 if b == 1 else 2).items():
+                    rows[name].setdefault("cpu", {})[f"batch{b}"] = r
             history = read_config(self.out / "model")["meta"]["finetuned"]["history"]
             metrics = {"rows": rows, "threads": torch.get_num_threads(),
                        "finetune_history": history, "test_images": acc["n"]}

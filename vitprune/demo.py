@@ -2,7 +2,7 @@
 
 Compresses the shipped Fashion-MNIST baseline (``vitprune/assets/fmnist_vit_d12``) to 60% of its
 MACs: HSIC scores, a 24-evaluation GP-EI search, physical pruning, 3 epochs of fine-tuning with
-distillation, evaluation and a report in ``runs/demo`` (about 18 minutes on two CPU cores;
+distillation, evaluation and a report in ``runs/demo`` (14 minutes measured on two CPU cores;
 re-running resumes or, when finished, just prints the table). Where the baseline is missing it is
 trained first with the committed training commands (two phases, resumable, about 100 minutes).
 """
@@ -44,7 +44,7 @@ def baseline_dir(runs: Path = Path("runs")) -> Path:
 
 
 # the demo's settings; docs/compress.md has the longer runs (8 epochs, budgets 0.6 and 0.4)
-# (on two quiet cores: ~3 s per search evaluation, ~300 s per fine-tuning epoch)
+# (on two quiet cores: ~2.3 s per search evaluation, ~230 s per fine-tuning epoch)
 DEMO = ["--budget", "0.6", "--trials", "24", "--init", "10", "--epochs", "3"]
 
 

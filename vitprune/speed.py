@@ -44,3 +44,38 @@ def measure(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: in
     return {"latency_ms": 1e3 * med, "latency_ms_min": 1e3 * min(times),
             "throughput": batch / med, "batch": batch, "threads": threads or old,
             "repeats": repeats}
+
+
+@torch.inference_mode()
+def compare(models: dict[str, torch.nn.Module], input_shape: tuple[int, int, int], batch: int, *,
+            rounds: int = 15, reps: int = 5, warmup: int = 3,
+            device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Latency of several models timed in turn, round after round, so that drifts in machine
+    load hit them alike and their ratios stay fair (a speed-up is one such ratio).
+
+    Args:
+        models: name -> model (put in eval mode on ``device``).
+        input_shape: (C, H, W) of one image.
+        batch: images per forward pass.
+        rounds: timing rounds; each times every model ``reps`` forwards in a row.
+    Returns:
+        name -> ``latency_ms`` (median over rounds of the mean per forward), ``throughput``
+        (images/s), ``batch``, ``threads``.
+    """
+    x = torch.randn(batch, *input_shape, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    models = {k: m.eval().to(device) for k, m in models.items()}
+    for m in models.values():
+        for _ in range(warmup):
+            m(x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                m(x)
+            sync()
+            times[k].append((time.perf_counter() - t0) / reps)
+    return {k: {"latency_ms": 1e3 * statistics.median(v), "throughput": batch / statistics.median(v),
+                "batch": batch, "threads": torch.get_num_threads()} for k, v in times.items()}

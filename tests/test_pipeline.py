@@ -116,3 +116,16 @@ def test_a_search_does_not_resume_under_another_objective(tmp_path, capsys):
     assert main(common + ["3", "--resume", "--objective", "kl"]) == 2
     assert "another" in capsys.readouterr().err.lower()
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("blocks, expected", [(["2"], [2]), ([], [])])
+def test_search_token_stage_positions_are_configurable(tmp_path, blocks, expected):
+    out = tmp_path / "s"
+    assert main(["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--threads", "1",
+                 "--budget", "0.7", "--method", "random", "--trials", "3", "--criterion",
+                 "magnitude", "--calib-images", "64", "--token-blocks", *blocks, "--out", str(out),
+                 "--quiet"]) == 0
+    plan = PrunePlan.load(out / "best_plan.json")
+    assert [t.block for t in plan.tokens] == expected
+    if not expected:  # heads and neurons alone meet the budget
+        assert all(len(b.neurons) < 64 or len(b.heads) < 4 for b in plan.blocks)

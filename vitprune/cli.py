@@ -157,7 +157,8 @@ def cmd_search(args) -> dict:
                         n_trials=args.trials, n_init=args.init, seed=args.seed,
                         scores=args.scores, criterion=args.criterion,
                         calib_images=args.calib_images, bounds=(0.0, args.max_ratio),
-                        resume=args.resume, progress=not args.quiet, metric=args.objective)
+                        resume=args.resume, progress=not args.quiet, metric=args.objective,
+                        token_blocks=args.token_blocks)
     return {"out": str(args.out), "method": args.method, "trials": len(res.trials),
             "best_calib_top1": res.best.value, "best_trial": res.best.trial,
             "best_plan": str(Path(args.out) / "best_plan.json")}
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="scores JSON from `vitprune score`")
     p.add_argument("--calib-images", type=int, default=2000, help="calibration images per evaluation")
     p.add_argument("--max-ratio", type=float, default=0.5, help="upper bound of every prune ratio")
+    p.add_argument("--token-blocks", type=int, nargs="*", metavar="B",
+                   help="0-indexed blocks with a token-selection stage (default: spread over the "
+                        "depth, e.g. 3 6 9 of 12); give none to search heads and neurons only")
     p.add_argument("--objective", default="top1", choices=["top1", "kl"],
                    help="masked calibration top-1, or minus the KL divergence from the dense model")
     p.add_argument("--out", required=True, type=Path)

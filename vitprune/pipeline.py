@@ -128,9 +128,11 @@ def parse_budget(text: str | float) -> Budget:
 
 
 def _space(model: torch.nn.Module, bounds: tuple[float, float],
-           scores: Sequence[BlockScores] | None = None) -> SearchSpace:
+           scores: Sequence[BlockScores] | None = None,
+           token_blocks: Sequence[int] | None = None) -> SearchSpace:
     return SearchSpace(vit_shape(model), head_bounds=bounds, neuron_bounds=bounds,
                        token_bounds=bounds,
+                       token_blocks=None if token_blocks is None else tuple(token_blocks),
                        rankings=None if scores is None else tuple(rankings(scores)))
 
 
@@ -147,12 +149,15 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
                   scores: Sequence[BlockScores] | str | Path | None = None,
                   criterion: str = "hsic", calib_images: int | None = 2000,
                   bounds: tuple[float, float] = (0.0, 0.5), resume: bool = False,
-                  progress: bool = True, metric: str = "top1") -> SearchResult:
+                  progress: bool = True, metric: str = "top1",
+                  token_blocks: Sequence[int] | None = None) -> SearchResult:
     """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1
     (``metric="kl"``: minimising the KL divergence from the dense model's predictions).
 
     Components are kept in the order of ``scores`` (a criterion's, computed here when not given),
-    so the search decides how many to keep per block, not which.
+    so the search decides how many to keep per block, not which. ``token_blocks``: the blocks
+    with a token-selection stage (default: a quarter, half and three quarters of the way; empty:
+    none).
     """
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
@@ -161,7 +166,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
     depth = len(vit_shape(model).blocks)
     if len(scores) != depth:
         raise ScoringError(f"scores are for {len(scores)} blocks, the model has {depth}")
-    space = _space(model, bounds, scores)
+    space = _space(model, bounds, scores, token_blocks)
     objective = MaskedAccuracy(model, calibration_batches(splits, calib_images, rank=dist.rank(),
                                                           world=dist.world()), metric=metric)
     try:

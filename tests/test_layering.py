@@ -8,14 +8,14 @@ import vitprune
 PKG = Path(vitprune.__file__).parent
 # lower number = lower layer
 LAYER = {
-    "errors": 0, "fsutil": 0, "cost": 0, "dist": 0, "plan": 1,
+    "errors": 0, "fsutil": 0, "cost": 0, "dist": 0, "progress": 0, "plan": 1,
     "models": 2, "adapters": 3,
     "scoring": 4, "surgery": 4, "search": 4, "data": 4,
     "train": 5, "io": 5, "speed": 5, "report": 5,
     "pipeline": 6, "compression": 7, "cli": 8, "demo": 9, "__main__": 10, "__init__": 10,
 }
 # search is pure decision-making: it may import only plan/cost/errors, never a model
-SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "search"}
+SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "progress", "search"}
 
 
 def _top(module_path: Path) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import OutputError
 from ..plan import PrunePlan
+from ..progress import min_interval
 from .acquisition import log_expected_improvement
 from .config import Budget, SearchConfig, SearchError
 from .sampler import Band, FeasibleSampler, resolve_band
@@ -136,6 +137,7 @@ def run_search(objective: Objective, space: SearchSpace, budget: Budget, config:
     from tqdm.auto import tqdm
 
     with tqdm(total=config.evaluations, initial=len(trials), desc=f"search {config.method}",
+              mininterval=min_interval(),
               disable=not progress, unit="eval") as bar:
         if trials:
             bar.set_postfix(best=f"{max(t.value for t in trials):.4g}")

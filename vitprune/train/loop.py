@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import dist, fsutil
 from ..data import Splits, make_loader
 from ..errors import OutputError
+from ..progress import min_interval
 from .distill import Distiller
 from .schedule import warmup_cosine
 
@@ -158,6 +159,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         net.train()
         t0, loss_sum = time.perf_counter(), 0.0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main),
+                   mininterval=min_interval(),
                    leave=False, dynamic_ncols=True)
         for step, (x, y) in enumerate(loader):
             if step >= steps:

@@ -52,11 +52,6 @@ def _splits(args):
                        img_size=args.img_size, seed=args.split_seed)
 
 
-def _overrides(splits) -> dict:
-    """Constructor overrides that make a timm model fit the data (classes, channels, size)."""
-    return {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
-
-
 def cmd_train(args) -> dict:
     from .data import make_loader
     from .io import save
@@ -121,11 +116,9 @@ def _model_and_plan(args, device: str = "cpu"):
 
 def _model_for_data(args, splits, device: str = "cpu"):
     """--model (+ --checkpoint) built to fit the data's classes, channels and image size."""
-    from .io import resolve_model
-    from .models import SMALL_CONFIGS
+    from .io import resolve_for_data
 
-    over = {} if args.model in SMALL_CONFIGS or Path(args.model).is_dir() else _overrides(splits)
-    return resolve_model(args.model, args.checkpoint, device=device, **over)
+    return resolve_for_data(args.model, splits, args.checkpoint, device=device)
 
 
 def _dense_for_data(args, verb: str):

@@ -23,9 +23,9 @@ from .adapters import vit_shape
 from .cost import macs, params
 from .data import Splits, load_splits, make_loader
 from .errors import OutputError
-from .io import load, resolve_model, save
+from .io import load, resolve_for_data, save
 from .io.model_dir import read_config
-from .models import SMALL_CONFIGS, ArchSpec
+from .models import ArchSpec
 from .pipeline import check_budget, finetune, parse_budget, policy_search, score
 from .plan import PrunePlan
 from .scoring import load_scores
@@ -148,11 +148,7 @@ def compress(model: str | Path, data: str | Splits = "fashion-mnist", budget: st
 def _dense(model: str | Path, checkpoint, splits: Splits) -> tuple[torch.nn.Module, ArchSpec]:
     from .errors import PlanError
 
-    over = {}
-    if str(model) not in SMALL_CONFIGS and not Path(model).is_dir():
-        over = {"num_classes": splits.num_classes, "in_chans": splits.in_chans,
-                "img_size": splits.img_size}
-    net, arch, plan = resolve_model(str(model), checkpoint, **over)
+    net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
     if plan is not None:
         raise PlanError(f"{model} is already pruned; compress its dense base model instead")
     return net, arch

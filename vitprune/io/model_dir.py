@@ -100,3 +100,16 @@ def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device
     if checkpoint is not None:
         load_weights(model, read_state_dict(checkpoint), str(checkpoint))
     return model.to(device).eval(), arch, None
+
+
+def resolve_for_data(name_or_dir: str, splits: Any, checkpoint: str | Path | None = None,
+                     device: str = "cpu") -> tuple[torch.nn.Module, ArchSpec, dict | None]:
+    """:func:`resolve_model`, a timm name built to fit ``splits`` (its classes, channels and
+    image size); registered small configurations and saved directories are taken as they are."""
+    from ..models import SMALL_CONFIGS
+
+    over = {}
+    if name_or_dir not in SMALL_CONFIGS and not Path(name_or_dir).is_dir():
+        over = {"num_classes": splits.num_classes, "in_chans": splits.in_chans,
+                "img_size": splits.img_size}
+    return resolve_model(name_or_dir, checkpoint, device=device, **over)

@@ -175,7 +175,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
             sched.step()
             loss_sum += loss.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}")
+            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", refresh=False)
         bar.close()
         loss_sum = dist.sum_([loss_sum], device)[0] / world
         val = evaluate(model, calib, device)

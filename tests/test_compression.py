@@ -97,3 +97,22 @@ def test_finetune_command_refuses_an_incompatible_teacher(run, tmp_path, capsys)
     assert "incompatible" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
     assert json.loads((run.out / "compress.json").read_text())["config"]["epochs"] == 2
+
+
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    """A setting added later is at its default in an older run's manifest, not a difference."""
+    import dataclasses
+    import json
+
+    from vitprune.compression import MANIFEST, CompressConfig, _claim
+    from vitprune.errors import OutputError
+
+    config = json.loads(json.dumps(dataclasses.asdict(CompressConfig())))
+    manifest = {"format": "vitprune.compress", "version": 1, "model": "m", "data": "d",
+                "config": config}
+    older = {**manifest, "config": {k: v for k, v in config.items() if k != "dims"}}
+    (tmp_path / MANIFEST).write_text(json.dumps(older))
+    _claim(tmp_path, manifest, {})  # accepted
+    changed = {**manifest, "config": {**config, "dims": ["heads"]}}
+    with pytest.raises(OutputError, match="config.dims"):
+        _claim(tmp_path, changed, {})

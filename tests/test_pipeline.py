@@ -129,3 +129,26 @@ def test_search_token_stage_positions_are_configurable(tmp_path, blocks, expecte
     assert [t.block for t in plan.tokens] == expected
     if not expected:  # heads and neurons alone meet the budget
         assert all(len(b.neurons) < 64 or len(b.heads) < 4 for b in plan.blocks)
+
+
+@pytest.mark.parametrize("dims", [["neurons"], ["tokens"], ["heads", "neurons"]])
+def test_search_prunes_only_the_chosen_dimensions(tmp_path, dims):
+    out = tmp_path / "s"
+    assert main(["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--threads", "1",
+                 "--budget", "0.75", "--method", "random", "--trials", "3", "--criterion",
+                 "magnitude", "--calib-images", "64", "--max-ratio", "0.9", "--dims", *dims,
+                 "--out", str(out), "--quiet"]) == 0
+    plan = PrunePlan.load(out / "best_plan.json")
+    pruned = {"heads": any(len(b.heads) < 4 for b in plan.blocks),
+              "neurons": any(len(b.neurons) < 64 for b in plan.blocks),
+              "tokens": bool(plan.tokens)}
+    assert pruned == {d: d in dims for d in pruned}
+
+
+def test_a_budget_one_dimension_cannot_meet_is_refused(tiny_vit):
+    from vitprune.errors import BudgetError
+    from vitprune.pipeline import check_budget
+
+    check_budget(tiny_vit, 0.4, 0.9)  # all three dimensions reach it
+    with pytest.raises(BudgetError):
+        check_budget(tiny_vit, 0.4, 0.9, dims=("heads",))  # attention is not 60% of the MACs

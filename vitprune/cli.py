@@ -151,10 +151,16 @@ def cmd_search(args) -> dict:
                         scores=args.scores, criterion=args.criterion,
                         calib_images=args.calib_images, bounds=(0.0, args.max_ratio),
                         resume=args.resume, progress=not args.quiet, metric=args.objective,
-                        token_blocks=args.token_blocks)
+                        token_blocks=args.token_blocks, dims=args.dims)
     return {"out": str(args.out), "method": args.method, "trials": len(res.trials),
             "best_calib_top1": res.best.value, "best_trial": res.best.trial,
             "best_plan": str(Path(args.out) / "best_plan.json")}
+
+
+def _add_dims(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dims", nargs="+", default=["heads", "neurons", "tokens"],
+                   choices=["heads", "neurons", "tokens"],
+                   help="dimensions to prune (default: all three; e.g. --dims heads neurons)")
 
 
 def _recipe(p: argparse.ArgumentParser, epochs: int) -> None:
@@ -212,6 +218,7 @@ def cmd_compress(args) -> dict:
                    device=device, progress=not args.quiet,
                    criterion=args.criterion, method=args.method, trials=args.trials,
                    init=args.init, calib_images=args.calib_images, max_ratio=args.max_ratio,
+                   dims=tuple(args.dims),
                    seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
                    kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
@@ -331,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-blocks", type=int, nargs="*", metavar="B",
                    help="0-indexed blocks with a token-selection stage (default: spread over the "
                         "depth, e.g. 3 6 9 of 12); give none to search heads and neurons only")
+    _add_dims(p)
     p.add_argument("--objective", default="top1", choices=["top1", "kl"],
                    help="masked calibration top-1, or minus the KL divergence from the dense model")
     p.add_argument("--out", required=True, type=Path)
@@ -358,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=int, default=20)
     p.add_argument("--calib-images", type=int, default=2000)
     p.add_argument("--max-ratio", type=float, default=0.5)
+    _add_dims(p)
     _recipe(p, epochs=8)
     p.add_argument("--out", required=True, type=Path,
                    help="run directory; the same command again resumes an interrupted run")

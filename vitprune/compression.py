@@ -49,6 +49,7 @@ class CompressConfig:
         method, trials, init: the policy search (``gp-ei``, ``random``, ``uniform``).
         calib_images: calibration images per search evaluation.
         max_ratio: upper bound of every prune ratio in the search.
+        dims: the dimensions pruned (``heads``, ``neurons``, ``tokens``); the others stay whole.
         seed: seeds the search and the fine-tuning.
         epochs, batch_size, lr, warmup_epochs, weight_decay, augment: the fine-tuning recipe.
         kd_alpha, kd_temperature, kd_hard: distillation from the dense model.
@@ -64,6 +65,7 @@ class CompressConfig:
     init: int = 20
     calib_images: int = 2000
     max_ratio: float = 0.5
+    dims: tuple[str, ...] = ("heads", "neurons", "tokens")
     seed: int = 0
     epochs: int = 8
     batch_size: int = 128
@@ -131,7 +133,7 @@ def compress(model: str | Path, data: str | Splits = "fashion-mnist", budget: st
     device = dist.init(device)
     splits = data if isinstance(data, Splits) else load_splits(data, data_dir)
     dense, arch = _dense(model, checkpoint, splits)
-    check_budget(dense, parse_budget(cfg.budget), cfg.max_ratio)  # before anything is written
+    check_budget(dense, parse_budget(cfg.budget), cfg.max_ratio, cfg.dims)  # before any write
     out = Path(out)
     manifest = {"format": FORMAT, "version": 1, "model": _model_id(model, checkpoint),
                 "data": splits.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
@@ -174,6 +176,11 @@ def _claim(out: Path, manifest: dict, info: dict) -> None:
         except json.JSONDecodeError as exc:
             raise OutputError(f"{path} is damaged ({exc}); choose another --out") from exc
         prior.pop("info", None)
+        # a setting added after the run was made is at its default there
+        defaults = json.loads(json.dumps(dataclasses.asdict(CompressConfig())))
+        if isinstance(prior.get("config"), dict):
+            prior["config"] = {**{k: v for k, v in defaults.items() if k != "budget"},
+                               **prior["config"]}
         if prior != manifest:
             diff = sorted(k for k in set(prior) | set(manifest) if prior.get(k) != manifest.get(k))
             if "config" in diff:
@@ -220,7 +227,7 @@ class _Run:
         res = policy_search(self.dense, self.splits, parse_budget(self.cfg.budget), sdir,
                             method=self.cfg.method, n_trials=self.cfg.trials, n_init=self.cfg.init,
                             seed=self.cfg.seed, scores=scores, calib_images=self.cfg.calib_images,
-                            bounds=(0.0, self.cfg.max_ratio),
+                            bounds=(0.0, self.cfg.max_ratio), dims=self.cfg.dims,
                             resume=(sdir / "trials.jsonl").exists(), progress=self.progress)
         return res.best_plan
 

@@ -16,7 +16,7 @@ from . import dist
 from .adapters import vit_shape
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
-from .errors import ModelError, ScoringError, VitpruneError
+from .errors import ModelError, ScoringError, SearchError, VitpruneError
 from .plan import PrunePlan
 from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
@@ -127,21 +127,38 @@ def parse_budget(text: str | float) -> Budget:
     return Budget(float(text))
 
 
+DIMS = ("heads", "neurons", "tokens")
+
+
+def _check_dims(dims: Sequence[str]) -> tuple[str, ...]:
+    dims = tuple(dims)
+    if not dims or any(d not in DIMS for d in dims) or len(set(dims)) != len(dims):
+        raise SearchError(f"dims {dims!r} must be distinct names among {', '.join(DIMS)}")
+    return dims
+
+
 def _space(model: torch.nn.Module, bounds: tuple[float, float],
            scores: Sequence[BlockScores] | None = None,
-           token_blocks: Sequence[int] | None = None) -> SearchSpace:
-    return SearchSpace(vit_shape(model), head_bounds=bounds, neuron_bounds=bounds,
-                       token_bounds=bounds,
+           token_blocks: Sequence[int] | None = None,
+           dims: Sequence[str] = DIMS) -> SearchSpace:
+    dims, fixed = _check_dims(dims), (0.0, 0.0)
+    if "tokens" not in dims:
+        token_blocks = ()
+    return SearchSpace(vit_shape(model), head_bounds=bounds if "heads" in dims else fixed,
+                       neuron_bounds=bounds if "neurons" in dims else fixed,
+                       token_bounds=bounds if "tokens" in dims else fixed,
                        token_blocks=None if token_blocks is None else tuple(token_blocks),
                        rankings=None if scores is None else tuple(rankings(scores)))
 
 
 def check_budget(model: torch.nn.Module, budget: Budget | float,
-                 bounds: tuple[float, float] | float = (0.0, 0.5)) -> None:
+                 bounds: tuple[float, float] | float = (0.0, 0.5),
+                 dims: Sequence[str] = DIMS) -> None:
     """Raise :class:`BudgetError` (with the reachable range) if no plan can meet ``budget``."""
     if isinstance(bounds, (int, float)):
         bounds = (0.0, float(bounds))
-    resolve_band(_space(model, bounds), budget if isinstance(budget, Budget) else Budget(budget))
+    resolve_band(_space(model, bounds, dims=dims),
+                 budget if isinstance(budget, Budget) else Budget(budget))
 
 
 def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float, out: str | Path,
@@ -150,14 +167,16 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
                   criterion: str = "hsic", calib_images: int | None = 2000,
                   bounds: tuple[float, float] = (0.0, 0.5), resume: bool = False,
                   progress: bool = True, metric: str = "top1",
-                  token_blocks: Sequence[int] | None = None) -> SearchResult:
+                  token_blocks: Sequence[int] | None = None,
+                  dims: Sequence[str] = DIMS) -> SearchResult:
     """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1
     (``metric="kl"``: minimising the KL divergence from the dense model's predictions).
 
     Components are kept in the order of ``scores`` (a criterion's, computed here when not given),
     so the search decides how many to keep per block, not which. ``token_blocks``: the blocks
     with a token-selection stage (default: a quarter, half and three quarters of the way; empty:
-    none).
+    none). ``dims``: the dimensions pruned (any of ``heads``, ``neurons``, ``tokens``; the others
+    are kept whole).
     """
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
@@ -166,7 +185,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float
     depth = len(vit_shape(model).blocks)
     if len(scores) != depth:
         raise ScoringError(f"scores are for {len(scores)} blocks, the model has {depth}")
-    space = _space(model, bounds, scores, token_blocks)
+    space = _space(model, bounds, scores, token_blocks, dims)
     objective = MaskedAccuracy(model, calibration_batches(splits, calib_images, rank=dist.rank(),
                                                           world=dist.world()), metric=metric)
     try:

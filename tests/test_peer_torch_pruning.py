@@ -1,0 +1,41 @@
+"""The Torch-Pruning peer of the results benchmark: its choices become an exact vitprune plan."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torch_pruning")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from peer_torch_pruning import plan_of, tp_plan, tp_prune  # noqa: E402
+
+from vitprune.adapters import vit_shape  # noqa: E402
+from vitprune.cost import macs  # noqa: E402
+from vitprune.pipeline import calibration_batches  # noqa: E402
+from vitprune.plan import planned_shape  # noqa: E402
+from vitprune.surgery import prune  # noqa: E402
+
+
+def test_the_plan_rebuilds_torch_prunings_model_exactly(tiny_vit, synth_splits):
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    theirs = tp_prune(tiny_vit, 0.5, 0.5, batches)
+    plan = plan_of(tiny_vit, theirs)
+    assert [(len(b.heads), len(b.neurons)) for b in plan.blocks] == [(2, 32)] * 4
+    assert not plan.tokens
+    ours = prune(tiny_vit, plan).eval()
+    x = batches[0][0]
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    # Taylor importance picks by the data, not simply the first units
+    assert any(b.neurons != tuple(range(32)) for b in plan.blocks)
+
+
+def test_the_peer_meets_the_budget_band(tiny_vit, synth_splits):
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    plan, how = tp_plan(tiny_vit, 0.6, batches)
+    shape = vit_shape(tiny_vit)
+    kept = macs(planned_shape(shape, plan)).total / macs(shape).total
+    assert 0.58 <= kept <= 0.6 and kept == pytest.approx(how["macs_kept"])
+    assert any(len(b.heads) < 4 for b in plan.blocks) and any(len(b.neurons) < 64 for b in plan.blocks)

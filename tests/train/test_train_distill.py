@@ -58,12 +58,26 @@ def test_fine_tuning_lowers_the_distillation_loss(tmp_path, synth_splits):
     teacher, student = _pair()
     batch = (synth_splits.train.normalise(synth_splits.train.images[:256]), synth_splits.train.labels[:256])
     before = _kd_on(student.eval(), teacher, batch)
+    weights = [v.clone() for v in teacher.state_dict().values()]
     cfg = TrainConfig(epochs=1, batch_size=64, lr=2e-3, kd_alpha=0.5, kd_temperature=2.0,
                       max_steps_per_epoch=6, augment=False)
     hist = finetune(student, teacher, synth_splits, cfg, tmp_path, progress=False)
     assert len(hist) == 1
     assert _kd_on(student.eval(), teacher, batch) < before - 0.05
-    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher stays frozen
+    assert all(torch.equal(p, q) for p, q in zip(teacher.state_dict().values(), weights))
+    # the teacher is not trained, and its flags are untouched: a model pruned from it afterwards
+    # (the next budget of a sweep) must still be trainable
+    assert all(p.requires_grad for p in teacher.parameters())
+    again = prune(teacher, ratios_to_plan(vit_shape(teacher), Ratios((0.25,) * 4, (0.25,) * 4, 0.0)))
+    finetune(again, teacher, synth_splits, cfg, tmp_path / "again", progress=False)
+
+
+def test_a_model_with_nothing_to_train_is_refused(tmp_path, synth_splits):
+    teacher, student = _pair()
+    student.requires_grad_(False)
+    cfg = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, augment=False, kd_alpha=0.5)
+    with pytest.raises(ModelError, match="requires_grad"):
+        finetune(student, teacher, synth_splits, cfg, tmp_path, progress=False)
 
 
 class _Interrupt(Exception):

@@ -45,14 +45,14 @@ class Distiller:
     """A training loss ``(logits, labels, images) -> loss`` that runs the frozen teacher.
 
     The teacher is put in eval mode and run without gradients on the same (augmented) images the
-    student sees, so the student matches the teacher's function on them.
+    student sees, so the student matches the teacher's function on them. Its parameters' own
+    ``requires_grad`` flags are left as they are: a model pruned from the teacher afterwards must
+    still be trainable.
     """
 
     def __init__(self, teacher: torch.nn.Module, *, alpha: float, temperature: float,
                  hard: bool = False, label_smoothing: float = 0.0):
         self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
         self.label_smoothing = label_smoothing
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import dist, fsutil
 from ..data import Splits, make_loader
-from ..errors import OutputError
+from ..errors import ModelError, OutputError
 from ..progress import min_interval
 from .distill import Distiller
 from .schedule import warmup_cosine
@@ -119,6 +119,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         one record per epoch (train loss, calibration top-1, seconds).
     """
     out = Path(out)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError("nothing to train: every parameter of the model has requires_grad=False "
+                         "(call model.requires_grad_(True) on the model to fine-tune)")
     main = dist.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)

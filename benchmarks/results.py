@@ -1,0 +1,260 @@
+"""Evidence for the method on the Fashion-MNIST baseline: ablations and a pruning peer.
+
+Every cell is one (method, budget, seed): a plan at the budget, physical pruning, the same
+fine-tuning recipe (distillation from the dense model), test top-1. The methods:
+
+1. dimensions: all three jointly (ours, vitprune's defaults) vs heads only, neurons only, tokens
+   only, and heads + neurons (no tokens); the restricted variants search ratios up to
+   ``--wide-ratio`` (0.9), since with the default 0.5 most of them cannot reach the budget at all;
+2. criterion: HSIC (ours) vs weight magnitude, first-order Taylor, random scores, same search;
+3. search: GP-EI (ours) vs random search vs uniform ratios, same HSIC ranking;
+4. peer: Torch-Pruning's ViT recipe (benchmarks/peer_torch_pruning.py) bisected to the budget.
+
+Run in the background; resumable (each cell keeps its stages under ``--runs`` and a re-run
+continues where it stopped); ``--shard i/n`` splits the cells over n processes (one thread each
+uses two cores well):
+
+    nohup python benchmarks/results.py run --shard 0/2 --threads 1 > runs/results_0.log 2>&1 &
+    nohup python benchmarks/results.py run --shard 1/2 --threads 1 > runs/results_1.log 2>&1 &
+
+Then, on quiet cores, time every finished model against the dense one and write the report:
+
+    python benchmarks/results.py report --speed --out docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vitprune import fsutil, load
+from vitprune.adapters import vit_shape
+from vitprune.cost import macs, params
+from vitprune.data import load_splits, make_loader
+from vitprune.errors import BudgetError
+from vitprune.io import resolve_for_data, save
+from vitprune.pipeline import (calibration_batches, check_budget, finetune, parse_budget,
+                               policy_search, score)
+from vitprune.plan import PrunePlan
+from vitprune.surgery import prune
+from vitprune.train import TrainConfig, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
+ALL = ("heads", "neurons", "tokens")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    group: str
+    criterion: str = "hsic"
+    search: str = "gp-ei"
+    dims: tuple[str, ...] = ALL
+    wide: bool = False  # searches ratios up to --wide-ratio
+
+
+METHODS = (
+    Method("ours", "ours"),
+    Method("heads only", "dimensions", dims=("heads",), wide=True),
+    Method("neurons only", "dimensions", dims=("neurons",), wide=True),
+    Method("tokens only", "dimensions", dims=("tokens",), wide=True),
+    Method("heads + neurons", "dimensions", dims=("heads", "neurons"), wide=True),
+    Method("magnitude", "criterion", criterion="magnitude"),
+    Method("taylor", "criterion", criterion="taylor"),
+    Method("random scores", "criterion", criterion="random"),
+    Method("random search", "search", search="random"),
+    Method("uniform", "search", search="uniform"),
+    Method("torch-pruning", "peer", criterion="torch-pruning", search="torch-pruning",
+           dims=("heads", "neurons")),
+)
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def cells(args) -> list[tuple[Method, float, int]]:
+    """All cells, the first seed of every method and budget before the next seed."""
+    picked = [m for m in METHODS if args.methods is None or m.name in args.methods]
+    return [(m, b, s) for s in args.seeds for b in args.budgets for m in picked
+            if not (m.search == "uniform" and s != args.seeds[0])]  # uniform has no randomness
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.splits = load_splits("fashion-mnist", args.data_dir)
+        self.dense, self.arch, _ = resolve_for_data(str(args.model), self.splits)
+        self.dense.eval()
+        self.recipe = TrainConfig(epochs=args.epochs, batch_size=128, lr=5e-4, warmup_epochs=0.5,
+                                  weight_decay=0.05, augment=not args.no_augment,
+                                  kd_alpha=args.kd_alpha, kd_temperature=2.0,
+                                  max_steps_per_epoch=args.max_steps)
+
+    def scores(self, criterion: str, seed: int):
+        path = self.args.runs / "scores" / f"{criterion}_s{seed}.json"
+        if path.exists():
+            from vitprune.scoring import load_scores
+            return load_scores(path)[0]
+        opts = {"seed": seed} if criterion == "random" else {}
+        return score(self.dense, self.splits, criterion, n_images=256, out=path, **opts)
+
+    def plan(self, m: Method, budget: float, seed: int, cell: Path) -> tuple[PrunePlan, dict]:
+        path = cell / "plan.json"
+        if path.exists():
+            info = json.loads((cell / "plan_info.json").read_text())
+            return PrunePlan.load(path), info
+        t0 = time.perf_counter()
+        if m.search == "torch-pruning":
+            from peer_torch_pruning import tp_plan
+
+            torch.manual_seed(seed)
+            batches = calibration_batches(self.splits, 640, batch_size=64)  # 10 batches, as theirs
+            plan, info = tp_plan(self.dense, budget, batches)
+            info = {"how": info}
+        else:
+            bounds = (0.0, self.args.wide_ratio if m.wide else 0.5)
+            res = policy_search(self.dense, self.splits, budget, cell / "search", method=m.search,
+                                n_trials=self.args.trials, n_init=self.args.init, seed=seed,
+                                scores=self.scores(m.criterion, seed), calib_images=2000,
+                                bounds=bounds, dims=m.dims, progress=False,
+                                resume=(cell / "search" / "trials.jsonl").exists())
+            plan, info = res.best_plan, {"calib_top1": res.best.value, "bounds": list(bounds)}
+        info["plan_seconds"] = round(time.perf_counter() - t0, 1)
+        plan.save(path)
+        fsutil.write_json(cell / "plan_info.json", info)
+        return plan, info
+
+    def run(self, m: Method, budget: float, seed: int) -> None:
+        cell = self.args.runs / slug(m.name) / f"b{budget}" / f"s{seed}"
+        if (cell / "result.json").exists():
+            return
+        cell.mkdir(parents=True, exist_ok=True)
+        try:
+            if m.search != "torch-pruning":
+                check_budget(self.dense, parse_budget(budget),
+                             self.args.wide_ratio if m.wide else 0.5, m.dims)
+            plan, info = self.plan(m, budget, seed, cell)
+        except BudgetError as exc:
+            fsutil.write_json(cell / "result.json", {**self.key(m, budget, seed),
+                                                     "unreachable": str(exc)})
+            print(f"{m.name} at {budget}: unreachable ({exc})", flush=True)
+            return
+        student = prune(self.dense, plan)
+        test = make_loader(self.splits.test, 500)
+        before = evaluate(student, test, "cpu")["top1"]
+        t0 = time.perf_counter()
+        cfg = TrainConfig(**{**asdict(self.recipe), "seed": seed})
+        history = finetune(student, self.dense, self.splits, cfg, cell / "finetune", resume=True,
+                           progress=False)
+        wall = time.perf_counter() - t0
+        save(cell / "model", student.eval(), self.arch, plan=plan.to_dict(),
+             meta={"method": m.name, "budget": budget, "seed": seed})
+        shape, dshape = vit_shape(student), vit_shape(self.dense)
+        result = {**self.key(m, budget, seed), **info,
+                  "macs": macs(shape).total, "macs_kept": macs(shape).total / macs(dshape).total,
+                  "params": params(shape), "test_top1_before": before,
+                  "test_top1": evaluate(student, test, "cpu")["top1"],
+                  "finetune_seconds": round(sum(h["seconds"] for h in history), 1),
+                  "finetune_wall_this_run": round(wall, 1),
+                  "calib_top1_per_epoch": [h["calib_top1"] for h in history]}
+        fsutil.write_json(cell / "result.json", result)
+        print(json.dumps(result), flush=True)
+
+    def key(self, m: Method, budget: float, seed: int) -> dict:
+        return {"method": m.name, "group": m.group, "budget": budget, "seed": seed,
+                "epochs": self.args.epochs, "augment": not self.args.no_augment,
+                "kd_alpha": self.args.kd_alpha}
+
+
+def cmd_run(args) -> int:
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    i, n = (int(v) for v in args.shard.split("/"))
+    runner = Runner(args)
+    todo = [c for k, c in enumerate(cells(args)) if k % n == i]
+    for m, b, s in todo:
+        print(f"[{time.strftime('%H:%M:%S')}] {m.name} b{b} s{s}", flush=True)
+        runner.run(m, b, s)
+    return 0
+
+
+def cmd_report(args) -> int:
+    rows = [json.loads(p.read_text()) for p in sorted(args.runs.glob("*/b*/s*/result.json"))]
+    if not rows:
+        print(f"no finished cells under {args.runs}; run `python {sys.argv[0]} run` first")
+        return 1
+    dense = load(args.model).eval()
+    speed = measure(args, dense, rows) if args.speed else load_speed(args)
+    from results_report import write
+
+    write(args, rows, dense, speed)
+    return 0
+
+
+def measure(args, dense, rows) -> dict:
+    """Latency at batch 1 and throughput at batch 64 of each finished model (first seed) and the
+    dense one, timed in turn per budget, on quiet cores."""
+    from vitprune.speed import compare
+
+    torch.set_num_threads(args.threads)
+    out = {}
+    for budget in sorted({r["budget"] for r in rows}):
+        models = {"dense": dense}
+        for r in rows:
+            if r["budget"] == budget and r["seed"] == min(x["seed"] for x in rows) and "macs" in r:
+                models[r["method"]] = load(args.runs / slug(r["method"]) / f"b{budget}" /
+                                           f"s{r['seed']}" / "model")
+        out[str(budget)] = {f"b{b}": {k: v["latency_ms"] for k, v in compare(
+            models, (1, 28, 28), b, rounds=15 if b == 1 else 9, reps=20 if b == 1 else 3).items()}
+            for b in (1, 64)}
+    out["threads"] = args.threads
+    fsutil.write_json(args.runs / "speed.json", out)
+    return out
+
+
+def load_speed(args) -> dict | None:
+    path = args.runs / "speed.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default=str(BASELINE))
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--runs", type=Path, default=Path("runs/results"))
+        p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.4])
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+        p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS])
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--epochs", type=int, default=2)
+        p.add_argument("--no-augment", action="store_true")
+        p.add_argument("--kd-alpha", type=float, default=0.5)
+        p.add_argument("--trials", type=int, default=50)
+        p.add_argument("--init", type=int, default=20)
+        p.add_argument("--wide-ratio", type=float, default=0.9)
+        p.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs)")
+    run, report = sub.choices["run"], sub.choices["report"]
+    run.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th cell")
+    run.set_defaults(func=cmd_run)
+    report.add_argument("--speed", action="store_true", help="time the models (quiet cores)")
+    report.add_argument("--out", type=Path, default=Path("docs/results"))
+    report.set_defaults(func=cmd_report)
+    args = ap.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""docs/results.md, its JSON and its accuracy-vs-MACs plot, from the cells of benchmarks/results.py."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from vitprune import fsutil
+
+GROUPS = (("dimensions", "1. Which dimensions are pruned (same HSIC ranking, GP-EI search)"),
+          ("criterion", "2. Which criterion ranks heads and neurons (same search)"),
+          ("search", "3. How much each block keeps (same HSIC ranking)"),
+          ("peer", "4. A pruning peer: Torch-Pruning"))
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Mean and range over seeds of one (method, budget)."""
+    done = [r for r in rows if "test_top1" in r]
+    if not done:
+        return {"unreachable": rows[0].get("unreachable", "not finished")}
+    top = [r["test_top1"] for r in done]
+    before = [r["test_top1_before"] for r in done]
+    return {"n": len(done), "test_top1": statistics.mean(top), "lo": min(top), "hi": max(top),
+            "before": statistics.mean(before), "macs_kept": statistics.mean(r["macs_kept"] for r in done),
+            "params": statistics.mean(r["params"] for r in done),
+            "seconds": sum(r.get("plan_seconds", 0) + r["finetune_seconds"] for r in done)}
+
+
+def _speed(speed: dict | None, budget: float, method: str) -> str:
+    if not speed or str(budget) not in speed or method not in speed[str(budget)]["b1"]:
+        return "| - | - "
+    s = speed[str(budget)]
+    return (f"| {s['b1']['dense'] / s['b1'][method]:.2f}x "
+            f"| {s['b64']['dense'] / s['b64'][method]:.2f}x ")
+
+
+def write(args, rows: list[dict], dense, speed: dict | None) -> None:
+    from vitprune.adapters import vit_shape
+    from vitprune.cost import macs, params
+    from vitprune.data import load_splits, make_loader
+    from vitprune.train import evaluate
+
+    splits = load_splits("fashion-mnist", args.data_dir)
+    dense_top1 = evaluate(dense, make_loader(splits.test, 500), "cpu")["top1"]
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["method"], r["budget"])].append(r)
+    summary = {k: _summary(v) for k, v in by.items()}
+    budgets = sorted({b for _, b in by}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=_order)))
+    first = rows[0]
+    lines = [
+        "# Results: ablations and a pruning peer on Fashion-MNIST", "",
+        "Made by `python benchmarks/results.py run` (cells, resumable, sharded over processes) and "
+        f"`python benchmarks/results.py report{' --speed' if args.speed else ''} --out {args.out}`.",
+        "",
+        f"Baseline: the shipped ViT (depth 12, width 96, 3 heads, 50 tokens), "
+        f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {params(vit_shape(dense)) / 1e6:.3f} M "
+        f"params, test top-1 **{dense_top1:.2f}**. Every method's plan is pruned physically and "
+        f"fine-tuned with the same recipe: {first['epochs']} epochs of distillation from the dense "
+        f"model (AdamW 5e-4, cosine with warm-up, KD alpha {first['kd_alpha']}, T = 2, "
+        f"{'shift/flip augmentation' if first['augment'] else 'no augmentation'}). Test top-1 is "
+        "the mean over seeds (range in brackets); 'before' is the pruned model before "
+        "fine-tuning. Search methods: 50 evaluations (20 random first) on 2,000 held-out training "
+        "images; the budget band is [budget - 2%, budget] of the dense MACs.", ""]
+    if speed:
+        lines += [f"Speed-ups: CPU, {speed['threads']} thread(s), each model timed in turn with "
+                  "the dense one in one process (median of rounds), on quiet cores; latency at "
+                  "batch 1, throughput at batch 64; first seed's model.", ""]
+    lines += ["## All methods", "", _table(methods, budgets, summary, speed), ""]
+    for group, title in GROUPS:
+        members = ["ours"] + [m for m in methods if by_group(rows, m) == group]
+        lines += [f"## {title}", "", _table(members, budgets, summary, speed), ""]
+    total = sum(s.get("seconds", 0) for s in summary.values())
+    lines += [f"Compute: {total / 3600:.1f} h of plan search and fine-tuning over all cells "
+              "(per-process seconds; two processes shared the two cores).", "",
+              "![accuracy vs MACs](results.png)", ""]
+    fsutil.write_text(Path(args.out).with_suffix(".md"), "\n".join(lines))
+    fsutil.write_json(Path(args.out).with_suffix(".json"), {
+        "command": "python " + " ".join(sys.argv), "dense_top1": dense_top1, "rows": rows,
+        "speed": speed})
+    _plot(Path(args.out).with_suffix(".png"), rows, dense_top1)
+    print("\n".join(lines))
+
+
+def by_group(rows: list[dict], method: str) -> str:
+    return next(r["group"] for r in rows if r["method"] == method)
+
+
+def _order(r: dict) -> int:
+    order = ["ours", "heads only", "neurons only", "tokens only", "heads + neurons", "magnitude",
+             "taylor", "random scores", "random search", "uniform", "torch-pruning"]
+    return order.index(r["method"]) if r["method"] in order else len(order)
+
+
+def _table(methods: list[str], budgets: list[float], summary: dict, speed: dict | None) -> str:
+    out = ["| method | budget | MACs kept | params (M) | test top-1 | before fine-tuning | seeds "
+           "| latency b1 | throughput b64 |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in budgets:
+        for m in methods:
+            s = summary.get((m, b))
+            if s is None:
+                continue
+            if "unreachable" in s:
+                out.append(f"| {m} | {b} | cannot reach | | | | | | |  ")
+                continue
+            spread = f" [{s['lo']:.2f}-{s['hi']:.2f}]" if s["n"] > 1 else ""
+            out.append(f"| {m} | {b} | {s['macs_kept']:.1%} | {s['params'] / 1e6:.3f} | "
+                       f"**{s['test_top1']:.2f}**{spread} | {s['before']:.2f} | {s['n']} "
+                       + _speed(speed, b, m) + "|")
+    return "\n".join(out)
+
+
+def _plot(path: Path, rows: list[dict], dense_top1: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=_order)))
+    for i, m in enumerate(methods):
+        pts = [(r["macs_kept"], r["test_top1"]) for r in rows if r["method"] == m and "test_top1" in r]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(x, y, label=m, marker="*" if m == "ours" else "o",
+                       s=120 if m == "ours" else 30, color=f"C{i % 10}", zorder=3 if m == "ours" else 2)
+    ax.axhline(dense_top1, color="grey", ls="--", lw=1, label="dense")
+    ax.set_xlabel("fraction of the dense MACs kept")
+    ax.set_ylabel("test top-1 after fine-tuning (%)")
+    ax.set_title("Fashion-MNIST: accuracy vs MACs, every method and seed")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fsutil.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)

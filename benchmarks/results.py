@@ -95,7 +95,7 @@ class Runner:
         self.dense, self.arch, _ = resolve_for_data(str(args.model), self.splits)
         self.dense.eval()
         self.recipe = TrainConfig(epochs=args.epochs, batch_size=128, lr=5e-4, warmup_epochs=0.5,
-                                  weight_decay=0.05, augment=not args.no_augment,
+                                  weight_decay=0.05, augment=args.augment,
                                   kd_alpha=args.kd_alpha, kd_temperature=2.0,
                                   max_steps_per_epoch=args.max_steps)
 
@@ -171,7 +171,7 @@ class Runner:
 
     def key(self, m: Method, budget: float, seed: int) -> dict:
         return {"method": m.name, "group": m.group, "budget": budget, "seed": seed,
-                "epochs": self.args.epochs, "augment": not self.args.no_augment,
+                "epochs": self.args.epochs, "augment": self.args.augment,
                 "kd_alpha": self.args.kd_alpha}
 
 
@@ -240,7 +240,7 @@ def main() -> int:
         p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS])
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--epochs", type=int, default=2)
-        p.add_argument("--no-augment", action="store_true")
+        p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
         p.add_argument("--kd-alpha", type=float, default=0.5)
         p.add_argument("--trials", type=int, default=50)
         p.add_argument("--init", type=int, default=20)

@@ -172,7 +172,8 @@ def _recipe(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation vs labels")
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.add_argument("--kd-hard", action="store_true", help="hard distillation (teacher's arg-max)")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random shifts / flips while fine-tuning (default: off; see docs/compress.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
     p.add_argument("--quiet", action="store_true")
@@ -192,7 +193,7 @@ def cmd_finetune(args) -> dict:
     teacher_args = argparse.Namespace(model=args.teacher, checkpoint=args.teacher_checkpoint)
     teacher, _, _ = _model_for_data(teacher_args, splits)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      warmup_epochs=args.warmup_epochs, seed=args.seed, augment=not args.no_augment,
+                      warmup_epochs=args.warmup_epochs, seed=args.seed, augment=args.augment,
                       kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                       kd_hard=args.kd_hard, max_steps_per_epoch=args.max_steps_per_epoch)
     t0 = time.perf_counter()
@@ -220,7 +221,7 @@ def cmd_compress(args) -> dict:
                    init=args.init, calib_images=args.calib_images, max_ratio=args.max_ratio,
                    dims=tuple(args.dims),
                    seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
+                   warmup_epochs=args.warmup_epochs, augment=args.augment,
                    kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                    kd_hard=args.kd_hard, max_steps_per_epoch=args.max_steps_per_epoch)
     rows = res.metrics["rows"]

@@ -10,7 +10,7 @@ process so the ratios compare like with like.
 
 The compress runs can also be made separately (e.g. in parallel, one thread each), with
 ``vitprune compress --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --budget B
---out runs/compress/bB``; this script then only reads them and measures speed.
+--out runs/compress_v2/bB``; this script then only reads them and measures speed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", nargs="+", default=["0.6", "0.4"])
-    ap.add_argument("--runs", type=Path, default=Path("runs/compress"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/compress_v2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -72,19 +72,22 @@ def main() -> int:
     fsutil.write_json(args.out.with_suffix(".json"), {
         "command": "python " + " ".join(sys.argv), "threads": args.threads, "dense": dense,
         "rows": rows})
-    text = table(rows, dense, args)
+    cfg = json.loads((results[args.budgets[0]][0].out / "compress.json").read_text())["config"]
+    text = table(rows, dense, args, cfg)
     fsutil.write_text(args.out.with_suffix(".md"), text)
     print(text)
     return 0
 
 
-def table(rows: list[dict], dense: dict, args) -> str:
+def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
     lines = ["# Compress on the Fashion-MNIST baseline", "",
              f"Command: `python {' '.join(sys.argv)}`  ",
              "Defaults of `vitprune compress`: HSIC scores (256 calibration images), GP-EI search "
              "(50 evaluations, 20 random first, 2,000 calibration images each), physical pruning, "
-             "8 epochs of fine-tuning (AdamW 5e-4, cosine, shift/flip augmentation, "
-             "0.5 CE + 0.5 T^2 KL with T = 2 from the dense model). Test split: 10,000 images. "
+             f"{cfg['epochs']} epochs of fine-tuning (AdamW {cfg['lr']:g}, cosine, "
+             f"{'shift/flip augmentation' if cfg['augment'] else 'no augmentation'}, "
+             f"{1 - cfg['kd_alpha']:g} CE + {cfg['kd_alpha']:g} T^2 KL with T = "
+             f"{cfg['kd_temperature']:g} from the dense model). Test split: 10,000 images. "
              f"CPU speed: {args.threads} threads, dense and compressed models timed in turn in one "
              "process (median), quiet cores.", "",
              "| MACs kept | MMACs | params (M) | test top-1 dense | pruned, no fine-tuning | "

@@ -90,7 +90,7 @@ def by_group(rows: list[dict], method: str) -> str:
 
 
 def _order(r: dict) -> int:
-    order = ["ours", "heads only", "neurons only", "tokens only", "heads + neurons", "magnitude",
+    order = ["ours", "ours, ratios to 0.9", "heads only", "neurons only", "tokens only", "heads + neurons", "magnitude",
              "taylor", "random scores", "random search", "uniform", "torch-pruning"]
     return order.index(r["method"]) if r["method"] in order else len(order)
 

@@ -56,7 +56,7 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
         "Made by `python benchmarks/results.py run` (cells, resumable, sharded over processes) and "
         f"`python benchmarks/results.py report{' --speed' if args.speed else ''} --out {args.out}`.",
         "",
-        f"Baseline: the shipped ViT (depth 12, width 96, 3 heads, 50 tokens), "
+        f"Baseline: the shipped ViT (depth 12, width 64, 4 heads of 16, 256 MLP units, 50 tokens), "
         f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {params(vit_shape(dense)) / 1e6:.3f} M "
         f"params, test top-1 **{dense_top1:.2f}**. Every method's plan is pruned physically and "
         f"fine-tuned with the same recipe: {first['epochs']} epochs of distillation from the dense "

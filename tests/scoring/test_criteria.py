@@ -117,7 +117,7 @@ def test_hsic_block_score_prefers_informative_components():
 
 
 @pytest.mark.parametrize("opts", [dict(target="labels"), dict(unbiased=True),
-                                  dict(bandwidth="median"), dict(normalized=False),
+                                  dict(bandwidth="fixed"), dict(normalized=False),
                                   dict(feature_dtype="float32")])
 def test_hsic_options_give_finite_scores(opts, tiny_vit, calib_loader):
     s = get_criterion("hsic", max_images=24, **opts)(tiny_vit, calib_loader)

@@ -158,8 +158,9 @@ def cmd_search(args) -> dict:
 
 
 def _add_dims(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dims", nargs="+", default=["heads", "neurons", "tokens"],
-                   choices=["heads", "neurons", "tokens"],
+    from .search.config import DIMS
+
+    p.add_argument("--dims", nargs="+", default=list(DIMS), choices=DIMS,
                    help="dimensions to prune (default: all three; e.g. --dims heads neurons)")
 
 

@@ -29,6 +29,7 @@ from .models import ArchSpec
 from .pipeline import check_budget, finetune, parse_budget, policy_search, score
 from .plan import PrunePlan
 from .scoring import load_scores
+from .search.config import DIMS
 from .speed import compare
 from .surgery import prune
 from .train import TrainConfig, evaluate
@@ -67,7 +68,7 @@ class CompressConfig:
     init: int = 20
     calib_images: int = 2000
     max_ratio: float = 0.5
-    dims: tuple[str, ...] = ("heads", "neurons", "tokens")
+    dims: tuple[str, ...] = DIMS
     seed: int = 0
     epochs: int = 8
     batch_size: int = 128

@@ -20,7 +20,7 @@ from .errors import ModelError, ScoringError, SearchError, VitpruneError
 from .plan import PrunePlan
 from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
-from .search.config import Budget
+from .search.config import DIMS, Budget
 from .search.loop import SearchResult, search
 from .search.sampler import resolve_band
 from .search.space import SearchSpace
@@ -125,9 +125,6 @@ def parse_budget(text: str | float) -> Budget:
     if isinstance(text, str) and text.strip().lower().endswith("g"):
         return Budget(float(text.strip()[:-1]), unit="gmacs")
     return Budget(float(text))
-
-
-DIMS = ("heads", "neurons", "tokens")
 
 
 def _check_dims(dims: Sequence[str]) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from typing import Literal
 from ..errors import SearchError  # noqa: F401  (re-exported)
 
 METHODS = ("gp-ei", "random", "uniform")
+DIMS = ("heads", "neurons", "tokens")  # the dimensions a plan can prune
 Method = Literal["gp-ei", "random", "uniform"]
 
 

@@ -12,11 +12,14 @@ fine-tuning recipe (distillation from the dense model), test top-1. The methods:
 4. peer: Torch-Pruning's ViT recipe (benchmarks/peer_torch_pruning.py) bisected to the budget.
 
 Run in the background; resumable (each cell keeps its stages under ``--runs`` and a re-run
-continues where it stopped); ``--shard i/n`` splits the cells over n processes (one thread each
-uses two cores well):
+continues where it stopped). Several processes may run the same command: each takes the next cell
+no other process holds (a file lock per cell), so two one-thread processes use two cores well:
 
-    nohup python benchmarks/results.py run --shard 0/2 --threads 1 > runs/results_0.log 2>&1 &
-    nohup python benchmarks/results.py run --shard 1/2 --threads 1 > runs/results_1.log 2>&1 &
+    nohup python benchmarks/results.py run --threads 1 > runs/results_0.log 2>&1 &
+    nohup python benchmarks/results.py run --threads 1 > runs/results_1.log 2>&1 &
+
+The defaults (seed 0, one fine-tuning epoch) fit this 2-core machine in about two hours;
+``--seeds 0 1 --epochs 2`` is the fuller study.
 
 Then, on quiet cores, time every finished model against the dense one and write the report:
 
@@ -26,6 +29,7 @@ Then, on quiet cores, time every finished model against the dense one and write 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -59,15 +63,16 @@ class Method:
     search: str = "gp-ei"
     dims: tuple[str, ...] = ALL
     wide: bool = False  # searches ratios up to --wide-ratio
+    extra: bool = False  # beyond the issue's list: runs after the others of its seed
 
 
 METHODS = (
     Method("ours", "ours"),
-    Method("ours, ratios to 0.9", "dimensions", wide=True),
+    Method("ours, ratios to 0.9", "dimensions", wide=True, extra=True),
     Method("heads only", "dimensions", dims=("heads",), wide=True),
     Method("neurons only", "dimensions", dims=("neurons",), wide=True),
     Method("tokens only", "dimensions", dims=("tokens",), wide=True),
-    Method("heads + neurons", "dimensions", dims=("heads", "neurons"), wide=True),
+    Method("heads + neurons", "dimensions", dims=("heads", "neurons"), wide=True, extra=True),
     Method("magnitude", "criterion", criterion="magnitude"),
     Method("taylor", "criterion", criterion="taylor"),
     Method("random scores", "criterion", criterion="random"),
@@ -83,10 +88,11 @@ def slug(text: str) -> str:
 
 
 def cells(args) -> list[tuple[Method, float, int]]:
-    """All cells, the first seed of every method and budget before the next seed."""
+    """All cells: per seed, the issue's methods at every budget, then the extra ones."""
     picked = [m for m in METHODS if args.methods is None or m.name in args.methods]
-    return [(m, b, s) for s in args.seeds for b in args.budgets for m in picked
-            if not (m.search == "uniform" and s != args.seeds[0])]  # uniform has no randomness
+    return [(m, b, s) for s in args.seeds for extra in (False, True) for b in args.budgets
+            for m in picked if m.extra == extra
+            and not (m.search == "uniform" and s != args.seeds[0])]  # uniform has no randomness
 
 
 class Runner:
@@ -139,6 +145,16 @@ class Runner:
         if (cell / "result.json").exists():
             return
         cell.mkdir(parents=True, exist_ok=True)
+        with open(cell / ".lock", "w") as lock:
+            try:  # another process works on this cell; the lock dies with its holder
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            if not (cell / "result.json").exists():
+                print(f"[{time.strftime('%H:%M:%S')}] {m.name} b{budget} s{seed}", flush=True)
+                self._run(m, budget, seed, cell)
+
+    def _run(self, m: Method, budget: float, seed: int, cell: Path) -> None:
         try:
             if m.search != "torch-pruning":
                 check_budget(self.dense, parse_budget(budget),
@@ -179,11 +195,8 @@ class Runner:
 def cmd_run(args) -> int:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    i, n = (int(v) for v in args.shard.split("/"))
     runner = Runner(args)
-    todo = [c for k, c in enumerate(cells(args)) if k % n == i]
-    for m, b, s in todo:
-        print(f"[{time.strftime('%H:%M:%S')}] {m.name} b{b} s{s}", flush=True)
+    for m, b, s in cells(args):
         runner.run(m, b, s)
     return 0
 
@@ -237,10 +250,10 @@ def main() -> int:
         p.add_argument("--data-dir", default=None)
         p.add_argument("--runs", type=Path, default=Path("runs/results"))
         p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.4])
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+        p.add_argument("--seeds", type=int, nargs="+", default=[0])
         p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS])
         p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--epochs", type=int, default=2)
+        p.add_argument("--epochs", type=int, default=1)
         p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
         p.add_argument("--kd-alpha", type=float, default=0.5)
         p.add_argument("--trials", type=int, default=50)
@@ -248,7 +261,6 @@ def main() -> int:
         p.add_argument("--wide-ratio", type=float, default=0.9)
         p.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs)")
     run, report = sub.choices["run"], sub.choices["report"]
-    run.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th cell")
     run.set_defaults(func=cmd_run)
     report.add_argument("--speed", action="store_true", help="time the models (quiet cores)")
     report.add_argument("--out", type=Path, default=Path("docs/results"))

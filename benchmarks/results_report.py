@@ -53,7 +53,8 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
     first = rows[0]
     lines = [
         "# Results: ablations and a pruning peer on Fashion-MNIST", "",
-        "Made by `python benchmarks/results.py run` (cells, resumable, sharded over processes) and "
+        f"Made by `python benchmarks/results.py run --threads 1{_run_flags(rows)}` (two such "
+        "processes at once; resumable; each takes the next free cell) and "
         f"`python benchmarks/results.py report{' --speed' if args.speed else ''} --out {args.out}`.",
         "",
         f"Baseline: the shipped ViT (depth 12, width 64, 4 heads of 16, 256 MLP units, 50 tokens), "
@@ -69,6 +70,9 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
         lines += [f"Speed-ups: CPU, {speed['threads']} thread(s), each model timed in turn with "
                   "the dense one in one process (median of rounds), on quiet cores; latency at "
                   "batch 1, throughput at batch 64; first seed's model.", ""]
+    reading = Path(args.out).with_name(Path(args.out).name + "_reading.md")
+    if reading.exists():  # hand-written, kept apart so that regenerating the tables keeps it
+        lines += [f"## Reading ({reading.name})", "", reading.read_text().strip(), ""]
     lines += ["## All methods", "", _table(methods, budgets, summary, speed), ""]
     for group, title in GROUPS:
         members = ["ours"] + [m for m in methods if by_group(rows, m) == group]
@@ -83,6 +87,16 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
         "speed": speed})
     _plot(Path(args.out).with_suffix(".png"), rows, dense_top1)
     print("\n".join(lines))
+
+
+def _run_flags(rows: list[dict]) -> str:
+    """The run's non-default settings, read back from its cells."""
+    seeds = sorted({r["seed"] for r in rows})
+    first = rows[0]
+    flags = "" if seeds == [0] else " --seeds " + " ".join(map(str, seeds))
+    flags += "" if first["epochs"] == 1 else f" --epochs {first['epochs']}"
+    flags += "" if first["kd_alpha"] == 0.5 else f" --kd-alpha {first['kd_alpha']}"
+    return flags + (" --augment" if first["augment"] else "")
 
 
 def by_group(rows: list[dict], method: str) -> str:

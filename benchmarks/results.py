@@ -68,7 +68,7 @@ class Method:
 
 METHODS = (
     Method("ours", "ours"),
-    Method("ours, ratios to 0.9", "dimensions", wide=True, extra=True),
+    Method("ours, ratios to 0.9", "dimensions", wide=True),
     Method("heads only", "dimensions", dims=("heads",), wide=True),
     Method("neurons only", "dimensions", dims=("neurons",), wide=True),
     Method("tokens only", "dimensions", dims=("tokens",), wide=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -54,13 +55,14 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
     lines = [
         "# Results: ablations and a pruning peer on Fashion-MNIST", "",
         f"Made by `python benchmarks/results.py run --threads 1{_run_flags(rows)}` (two such "
-        "processes at once; resumable; each takes the next free cell) and "
-        f"`python benchmarks/results.py report{' --speed' if args.speed else ''} --out {args.out}`.",
+        "processes at once; resumable; each takes the next free cell; a row with fewer seeds "
+        "did not reach its later seeds in the time the run was given) and "
+        f"`python benchmarks/results.py report{' --speed' if speed else ''} --out {args.out}`.",
         "",
         f"Baseline: the shipped ViT (depth 12, width 64, 4 heads of 16, 256 MLP units, 50 tokens), "
         f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {params(vit_shape(dense)) / 1e6:.3f} M "
         f"params, test top-1 **{dense_top1:.2f}**. Every method's plan is pruned physically and "
-        f"fine-tuned with the same recipe: {first['epochs']} epochs of distillation from the dense "
+        f"fine-tuned with the same recipe: {first['epochs']} epoch(s) of distillation from the dense "
         f"model (AdamW 5e-4, cosine with warm-up, KD alpha {first['kd_alpha']}, T = 2, "
         f"{'shift/flip augmentation' if first['augment'] else 'no augmentation'}). Test top-1 is "
         "the mean over seeds (range in brackets); 'before' is the pruned model before "
@@ -118,7 +120,9 @@ def _table(methods: list[str], budgets: list[float], summary: dict, speed: dict 
             if s is None:
                 continue
             if "unreachable" in s:
-                out.append(f"| {m} | {b} | cannot reach | | | | | | |  ")
+                floor = re.search(r"reaches ([\d.]+%)", s["unreachable"])
+                out.append(f"| {m} | {b} | cannot reach (floor {floor[1] if floor else '?'}) "
+                           "| | | | | | |")
                 continue
             spread = f" [{s['lo']:.2f}-{s['hi']:.2f}]" if s["n"] > 1 else ""
             out.append(f"| {m} | {b} | {s['macs_kept']:.1%} | {s['params'] / 1e6:.3f} | "

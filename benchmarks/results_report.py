@@ -144,7 +144,8 @@ def _plot(path: Path, rows: list[dict], dense_top1: float) -> None:
         if pts:
             x, y = zip(*pts)
             ax.scatter(x, y, label=m, marker="*" if m == "ours" else "o",
-                       s=120 if m == "ours" else 30, color=f"C{i % 10}", zorder=3 if m == "ours" else 2)
+                       s=120 if m == "ours" else 30, color=plt.cm.tab20(i % 20),
+                       zorder=3 if m == "ours" else 2)
     ax.axhline(dense_top1, color="grey", ls="--", lw=1, label="dense")
     ax.set_xlabel("fraction of the dense MACs kept")
     ax.set_ylabel("test top-1 after fine-tuning (%)")

@@ -106,8 +106,10 @@ def by_group(rows: list[dict], method: str) -> str:
 
 
 def _order(r: dict) -> int:
-    order = ["ours", "ours, ratios to 0.9", "heads only", "neurons only", "tokens only", "heads + neurons", "magnitude",
-             "taylor", "random scores", "random search", "uniform", "torch-pruning"]
+    """Rows in the order of results.METHODS."""
+    from results import METHODS
+
+    order = [m.name for m in METHODS]
     return order.index(r["method"]) if r["method"] in order else len(order)
 
 

@@ -47,12 +47,12 @@ from vitprune.io import resolve_for_data, save
 from vitprune.pipeline import (calibration_batches, check_budget, finetune, parse_budget,
                                policy_search, score)
 from vitprune.plan import PrunePlan
+from vitprune.search.config import DIMS
 from vitprune.surgery import prune
 from vitprune.train import TrainConfig, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
-ALL = ("heads", "neurons", "tokens")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Method:
     group: str
     criterion: str = "hsic"
     search: str = "gp-ei"
-    dims: tuple[str, ...] = ALL
+    dims: tuple[str, ...] = DIMS
     wide: bool = False  # searches ratios up to --wide-ratio
     extra: bool = False  # beyond the list: runs after the others of its seed
 

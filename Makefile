@@ -17,6 +17,7 @@ demo: setup data
 	$(PY) -m vitprune.demo
 
 test: setup data
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 setup: $(STAMP)

@@ -49,7 +49,7 @@ def main() -> int:
     if args.eval_json:
         ev = json.loads(args.eval_json.read_text())
         lines += ["## Final model", "",
-                  f"`vitprune eval --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --json`:",
+                  "`vitprune eval --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --json`:",
                   f"test top-1 {ev['top1']:.2f}%, loss {ev['loss']:.4f}, {ev['gmacs'] * 1e3:.1f} MMACs "
                   f"per image ({ev['gmacs_blocks_only'] * 1e3:.1f} M in the blocks), "
                   f"{ev['params_m']:.3f} M parameters.", ""]

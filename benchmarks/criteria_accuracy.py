@@ -56,10 +56,11 @@ def main() -> int:
         for label, h, n in SETTINGS:
             plan = ratios_to_plan(shape, Ratios.uniform(depth, heads=h, neurons=n), rankings=rank)
             row[label].append(objective(plan))
-        print(json.dumps({"criterion": name, **opts, **{k: v[-1] for k, v in row.items() if isinstance(v, list)}}), flush=True)
+        last = {k: v[-1] for k, v in row.items() if isinstance(v, list)}
+        print(json.dumps({"criterion": name, **opts, **last}), flush=True)
     objective.close()
     kept_heads = len(ratios_to_plan(shape, Ratios.uniform(depth, heads=1 / 3)).blocks[0].heads)
-    md = [f"# Criteria on the Fashion-MNIST baseline (no fine-tuning)", "",
+    md = ["# Criteria on the Fashion-MNIST baseline (no fine-tuning)", "",
           f"Command: `python {' '.join(sys.argv)}`  ",
           f"Dense test top-1: {dense:.2f}%. Scores from {args.images} calibration images (held out "
           f"from training); accuracy on the 10,000 test images. \"heads -1/3\" keeps "
@@ -71,8 +72,10 @@ def main() -> int:
         cells = []
         for label, _, _ in SETTINGS:
             v = row[label]
-            cells.append(f"{statistics.mean(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else ""))
-        md.append(f"| {row['criterion']} | " + " | ".join(cells) + f" | {statistics.mean(row['score_seconds']):.1f} |")
+            spread = f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else ""
+            cells.append(f"{statistics.mean(v):.2f}" + spread)
+        secs = statistics.mean(row["score_seconds"])
+        md.append(f"| {row['criterion']} | " + " | ".join(cells) + f" | {secs:.1f} |")
     fsutil.write_json(args.out.with_suffix(".json"), {"dense_top1": dense, "rows": list(rows.values())})
     fsutil.write_text(args.out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
 from vitprune.adapters import vit_shape
 from vitprune.cost import macs
-from vitprune.plan import BlockPlan, PrunePlan, planned_shape
 from vitprune.errors import BudgetError
+from vitprune.plan import BlockPlan, PrunePlan, planned_shape
 
 
 def _attention_forward(self, x, attn_mask=None, is_causal=False):

@@ -44,8 +44,7 @@ from vitprune.cost import macs, params
 from vitprune.data import load_splits, make_loader
 from vitprune.errors import BudgetError
 from vitprune.io import resolve_for_data, save
-from vitprune.pipeline import (calibration_batches, check_budget, finetune, parse_budget,
-                               policy_search, score)
+from vitprune.pipeline import calibration_batches, check_budget, finetune, parse_budget, policy_search, score
 from vitprune.plan import PrunePlan
 from vitprune.search.config import DIMS
 from vitprune.surgery import prune

@@ -32,8 +32,8 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -133,7 +133,7 @@ def run(model, shape, n: int, blocks: list[int], sample: int, chunk: int, max_by
                           for grp in feature_groups(shape, n, torch.float16, max_bytes)) if g]
     t = {"collect": 0.0, "batched": 0.0, "loop": 0.0, "same": 0.0}
     peaks, diff, first, target = {"collect": [], "batched": []}, 0.0, None, None
-    for g, group in enumerate(groups):
+    for group in groups:
         got, secs, peak = measured(lambda: collect(
             model, loader, shape, blocks=group, max_images=n, feature_dtype=torch.float16,
             statistics=first is None))
@@ -141,7 +141,7 @@ def run(model, shape, n: int, blocks: list[int], sample: int, chunk: int, max_by
         peaks["collect"].append(peak)
         if first is None:
             first, target = got, crit.target_gram(got, shape.num_classes)  # (n, n) float64
-        _, secs, peak = measured(lambda: [crit.score_block(
+        _, secs, peak = measured(lambda got=got: [crit.score_block(
             got.features[i].heads, got.features[i].neurons, target, first.neuron_abs[i])
             for i in group])
         t["batched"] += secs

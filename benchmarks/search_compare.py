@@ -67,7 +67,8 @@ def main() -> int:
                        "seconds_per_eval": statistics.median(walls) if walls else None}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    fsutil.write_json(args.out.with_suffix(".json"), {"command": "python " + " ".join(sys.argv), "rows": rows})
+    fsutil.write_json(args.out.with_suffix(".json"),
+                      {"command": "python " + " ".join(sys.argv), "rows": rows})
     fsutil.write_text(args.out.with_suffix(".md"), table(rows, args))
     print(table(rows, args))
     return 0

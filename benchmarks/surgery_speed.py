@@ -98,7 +98,8 @@ def main() -> int:
             row[f"speedup_b{b}"] = sp
             row[f"speedup_over_ideal_b{b}"] = sp / ideal
     env = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
-           "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
+           "device": args.device if args.device != "cpu" else
+           f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
            "date": time.strftime("%Y-%m-%d")}
     fsutil.write_json(args.out.with_suffix(".json"), {"env": env, "rows": rows})
     fsutil.write_text(args.out.with_suffix(".md"), table(rows, args.batches, env, args.model))
@@ -111,7 +112,8 @@ def table(rows, batches, env, model) -> str:
     for b in batches:
         head += [f"latency b{b} (ms)", f"img/s b{b}", f"speed-up b{b}", f"speed-up / ideal b{b}"]
     lines = [f"# Physically pruned {model}: measured speed", "",
-             f"Command: `{env['command']}`  ", f"Device: {env['device']}; torch {env['torch']}; {env['date']}", "",
+             f"Command: `{env['command']}`  ",
+             f"Device: {env['device']}; torch {env['torch']}; {env['date']}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["config"], r["plan"], f"{r['gmacs']:.2f}", f"{r['macs_kept']:.3f}", f"{r['params_m']:.1f}"]

@@ -5,7 +5,6 @@ import torch
 from safetensors.torch import save_file
 
 import vitprune
-from vitprune.adapters import vit_shape
 from vitprune.cli import main
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage
 from vitprune.surgery import prune

@@ -1,4 +1,5 @@
-"""Imports go downward only (STYLE.md): a module may import its own layer or lower ones."""
+"""Imports go downward only: a module may import lower layers, never its own layer's other
+modules or higher ones; and no two modules import each other, directly or round a circle."""
 
 import ast
 from pathlib import Path
@@ -8,22 +9,26 @@ import vitprune
 PKG = Path(vitprune.__file__).parent
 # lower number = lower layer
 LAYER = {
-    "errors": 0, "fsutil": 0, "cost": 0, "dist": 0, "progress": 0, "plan": 1,
-    "models": 2, "adapters": 3,
-    "scoring": 4, "surgery": 4, "search": 4, "data": 4,
-    "train": 5, "io": 5, "speed": 5, "report": 5,
-    "pipeline": 6, "compression": 7, "cli": 8, "demo": 9, "__main__": 10, "__init__": 10,
+    "errors": 0, "fsutil": 1, "cost": 1, "dist": 1, "progress": 1, "plan": 2,
+    "models": 3, "adapters": 4,
+    "scoring": 5, "surgery": 5, "search": 5, "data": 5,
+    "train": 6, "io": 6, "speed": 6, "report": 6,
+    "pipeline": 7, "rundir": 7, "config": 7,
+    "compression": 8, "cli": 9, "demo": 10, "__main__": 11, "__init__": 11,
 }
 # search is pure decision-making: it may import only plan/cost/errors, never a model
 SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "progress", "search"}
+# same-layer pairs allowed (a lower layer of the pair's own)
+SIDEWAYS = {("pipeline", "config"), ("rundir", "config")}
 
 
-def _top(module_path: Path) -> str:
-    rel = module_path.relative_to(PKG)
-    return rel.parts[0].removesuffix(".py")
+def _module(path: Path) -> tuple[str, ...]:
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path) -> set[tuple[str, ...]]:
+    """Every vitprune module ``path`` imports, at any depth of the file (lazy imports too)."""
     tree = ast.parse(path.read_text())
     pkg_parts = path.relative_to(PKG).parts[:-1]
     out = set()
@@ -31,35 +36,73 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 if node.module and node.module.startswith("vitprune."):
-                    out.add(node.module.split(".")[1])
-                continue
-            base = list(pkg_parts)[: len(pkg_parts) - (node.level - 1)]
-            target = base + (node.module.split(".") if node.module else [])
-            if target:
-                out.add(target[0])
-            else:  # "from . import x" at the package root
-                out.update(a.name for a in node.names)
+                    base = tuple(node.module.split(".")[1:])
+                else:
+                    continue
+            else:
+                base = tuple(list(pkg_parts)[: len(pkg_parts) - (node.level - 1)]
+                             + (node.module.split(".") if node.module else []))
+            for a in node.names:  # "from .x import y": y may be a submodule
+                sub = base + (a.name,)
+                out.add(sub if (PKG.joinpath(*sub).with_suffix(".py").exists()
+                                or PKG.joinpath(*sub).is_dir()) else base)
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("vitprune."):
-                    out.add(a.name.split(".")[1])
-    return out
+                    out.add(tuple(a.name.split(".")[1:]))
+    return {m for m in out if m}
 
 
 def test_every_module_has_a_layer():
-    tops = {_top(p) for p in PKG.rglob("*.py")}
+    tops = {_module(p)[0].removesuffix(".py") for p in PKG.rglob("*.py")}
     assert tops <= set(LAYER), f"add these to LAYER: {tops - set(LAYER)}"
 
 
 def test_imports_go_downward_only():
     bad = []
     for path in PKG.rglob("*.py"):
-        me = _top(path)
-        for dep in _imports(path):
-            if dep not in LAYER or dep == me:
+        me = _module(path)[0]
+        for dep in {m[0] for m in _imports(path)}:
+            if dep not in LAYER or dep == me or (me, dep) in SIDEWAYS:
                 continue
-            if LAYER[dep] > LAYER[me] or (LAYER[dep] == LAYER[me] and me not in ("__init__",)):
+            if LAYER[dep] > LAYER[me] or (LAYER[dep] == LAYER[me] and me != "__init__"):
                 bad.append(f"{path.relative_to(PKG)} imports {dep}")
             if me == "search" and dep not in SEARCH_ALLOWED:
                 bad.append(f"{path.relative_to(PKG)} (search) imports {dep}")
     assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
+
+
+def _cycles(graph: dict) -> list[list]:
+    """Modules on an import circle, found by depth-first search (one circle per start)."""
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for dep in graph.get(node, ()):
+            if state.get(dep) == "open":
+                found.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return found
+
+
+def test_no_import_circles_inside_a_package():
+    graph = {}
+    for path in PKG.rglob("*.py"):
+        me = _module(path)
+        # a package's __init__ re-exports its modules: edges into the package are not circles
+        graph[me] = {d for d in _imports(path) if d != me and d[: len(me)] != me}
+    circles = _cycles(graph)
+    assert not circles, "import circles:\n" + "\n".join(
+        " -> ".join(".".join(m) for m in c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _cycles({("a",): {("b",)}, ("b",): {("a",)}, ("c",): set()}) == [[("a",), ("b",), ("a",)]]

@@ -64,3 +64,29 @@ def test_corrupt_checkpoint_is_explained(tmp_path):
         read_state_dict(f)
     with pytest.raises(ModelError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny"])
+def test_non_vits_given_vit_options_are_refused_as_non_vits(name):
+    # the options every data set adds (img_size ...) used to end in a TypeError from timm
+    with pytest.raises(ModelError, match=f"{name} is a .*not a timm VisionTransformer"):
+        build_model(name, num_classes=10, img_size=28, in_chans=1)
+
+
+def test_a_vit_given_an_option_it_lacks_names_the_option():
+    with pytest.raises(ModelError, match="does not accept the options.*no_such_option"):
+        build_model("deit_tiny_patch16_224", no_such_option=1)
+
+
+class _Payload:  # any class: unpickling it would call code of the file's choosing
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_a_pickled_program_is_refused_without_suggesting_to_unpickle_it(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Payload()}, path)
+    with pytest.raises(ModelError, match="never unpickles") as err:
+        read_state_dict(path)
+    assert "weights_only=False" not in str(err.value) and "weights_only" not in str(err.value)
+    assert "unpickled!" not in capsys.readouterr().out

@@ -6,8 +6,8 @@ import torch
 from vitprune.adapters import vit_shape
 from vitprune.cli import main
 from vitprune.cost import macs
-from vitprune.plan import PrunePlan, planned_shape
 from vitprune.pipeline import MaskedAccuracy, calibration_batches, parse_budget
+from vitprune.plan import PrunePlan, planned_shape
 from vitprune.scoring import load_scores
 from vitprune.search import Ratios, ratios_to_plan
 from vitprune.surgery import prune

@@ -72,3 +72,25 @@ def test_out_dir_with_another_run_is_refused_untouched(tmp_path, synth_splits):
         fit(_model(), synth_splits, TrainConfig(epochs=2, batch_size=64), tmp_path, resume=True,
             progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_truncated_checkpoint_is_refused_with_what_to_do(tmp_path, synth_splits):
+    cfg = TrainConfig(epochs=2, batch_size=64, max_steps_per_epoch=2)
+    fit(_model(), synth_splits, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=2),
+        tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(OutputError, match="cannot resume from .*truncated.*Delete it"):
+        fit(_model(), synth_splits, cfg, tmp_path, resume=True, progress=False)
+    assert len(ckpt.read_bytes()) == 1000  # kept for the user to inspect
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0),
+                                          ("kd_alpha", 1.5), ("warmup_epochs", 9.0),
+                                          ("max_steps_per_epoch", 0)])
+def test_a_bad_setting_names_its_field(field, value):
+    from vitprune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**{"epochs": 2, field: value})
+    assert err.value.field == field and str(err.value).startswith(field)

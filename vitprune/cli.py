@@ -182,10 +182,10 @@ def _recipe(p: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def cmd_finetune(args) -> dict:
+    from . import dist
     from .data import make_loader
     from .io import resolve_model, save
     from .pipeline import finetune
-    from . import dist
     from .train import TrainConfig, evaluate
 
     device = _setup(args)

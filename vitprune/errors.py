@@ -3,9 +3,29 @@
 Every message says what was wrong and what to do about it.
 """
 
+from __future__ import annotations
+
 
 class VitpruneError(Exception):
     """Base class of all errors raised on purpose by vitprune."""
+
+
+class ConfigError(VitpruneError, ValueError):
+    """A setting is invalid. Raised when a configuration is built, before any work is done.
+
+    Attributes:
+        field: the setting's name in the Python API (``max_ratio``); the command line shows it
+            as its option (``--max-ratio``).
+        problem: what is wrong with it, phrased to follow the name ("must be at least 1, got 0").
+    """
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
+
+    def render(self, name: str) -> str:
+        """The message with the setting called ``name`` (e.g. its command-line option)."""
+        return f"{name} {self.problem}"
 
 
 class DataError(VitpruneError):
@@ -25,7 +45,7 @@ class BudgetError(VitpruneError):
 
 
 class OutputError(VitpruneError):
-    """An output directory holds files of another run, or cannot be written."""
+    """An output is owned by something else, locked by another writer, or cannot be written."""
 
 
 class ScoringError(VitpruneError):
@@ -37,3 +57,25 @@ class SearchError(VitpruneError, ValueError):
 
     Also a ``ValueError``, so callers that validate arguments generically still catch it.
     """
+
+
+class InternalError(VitpruneError):
+    """A check that should never fail did: a bug in vitprune. Please report it with the command."""
+
+
+def require(ok: bool, field: str, problem: str) -> None:
+    """Raise ``ConfigError(field, problem)`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(field, problem)
+
+
+def is_int(v: object) -> bool:
+    """An ``int`` that is not a ``bool``."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -7,13 +7,17 @@ renames it over the destination (an atomic operation on POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
+
+from .errors import OutputError
 
 
 def _default_mode() -> int:
@@ -25,11 +29,38 @@ def _default_mode() -> int:
 _MODE = _default_mode()
 
 
+def unwritable(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The :class:`OutputError` for an ``OSError`` met while writing ``path``."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied",
+           errno.ENOTDIR: "a part of the path is a file, not a directory"}.get(
+        exc.errno, exc.strerror or str(exc))
+    return OutputError(f"cannot write {path}: {why}. Free space or choose a writable --out; "
+                       "files already written are complete (writes are atomic)")
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``, with an :class:`OutputError` that says why it cannot be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise OutputError(f"cannot make directory {path}: a file of that name exists; choose "
+                          "another --out") from exc
+    except OSError as exc:
+        raise unwritable(path, exc) from exc
+    return path
+
+
 @contextlib.contextmanager
-def _atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+def _atomic_path(dest: str | os.PathLike, *, exclusive: bool = False) -> Iterator[Path]:
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    make_dir(dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise unwritable(dest, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,15 +68,31 @@ def _atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, _MODE)  # mkstemp makes 0600 files; outputs are ordinary files
-        os.replace(tmp_path, dest)
+        if exclusive:  # a hard link fails if dest exists: no writer replaces another's file
+            os.link(tmp_path, dest)
+        else:
+            os.replace(tmp_path, dest)
+    except FileExistsError as exc:
+        raise OutputError(f"{dest} exists (another process wrote it first); nothing was "
+                          "overwritten") from exc
+    except OSError as exc:
+        raise unwritable(dest, exc) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def atomic_write(dest: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and move the result to ``dest`` only if it succeeded."""
-    with _atomic_path(dest) as tmp:
+def atomic_write(dest: str | os.PathLike, writer: Callable[[Path], None], *,
+                 exclusive: bool = False) -> None:
+    """Call ``writer(tmp_path)`` and move the result to ``dest`` only if it succeeded.
+
+    Args:
+        exclusive: refuse (:class:`OutputError`) if ``dest`` exists when the result is moved
+            there, instead of replacing it.
+    Raises:
+        OutputError: ``dest`` cannot be written (full disk, read-only, a file in the path).
+    """
+    with _atomic_path(dest, exclusive=exclusive) as tmp:
         writer(tmp)
 
 
@@ -69,3 +116,28 @@ def append_jsonl(dest: str | os.PathLike, record: dict) -> None:
 def torch_save(dest: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` atomically (tensors and plain containers only; loaded with weights_only)."""
     atomic_write(dest, lambda p: torch.save(obj, p))
+
+
+def torch_load(path: str | os.PathLike, error: Callable[[str], Exception]) -> Any:
+    """``torch.load(path, weights_only=True)``; a file it cannot read raises ``error(reason)``.
+
+    The reason never repeats torch's own advice to load with ``weights_only=False``: a file that
+    holds anything but tensors and plain containers may run code when unpickled, and vitprune
+    never does that.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise error("it holds Python objects other than tensors and plain containers, which "
+                        "vitprune never unpickles (unpickling can run code)") from None
+        raise error(f"it is truncated or not a torch file ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise error(f"it is truncated or not a torch file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

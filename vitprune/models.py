@@ -22,6 +22,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from . import fsutil
 from .errors import ModelError
 
 # Small ViTs for 28x28 grey images. Patch 4 gives 7x7 = 49 patches + 1 class token = 50 tokens.
@@ -52,7 +53,7 @@ class ArchSpec:
         return {"name": self.name, "kwargs": dict(self.kwargs)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
             raise ModelError(f"architecture record {d!r} has no model name; the model.json is corrupt")
         kwargs = d.get("kwargs") or {}
@@ -92,11 +93,24 @@ def build_model(arch: ArchSpec | str, **overrides: Any) -> VisionTransformer:
     if spec.name in SMALL_CONFIGS:
         model = VisionTransformer(**{**SMALL_CONFIGS[spec.name], **kwargs})
     elif timm.is_model(spec.name):
-        model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        model = _create_timm(spec.name, kwargs)
     else:
         raise _unknown(spec.name)
     check_supported(model, spec.name)
     return model
+
+
+def _create_timm(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """``timm.create_model(name, **kwargs)``; a model that does not take the options is told
+    apart from one that is not a ViT (a ResNet has no ``img_size``) by building it bare."""
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        with torch.device("meta"):  # no memory, no initialisation: only the class matters
+            bare = timm.create_model(name, pretrained=False)
+        check_supported(bare, name)
+        raise ModelError(f"model {name} does not accept the options {sorted(kwargs)}: {exc}; "
+                         "drop or correct them") from None
 
 
 def check_supported(model: torch.nn.Module, name: str = "") -> None:
@@ -117,18 +131,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    def error(reason: str) -> ModelError:
+        return ModelError(f"could not read checkpoint {path}: {reason}. Re-save it as a "
+                          "state_dict of tensors or a .safetensors file, or point to another one.")
 
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
             sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or truncated file: say which and why
-        raise ModelError(
-            f"could not read checkpoint {path}: {exc}. The file is corrupt, truncated or not a "
-            "weights file; re-create it or point to another checkpoint."
-        ) from exc
+        except Exception as exc:  # safetensors raises its own types for damaged files
+            raise error(f"it is not a readable safetensors file ({exc})") from None
+    else:
+        sd = fsutil.torch_load(path, error)
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

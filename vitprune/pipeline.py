@@ -6,8 +6,9 @@ Each function takes a model and data splits and returns plain results; the comma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,11 @@ from . import dist
 from .adapters import vit_shape
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
-from .errors import ModelError, ScoringError, SearchError, VitpruneError
+from .errors import ModelError, ScoringError, SearchError, VitpruneError, require
 from .plan import PrunePlan
 from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
-from .search.config import DIMS, Budget
+from .search.config import DIMS, OBJECTIVES, Budget
 from .search.loop import SearchResult, search
 from .search.sampler import resolve_band
 from .search.space import SearchSpace
@@ -73,8 +74,7 @@ class MaskedAccuracy:
 
     def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  metric: str = "top1"):
-        if metric not in ("top1", "kl"):
-            raise ValueError(f"metric must be 'top1' or 'kl', got {metric!r}")
+        require(metric in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got {metric!r}")
         self.model = model.eval()
         self.batches = batches
         self.metric = metric
@@ -224,7 +224,6 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
             f"teacher and student are incompatible: (classes, channels, image size) {t} vs {s}. "
             "Distil from the dense model the student was pruned from, or one trained on the same "
             "data at the same image size.")
-    if cfg.kd_alpha <= 0:
-        raise ValueError("fine-tuning distils from the teacher: kd_alpha must be > 0")
+    require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
     return fit(student, splits, cfg, out, resume=resume, teacher=teacher, device=device,
                progress=progress)

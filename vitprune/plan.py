@@ -137,7 +137,7 @@ class PrunePlan:
         object.__setattr__(self, "tokens", tuple(sorted(tokens, key=lambda t: t.block)))
 
     @classmethod
-    def dense(cls, shape: VitShape) -> "PrunePlan":
+    def dense(cls, shape: VitShape) -> PrunePlan:
         """The plan that keeps everything of ``shape``."""
         return cls(tuple(BlockPlan(tuple(range(b.heads)), tuple(range(b.mlp_hidden)))
                          for b in shape.blocks))
@@ -179,7 +179,7 @@ class PrunePlan:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> "PrunePlan":
+    def from_dict(cls, d: Any) -> PrunePlan:
         """Parse :meth:`to_dict`'s output.
 
         Raises:
@@ -199,7 +199,7 @@ class PrunePlan:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "PrunePlan":
+    def from_json(cls, text: str) -> PrunePlan:
         """Parse :meth:`to_json`'s output; raises :class:`PlanError` on malformed text."""
         try:
             d = json.loads(text)
@@ -214,7 +214,7 @@ class PrunePlan:
         fsutil.write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "PrunePlan":
+    def load(cls, path: str | Path) -> PrunePlan:
         """Read a plan written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from vitprune.adapters import vit_shape
-from vitprune.scoring import (BlockScores, ScoringError, available_criteria, check_scores,
-                              get_criterion, load_scores, rankings, save_scores)
+from vitprune.scoring import (
+    BlockScores,
+    ScoringError,
+    available_criteria,
+    check_scores,
+    get_criterion,
+    load_scores,
+    rankings,
+    save_scores,
+)
 from vitprune.scoring.criteria import HSICCriterion
 from vitprune.scoring.hsic import linear_gram
 from vitprune.search.space import Ratios, ratios_to_plan

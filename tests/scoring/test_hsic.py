@@ -6,11 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from vitprune.scoring.hsic import (DEFAULT_SIGMAS, ScoringError, center_gram, gaussian_gram,
-                                   gaussian_gram_minus_one, gram, hsic, hsic_cross,
-                                   hsic_pairwise, hsic_to_target, linear_gram, normalized_hsic,
-                                   normalized_hsic_cross, standardize)
-
+from vitprune.scoring.hsic import (
+    DEFAULT_SIGMAS,
+    ScoringError,
+    center_gram,
+    gaussian_gram,
+    gaussian_gram_minus_one,
+    gram,
+    hsic,
+    hsic_cross,
+    hsic_pairwise,
+    hsic_to_target,
+    linear_gram,
+    normalized_hsic,
+    normalized_hsic_cross,
+    standardize,
+)
 
 # ---- reference: textbook formulas, one component at a time, numpy float64 -------------------
 

@@ -9,8 +9,7 @@ import pytest
 
 from vitprune.errors import BudgetError, OutputError
 from vitprune.plan import PrunePlan
-from vitprune.search import (Budget, GPSurrogate, SearchConfig, SearchError, SearchSpace,
-                             read_trials, search)
+from vitprune.search import Budget, GPSurrogate, SearchConfig, SearchError, SearchSpace, read_trials, search
 from vitprune.search.trials import TIMING_FIELDS
 
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from vitprune.adapters import vit_shape
 from vitprune.errors import ModelError
 from vitprune.models import build_model
 from vitprune.pipeline import finetune
 from vitprune.search import Ratios, ratios_to_plan
-from vitprune.adapters import vit_shape
 from vitprune.surgery import prune
 from vitprune.train import TrainConfig, fit, kd_loss
 

@@ -27,10 +27,13 @@ def token_stage(block: nn.Module) -> TokenStage | None:
 def vit_shape(model: VisionTransformer) -> VitShape:
     """The :class:`VitShape` of a timm ViT, as built (dense or physically pruned).
 
+    Raises:
+        ModelError: the model is not one vitprune can prune (see :func:`check_prunable`).
+
     Token stages of a pruned model are included, with kept counts computed block by block by
     :func:`vitprune.plan.kept_tokens`, as the model itself computes them.
     """
-    check_supported(model)
+    check_prunable(model)  # reading and pruning accept and refuse the same models
     pe = model.patch_embed
     blocks = tuple(
         BlockShape(heads=b.attn.num_heads, head_dim=b.attn.head_dim,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -41,7 +41,7 @@ class TensorImageSet(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.normalise(self.images[i : i + 1])[0], int(self.labels[i])
 
-    def subset(self, idx: torch.Tensor) -> "TensorImageSet":
+    def subset(self, idx: torch.Tensor) -> TensorImageSet:
         out = TensorImageSet.__new__(TensorImageSet)
         out.images, out.labels, out.mean, out.std = self.images[idx], self.labels[idx], self.mean, self.std
         return out

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import DataError
 from .base import Splits, TensorImageSet, carve
 from .idx import read_idx

@@ -4,9 +4,18 @@
 features over a calibration loader, ``criteria`` the criteria behind one interface.
 """
 
-from .criteria import (BlockScores, Criterion, available_criteria, check_scores, get_criterion,
-                       load_scores, rankings, register, save_scores)
 from ..errors import ScoringError
+from .criteria import (
+                       BlockScores,
+                       Criterion,
+                       available_criteria,
+                       check_scores,
+                       get_criterion,
+                       load_scores,
+                       rankings,
+                       register,
+                       save_scores,
+)
 
 __all__ = ["BlockScores", "Criterion", "ScoringError", "available_criteria", "check_scores",
            "get_criterion", "load_scores", "rankings", "register", "save_scores"]

@@ -34,8 +34,7 @@ from torch import nn
 
 from ..adapters import check_prunable
 from ..cost import VitShape
-from ..errors import DataError
-from ..errors import ScoringError
+from ..errors import DataError, ScoringError
 
 
 @dataclass

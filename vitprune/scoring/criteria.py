@@ -28,10 +28,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,8 @@ from torch import nn
 from .. import fsutil
 from ..adapters import check_prunable, vit_shape
 from ..cost import VitShape
-from .collect import Collected, collect, collect_taylor, feature_groups
 from ..errors import ScoringError
+from .collect import Collected, collect, collect_taylor, feature_groups
 from .hsic import DEFAULT_SIGMAS, hsic_pairwise, hsic_to_target, linear_gram
 
 SCORES_VERSION = 1
@@ -400,11 +400,11 @@ def load_scores(path: str | Path) -> tuple[list[BlockScores], dict[str, Any]]:
     try:
         d = json.loads(path.read_text())
         if not isinstance(d, dict) or d.get("version", 0) > SCORES_VERSION:
-            raise ValueError("not a scores record of a supported version")
+            raise ScoringError("not a scores record of a supported version")
         scores = [BlockScores(torch.tensor(b["heads"], dtype=torch.float64),
                               torch.tensor(b["neurons"], dtype=torch.float64))
                   for b in d["blocks"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ScoringError) as exc:
         raise ScoringError(
             f"{path} is not a valid scores file ({exc}); score the model again") from None
     return scores, d.get("meta", {})

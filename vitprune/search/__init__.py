@@ -5,10 +5,18 @@ scores a plan is a callable passed in."""
 
 from .acquisition import expected_improvement, log_expected_improvement
 from .config import Budget, SearchConfig, SearchError
-from .loop import Objective, SearchResult, run_search, search, trial_rng
+from .loop import Objective, run_search, search, trial_rng
+from .result import SearchResult
 from .sampler import Band, FeasibleSampler, resolve_band
-from .space import (Ratios, SearchSpace, default_token_blocks, keep_count, plan_macs,
-                    ratios_to_plan, solve_uniform)
+from .space import (
+                    Ratios,
+                    SearchSpace,
+                    default_token_blocks,
+                    keep_count,
+                    plan_macs,
+                    ratios_to_plan,
+                    solve_uniform,
+)
 from .surrogate import GPSurrogate, Surrogate
 from .trials import Trial, read_trials
 

@@ -10,6 +10,8 @@ from ..errors import SearchError  # noqa: F401  (re-exported)
 
 METHODS = ("gp-ei", "random", "uniform")
 DIMS = ("heads", "neurons", "tokens")  # the dimensions a plan can prune
+# what a search maximises: masked calibration top-1, or minus the KL divergence from the dense model
+OBJECTIVES = ("top1", "kl")
 Method = Literal["gp-ei", "random", "uniform"]
 
 

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import InternalError, OutputError
 from ..plan import PrunePlan
 from ..progress import min_interval
 from .acquisition import log_expected_improvement
 from .config import Budget, SearchConfig, SearchError
-from .sampler import Band, FeasibleSampler, resolve_band
+from .report import write_outputs
+from .result import SearchResult
+from .sampler import FeasibleSampler, resolve_band
 from .space import Ratios, SearchSpace, plan_macs
 from .surrogate import GPSurrogate, Surrogate
 from .trials import Trial, append_trial, fingerprint, read_trials
@@ -43,36 +45,6 @@ class Objective(Protocol):
 
 
 SurrogateFactory = Callable[[int], Surrogate]  # seed -> an unfitted surrogate
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """The outcome of a search.
-
-    Attributes:
-        trials: every evaluation, in order.
-        best: the trial with the highest value (the first of equals).
-        best_plan: its integer prune plan.
-        config: the search settings.
-        space: the search space.
-        band: the feasible MACs band.
-    """
-
-    trials: tuple[Trial, ...]
-    best: Trial
-    best_plan: PrunePlan
-    config: SearchConfig
-    space: SearchSpace
-    band: Band
-
-    @property
-    def best_ratios(self) -> Ratios:
-        """The best trial's prune ratios."""
-        return Ratios.from_vector(self.best.ratios)
-
-    def best_so_far(self) -> list[float]:
-        """Best value after each evaluation."""
-        return list(np.maximum.accumulate([t.value for t in self.trials]))
 
 
 def trial_rng(seed: int, index: int) -> np.random.Generator:
@@ -118,8 +90,6 @@ def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
     result = run_search(objective, space, budget, config, trials_path=trials_path,
                         resume=resume, progress=progress, surrogate=surrogate)
     if out_dir is not None:
-        from .report import write_outputs  # matplotlib is imported only when writing
-
         write_outputs(result, out_dir)
     return result
 
@@ -176,7 +146,7 @@ def _run_trial(i: int, objective: Objective, space: SearchSpace, sampler: Feasib
     plan, ratios = space.plan(x), space.ratios(x)
     cost = plan_macs(space.shape, plan)  # the authoritative count, not the sampler's vectorised one
     if not sampler.band.contains(cost):
-        raise RuntimeError(f"internal error: proposal {i} costs {cost} MACs, outside the band "
+        raise InternalError(f"proposal {i} costs {cost} MACs, outside the band "
                            f"[{sampler.band.low}, {sampler.band.high}]")
     t1 = time.perf_counter()
     value = objective(plan, ratios)

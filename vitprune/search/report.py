@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import fsutil
-from .loop import SearchResult
+from .result import SearchResult
 
 BEST_PLAN = "best_plan.json"
 SUMMARY = "search.json"

@@ -7,9 +7,9 @@ is the cost of the model that is built.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ..cost import VitShape, macs
 from ..errors import BudgetError
 from ..plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from .config import SearchError
+
+# a uniform token ratio never drops more than 95% of the tokens: a stage keeps at least 5%
+MAX_TOKEN_RATIO = 0.95
 
 
 def keep_count(total: int, prune_ratio: float, multiple_of: int = 1) -> int:
@@ -59,7 +62,7 @@ class Ratios:
 
     @classmethod
     def uniform(cls, depth: int, heads: float = 0.0, neurons: float = 0.0,
-                tokens: float = 0.0) -> "Ratios":
+                tokens: float = 0.0) -> Ratios:
         return cls((heads,) * depth, (neurons,) * depth, tokens)
 
     def to_vector(self) -> list[float]:
@@ -67,7 +70,7 @@ class Ratios:
         return [*self.heads, *self.neurons, self.tokens]
 
     @classmethod
-    def from_vector(cls, v: Sequence[float]) -> "Ratios":
+    def from_vector(cls, v: Sequence[float]) -> Ratios:
         depth = (len(v) - 1) // 2
         return cls(tuple(map(float, v[:depth])), tuple(map(float, v[depth:2 * depth])), float(v[-1]))
 
@@ -90,7 +93,8 @@ def ratios_to_plan(shape: VitShape, ratios: Ratios, *,
     """
     depth = len(shape.blocks)
     if len(ratios.heads) != depth or len(ratios.neurons) != depth:
-        raise ValueError(f"ratios for {len(ratios.heads)} blocks, model has {depth}")
+        raise SearchError(f"ratios for {len(ratios.heads)} blocks, the model has {depth}; make the "
+                          "ratios for this model (Ratios.uniform(depth, ...))")
     blocks = []
     for i, b in enumerate(shape.blocks):
         h = keep_count(b.heads, ratios.heads[i])
@@ -117,7 +121,8 @@ def solve_uniform(shape: VitShape, target: float, *, heads: bool = True, neurons
     Args:
         target: MACs budget as a fraction of the dense model's (0.6 = keep 60%).
         heads, neurons, tokens: which dimensions the ratio applies to.
-        max_ratio: largest ratio tried (tokens are capped at 0.95: at least 5% kept).
+        max_ratio: largest ratio tried (tokens are capped at
+            :data:`MAX_TOKEN_RATIO`).
     Returns:
         (r, plan).
     Raises:
@@ -127,7 +132,7 @@ def solve_uniform(shape: VitShape, target: float, *, heads: bool = True, neurons
 
     def plan_at(r: float) -> PrunePlan:
         rat = Ratios.uniform(depth, r if heads else 0.0, r if neurons else 0.0,
-                             min(r, 0.95) if tokens else 0.0)
+                             min(r, MAX_TOKEN_RATIO) if tokens else 0.0)
         return ratios_to_plan(shape, rat, **plan_kwargs)
 
     if plan_macs(shape, plan_at(max_ratio)) > target * dense:

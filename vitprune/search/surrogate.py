@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import SearchError
+
 
 class Surrogate(Protocol):
     """A regression model with uncertainty, on inputs scaled to the unit cube."""
@@ -77,7 +79,7 @@ class GPSurrogate:
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation at ``X`` (M, F)."""
         if self._gp is None:
-            raise RuntimeError("GPSurrogate.predict called before fit")
+            raise SearchError("GPSurrogate.predict called before fit: call fit(X, y) first")
         with self._threads():
             mu, sd = self._gp.predict(np.asarray(X, dtype=np.float64), return_std=True)
         return mu, sd

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fsutil
-from ..errors import OutputError
+from ..errors import OutputError, SearchError
 
 # fields that measure the machine, not the search: a resumed run matches all the others
 TIMING_FIELDS = ("wall_s", "propose_s")
@@ -58,7 +58,7 @@ class Trial:
         return d
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "Trial":
+    def from_record(cls, d: dict[str, Any]) -> Trial:
         """Parse :meth:`to_record`'s output."""
         return cls(trial=int(d["trial"]), method=str(d["method"]), source=str(d["source"]),
                    seed=int(d["seed"]), ratios=tuple(float(r) for r in d["ratios"]),
@@ -76,7 +76,8 @@ def fingerprint(description: dict[str, Any]) -> str:
 def append_trial(path: str | Path, trial: Trial) -> None:
     """Append ``trial`` to the trials file at ``path`` atomically."""
     if not math.isfinite(trial.value):
-        raise ValueError(f"trial {trial.trial} has a non-finite value {trial.value!r}")
+        raise SearchError(f"trial {trial.trial} has a non-finite value {trial.value!r}; the "
+                          "objective must return a finite number")
     fsutil.append_jsonl(path, trial.to_record())
 
 

@@ -9,7 +9,8 @@ the kept heads only.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -100,7 +101,7 @@ class Masker:
         self._handles.clear()
         self._removed = True
 
-    def __enter__(self) -> "Masker":
+    def __enter__(self) -> Masker:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ stages become :class:`~vitprune.surgery.tokens.TokenSelectBlock`.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, require
+
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None, *,
             alpha: float = 1.0, temperature: float = 1.0, hard: bool = False,
@@ -23,8 +25,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
         temperature: softening temperature T > 0 (soft distillation only).
         label_smoothing: applied to the label cross-entropy term.
     """
-    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-        raise ValueError("alpha must be in [0, 1] and temperature > 0")
+    require(0.0 <= alpha <= 1.0, "alpha", f"must be in [0, 1], got {alpha!r}")
+    require(temperature > 0, "temperature", f"must be > 0, got {temperature!r}")
     teacher = teacher.detach().float()
     student = student.float()
     if hard:
@@ -36,7 +38,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     if alpha >= 1.0:
         return distill
     if labels is None:
-        raise ValueError("labels are needed when alpha < 1")
+        raise ConfigError("labels", "are needed when alpha < 1 (the label term has weight "
+                          "1 - alpha); pass them, or set alpha to 1")
     ce = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
     return (1.0 - alpha) * ce + alpha * distill
 

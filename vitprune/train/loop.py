@@ -6,9 +6,9 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import dist, fsutil
 from ..data import Splits, make_loader
-from ..errors import ModelError, OutputError
+from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, require
 from ..progress import min_interval
 from .distill import Distiller
 from .schedule import warmup_cosine
@@ -47,10 +47,28 @@ class TrainConfig:
     kd_hard: bool = False
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
-            raise ValueError("kd_alpha must be in [0, 1] and kd_temperature > 0")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            require(is_int(v) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
+        require(is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        m = self.max_steps_per_epoch
+        require(m is None or (is_int(m) and m >= 1), "max_steps_per_epoch",
+                f"must be an integer >= 1 (or unset), got {m!r}")
+        require(is_number(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip"):
+            v = getattr(self, name)
+            require(is_number(v) and v >= 0, name, f"must be >= 0, got {v!r}")
+        require(self.warmup_epochs <= self.epochs, "warmup_epochs",
+                f"({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+        require(is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                "label_smoothing", f"must be in [0, 1), got {self.label_smoothing!r}")
+        require(is_number(self.kd_alpha) and 0.0 <= self.kd_alpha <= 1.0, "kd_alpha",
+                f"must be in [0, 1], got {self.kd_alpha!r}")
+        require(is_number(self.kd_temperature) and self.kd_temperature > 0, "kd_temperature",
+                f"must be > 0, got {self.kd_temperature!r}")
+        for name in ("augment", "kd_hard"):
+            v = getattr(self, name)
+            require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
 
 
 @torch.no_grad()
@@ -81,7 +99,9 @@ def _check_out(out: Path, resume: bool) -> dict | None:
     if resume:
         if not ckpt.exists():
             return None  # nothing to resume from: start fresh
-        return torch.load(ckpt, map_location="cpu", weights_only=True)
+        return fsutil.torch_load(ckpt, lambda why: OutputError(
+            f"cannot resume from {ckpt}: {why}. Delete it to restart this training run from "
+            "its first epoch, or choose another --out."))
     if ckpt.exists() or (out / LOG).exists():
         raise OutputError(
             f"{out} already holds a training run ({CKPT}); pass --resume to continue it, or "
@@ -201,7 +221,8 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
 def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str) -> LossFn:
     if cfg.kd_alpha > 0:
         if teacher is None:
-            raise ValueError("kd_alpha > 0 needs a teacher model")
+            raise ConfigError("kd_alpha", "> 0 distils from a teacher: pass the teacher model, "
+                              "or set kd_alpha to 0")
         return Distiller(teacher.to(device), alpha=cfg.kd_alpha, temperature=cfg.kd_temperature,
                          hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing)
     return lambda logits, y, x: F.cross_entropy(  # noqa: E731

@@ -82,3 +82,20 @@ def test_non_empty_out_is_not_overwritten(tmp_path, capsys):
     assert main(["prune", "--model", "fmnist_vit_tiny", "--plan", str(plan_file), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cost_of_a_plan_made_for_another_model_exits_2(tmp_path, capsys):
+    from vitprune.adapters import vit_shape
+    from vitprune.models import build_model
+    from vitprune.search import Ratios, ratios_to_plan
+
+    tiny = vit_shape(build_model("deit_tiny_patch16_224"))
+    plan_file = tmp_path / "plan.json"
+    ratios_to_plan(tiny, Ratios.uniform(12, heads=0.34, neurons=0.5)).save(plan_file)
+    assert main(["cost", "--model", "deit_small_patch16_224", "--plan", str(plan_file)]) == 2
+    err = capsys.readouterr().err
+    assert "made for another model: its embed_dim is 192, this model's is 384" in err
+    out = tmp_path / "p"
+    assert main(["prune", "--model", "deit_small_patch16_224", "--plan", str(plan_file),
+                 "--out", str(out)]) == 2
+    assert not out.exists()

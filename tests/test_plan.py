@@ -142,3 +142,38 @@ def test_token_stages_on_a_shape_that_already_selects_tokens_are_refused():
     # heads/neurons only: the existing stages stay
     again = planned_shape(staged, PrunePlan.dense(staged))
     assert again == staged
+
+
+def test_a_plan_records_the_model_it_was_made_for():
+    from vitprune.adapters import vit_shape
+    from vitprune.models import build_model
+    from vitprune.search import Ratios, ratios_to_plan
+
+    tiny = vit_shape(build_model("deit_tiny_patch16_224", img_size=32, patch_size=16))
+    small = vit_shape(build_model("deit_small_patch16_224", img_size=32, patch_size=16))
+    plan = ratios_to_plan(tiny, Ratios.uniform(12, heads=0.34, neurons=0.5))
+    again = PrunePlan.from_json(plan.to_json())
+    assert again.base == plan.base and again.base["heads"] == [3] * 12
+    again.validate(tiny)
+    with pytest.raises(PlanError, match="made for another model: its embed_dim is 192, this "
+                                        "model's is 384.*heads, mlp_hidden"):
+        again.validate(small)
+
+
+def test_a_plan_without_a_base_is_read_and_checked_by_ranges_only():
+    from vitprune.adapters import vit_shape
+    from vitprune.models import build_model
+
+    small = vit_shape(build_model("deit_small_patch16_224", img_size=32, patch_size=16))
+    v1 = {"version": 1, "blocks": [{"heads": [0, 1], "neurons": [0, 5]}] * 12, "tokens": []}
+    plan = PrunePlan.from_dict(v1)
+    assert plan.base is None
+    plan.validate(small)
+    assert "base" not in plan.to_dict()
+
+
+def test_a_malformed_base_is_refused():
+    with pytest.raises(PlanError, match="'base' is malformed"):
+        PrunePlan.from_dict({"blocks": [{"heads": [0], "neurons": [0]}],
+                             "base": {"embed_dim": 8, "num_prefix": 1, "heads": [1],
+                                      "head_dim": "x", "mlp_hidden": [4]}})

@@ -15,7 +15,7 @@ import json
 import math
 import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,20 @@ from . import fsutil
 from .cost import BlockShape, VitShape
 from .errors import PlanError
 
-PLAN_VERSION = 1
+# 2: a plan records the shape of the model it was made for ("base"); version-1 plans have none
+PLAN_VERSION = 2
+BASE_FIELDS = ("embed_dim", "num_prefix", "heads", "head_dim", "mlp_hidden")
+
+
+def base_of(shape: VitShape) -> dict[str, Any]:
+    """What a plan records of the model it is made for: the parts its ids index into.
+
+    The image size (patch count) and the classes are left out: a plan's ids and keep rates mean
+    the same on a model fine-tuned at another resolution or for other classes.
+    """
+    return {"embed_dim": shape.embed_dim, "num_prefix": shape.num_prefix,
+            "heads": [b.heads for b in shape.blocks], "head_dim": [b.head_dim for b in shape.blocks],
+            "mlp_hidden": [b.mlp_hidden for b in shape.blocks]}
 
 
 def kept_tokens(n: int, keep_rate: float) -> int:
@@ -116,10 +129,14 @@ class PrunePlan:
     Attributes:
         blocks: one :class:`BlockPlan` per transformer block, in order.
         tokens: token-selection stages, sorted by block, at most one per block.
+        base: the shape of the model the plan was made for (:func:`base_of`), or None for a plan
+            that does not say (written by hand, or by vitprune before plan version 2): such a plan
+            is checked only for its depth and id ranges.
     """
 
     blocks: tuple[BlockPlan, ...]
     tokens: tuple[TokenStage, ...] = ()
+    base: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         blocks, tokens = tuple(self.blocks), tuple(self.tokens)
@@ -135,20 +152,36 @@ class PrunePlan:
             raise PlanError(f"token stages repeat block(s) {dup}; use at most one stage per block")
         object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "tokens", tuple(sorted(tokens, key=lambda t: t.block)))
+        if self.base is not None:
+            _check_base(self.base)
+
+    def made_for(self, shape: VitShape) -> PrunePlan:
+        """This plan, recording ``shape`` as the model it is made for."""
+        return replace(self, base=base_of(shape))
 
     @classmethod
     def dense(cls, shape: VitShape) -> PrunePlan:
         """The plan that keeps everything of ``shape``."""
         return cls(tuple(BlockPlan(tuple(range(b.heads)), tuple(range(b.mlp_hidden)))
-                         for b in shape.blocks))
+                         for b in shape.blocks), base=base_of(shape))
 
     def validate(self, shape: VitShape) -> None:
         """Check that this plan fits a model of ``shape``.
 
         Raises:
-            PlanError: wrong number of blocks, ids out of range, a token stage past the last block,
-                or token stages on a shape that already selects tokens.
+            PlanError: the plan was made for a model of another shape, wrong number of blocks,
+                ids out of range, a token stage past the last block, or token stages on a shape
+                that already selects tokens.
         """
+        if self.base is not None:
+            have = base_of(shape)
+            diff = [k for k in BASE_FIELDS if self.base[k] != have[k]]
+            if diff:
+                k = diff[0]
+                raise PlanError(
+                    f"the plan was made for another model: its {k} is {_brief(self.base[k])}, "
+                    f"this model's is {_brief(have[k])} (differing: {', '.join(diff)}). Make the "
+                    "plan for this model, or prune the model it was made for.")
         if len(self.blocks) != len(shape.blocks):
             raise PlanError(
                 f"the plan has {len(self.blocks)} blocks but the model has {len(shape.blocks)}; "
@@ -171,12 +204,15 @@ class PrunePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (see :meth:`from_dict`)."""
-        return {
+        d = {
             "version": PLAN_VERSION,
             "blocks": [{"heads": list(b.heads), "neurons": list(b.neurons)} for b in self.blocks],
             "tokens": [{"block": t.block, "keep_rate": t.keep_rate, "fuse": t.fuse}
                        for t in self.tokens],
         }
+        if self.base is not None:
+            d["base"] = self.base
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> PrunePlan:
@@ -185,14 +221,14 @@ class PrunePlan:
         Raises:
             PlanError: ``d`` is not such a record (missing or unknown keys, wrong types).
         """
-        _check_keys(d, "prune plan", required={"blocks"}, optional={"version", "tokens"})
+        _check_keys(d, "prune plan", required={"blocks"}, optional={"version", "tokens", "base"})
         version = d.get("version", PLAN_VERSION)
         if not isinstance(version, int) or version > PLAN_VERSION:
             raise PlanError(f"prune plan version {version!r} is not supported; upgrade vitprune")
         blocks = _list(d["blocks"], "prune plan 'blocks'")
         tokens = _list(d.get("tokens", []), "prune plan 'tokens'")
         return cls(tuple(_block_from(b, i) for i, b in enumerate(blocks)),
-                   tuple(_stage_from(t, i) for i, t in enumerate(tokens)))
+                   tuple(_stage_from(t, i) for i, t in enumerate(tokens)), base=d.get("base"))
 
     def to_json(self) -> str:
         """The plan as indented JSON text."""
@@ -263,6 +299,24 @@ def planned_shape(shape: VitShape, plan: PrunePlan) -> VitShape:
     )
     out = replace(shape, blocks=blocks)
     return apply_token_stages(out, plan.tokens) if plan.tokens else out
+
+
+def _check_base(base: Any) -> None:
+    _check_keys(base, "prune plan 'base'", required=set(BASE_FIELDS), optional=set())
+    ints = [base["embed_dim"], base["num_prefix"]]
+    lists = [base[k] for k in ("heads", "head_dim", "mlp_hidden")]
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in ints) and all(
+        isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        for v in lists) and len({len(v) for v in lists}) == 1
+    if not ok:
+        raise PlanError(f"prune plan 'base' is malformed ({base!r:.120}); it should describe the "
+                        "model the plan was made for, or be left out")
+
+
+def _brief(v: Any) -> str:
+    if isinstance(v, list) and len(set(v)) == 1:
+        return f"{v[0]} in each of {len(v)} blocks"
+    return str(v)
 
 
 def _check_range(ids: tuple[int, ...], limit: int, what: str, noun: str) -> None:

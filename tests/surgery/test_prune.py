@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from timm.layers import SwiGLU
@@ -139,8 +141,10 @@ def test_prune_refuses_a_model_with_a_masker_installed(tiny_vit):
 
 def test_prune_rejects_plans_that_do_not_fit(tiny_vit):
     plan = PrunePlan.dense(vit_shape(build_model("fmnist_vit_d12")))
-    with pytest.raises(PlanError, match="12 blocks but the model has 4"):
+    with pytest.raises(PlanError, match="made for another model: its embed_dim is 64"):
         prune(tiny_vit, plan)
+    with pytest.raises(PlanError, match="12 blocks but the model has 4"):  # a plan of version 1
+        prune(tiny_vit, dataclasses.replace(plan, base=None))
     with pytest.raises(PlanError, match="missing key"):
         prune(tiny_vit, {"tokens": []})
 

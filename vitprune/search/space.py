@@ -15,7 +15,7 @@ import numpy as np
 
 from ..cost import VitShape, macs
 from ..errors import BudgetError
-from ..plan import BlockPlan, PrunePlan, TokenStage, planned_shape
+from ..plan import BlockPlan, PrunePlan, TokenStage, base_of, planned_shape
 from .config import SearchError
 
 # a uniform token ratio never drops more than 95% of the tokens: a stage keeps at least 5%
@@ -105,7 +105,7 @@ def ratios_to_plan(shape: VitShape, ratios: Ratios, *,
     if ratios.tokens > 0:
         tb = default_token_blocks(depth) if token_blocks is None else tuple(token_blocks)
         stages = tuple(TokenStage(t, 1.0 - ratios.tokens, fuse) for t in tb)
-    return PrunePlan(tuple(blocks), stages)
+    return PrunePlan(tuple(blocks), stages, base=base_of(shape))
 
 
 def plan_macs(shape: VitShape, plan: PrunePlan) -> int:

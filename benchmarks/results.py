@@ -33,22 +33,29 @@ import fcntl
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from vitprune import fsutil, load
-from vitprune.adapters import vit_shape
-from vitprune.cost import macs, params
-from vitprune.data import load_splits, make_loader
+from vitprune.config import SearchSettings
+from vitprune.data import load_splits
 from vitprune.errors import BudgetError
-from vitprune.io import resolve_for_data, save
-from vitprune.pipeline import calibration_batches, check_budget, finetune, parse_budget, policy_search, score
+from vitprune.io import save
+from vitprune.pipeline import (
+    calibration_batches,
+    check_budget,
+    finetune,
+    load_dense,
+    policy_search,
+    score,
+    test_metrics,
+)
 from vitprune.plan import PrunePlan
 from vitprune.search.config import DIMS
 from vitprune.surgery import prune
-from vitprune.train import TrainConfig, evaluate
+from vitprune.train import FINETUNE
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -98,12 +105,10 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.splits = load_splits("fashion-mnist", args.data_dir)
-        self.dense, self.arch, _ = resolve_for_data(str(args.model), self.splits)
-        self.dense.eval()
-        self.recipe = TrainConfig(epochs=args.epochs, batch_size=128, lr=5e-4, warmup_epochs=0.5,
-                                  weight_decay=0.05, augment=args.augment,
-                                  kd_alpha=args.kd_alpha, kd_temperature=2.0,
-                                  max_steps_per_epoch=args.max_steps)
+        self.dense, self.arch = load_dense(args.model, self.splits, verb="benchmark")
+        # vitprune's fine-tuning recipe, with this study's epochs and distillation weight
+        self.recipe = replace(FINETUNE, epochs=args.epochs, augment=args.augment,
+                              kd_alpha=args.kd_alpha, max_steps_per_epoch=args.max_steps)
 
     def scores(self, criterion: str, seed: int):
         path = self.args.runs / "scores" / f"{criterion}_s{seed}.json"
@@ -127,17 +132,23 @@ class Runner:
             plan, info = tp_plan(self.dense, budget, batches)
             info = {"how": info}
         else:
-            bounds = (0.0, self.args.wide_ratio if m.wide else 0.5)
-            res = policy_search(self.dense, self.splits, budget, cell / "search", method=m.search,
-                                n_trials=self.args.trials, n_init=self.args.init, seed=seed,
-                                scores=self.scores(m.criterion, seed), calib_images=2000,
-                                bounds=bounds, dims=m.dims, progress=False,
+            settings = self.settings(m)
+            res = policy_search(self.dense, self.splits, budget, cell / "search",
+                                scores=self.scores(m.criterion, seed), settings=settings,
+                                seed=seed, progress=False,
                                 resume=(cell / "search" / "trials.jsonl").exists())
-            plan, info = res.best_plan, {"calib_top1": res.best.value, "bounds": list(bounds)}
+            plan, info = res.best_plan, {"calib_top1": res.best.value,
+                                         "bounds": [0.0, settings.max_ratio]}
         info["plan_seconds"] = round(time.perf_counter() - t0, 1)
         plan.save(path)
         fsutil.write_json(cell / "plan_info.json", info)
         return plan, info
+
+    def settings(self, m: Method) -> SearchSettings:
+        """vitprune's search settings, with the method's and this study's changes."""
+        return replace(SearchSettings(), method=m.search, trials=self.args.trials,
+                       init=self.args.init, dims=m.dims,
+                       max_ratio=self.args.wide_ratio if m.wide else SearchSettings().max_ratio)
 
     def run(self, m: Method, budget: float, seed: int) -> None:
         cell = self.args.runs / slug(m.name) / f"b{budget}" / f"s{seed}"
@@ -156,8 +167,7 @@ class Runner:
     def _run(self, m: Method, budget: float, seed: int, cell: Path) -> None:
         try:
             if m.search != "torch-pruning":
-                check_budget(self.dense, parse_budget(budget),
-                             self.args.wide_ratio if m.wide else 0.5, m.dims)
+                check_budget(self.dense, budget, self.settings(m))
             plan, info = self.plan(m, budget, seed, cell)
         except BudgetError as exc:
             fsutil.write_json(cell / "result.json", {**self.key(m, budget, seed),
@@ -165,20 +175,19 @@ class Runner:
             print(f"{m.name} at {budget}: unreachable ({exc})", flush=True)
             return
         student = prune(self.dense, plan)
-        test = make_loader(self.splits.test, 500)
-        before = evaluate(student, test, "cpu")["top1"]
+        before = test_metrics(student, self.splits)["test_top1"]
         t0 = time.perf_counter()
-        cfg = TrainConfig(**{**asdict(self.recipe), "seed": seed})
+        cfg = replace(self.recipe, seed=seed)
         history = finetune(student, self.dense, self.splits, cfg, cell / "finetune", resume=True,
                            progress=False)
         wall = time.perf_counter() - t0
-        save(cell / "model", student.eval(), self.arch, plan=plan.to_dict(),
+        save(cell / "model", student.eval(), self.arch, plan=plan,
              meta={"method": m.name, "budget": budget, "seed": seed})
-        shape, dshape = vit_shape(student), vit_shape(self.dense)
+        after, dense = test_metrics(student, self.splits), test_metrics(self.dense, self.splits)
         result = {**self.key(m, budget, seed), **info,
-                  "macs": macs(shape).total, "macs_kept": macs(shape).total / macs(dshape).total,
-                  "params": params(shape), "test_top1_before": before,
-                  "test_top1": evaluate(student, test, "cpu")["top1"],
+                  "macs": after["macs"], "macs_kept": after["macs"] / dense["macs"],
+                  "params": after["params"], "test_top1_before": before,
+                  "test_top1": after["test_top1"],
                   "finetune_seconds": round(sum(h["seconds"] for h in history), 1),
                   "finetune_wall_this_run": round(wall, 1),
                   "calib_top1_per_epoch": [h["calib_top1"] for h in history]}
@@ -209,7 +218,7 @@ def cmd_report(args) -> int:
     speed = measure(args, dense, rows) if args.speed else load_speed(args)
     from results_report import write
 
-    write(args, rows, dense, speed)
+    write(args, rows, dense, speed, [m.name for m in METHODS])
     return 0
 
 

@@ -37,7 +37,8 @@ def _speed(speed: dict | None, budget: float, method: str) -> str:
             f"| {s['b64']['dense'] / s['b64'][method]:.2f}x ")
 
 
-def write(args, rows: list[dict], dense, speed: dict | None) -> None:
+def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -> None:
+    """Write the report; ``order``: the method names in the order of the benchmark's list."""
     from vitprune.adapters import vit_shape
     from vitprune.cost import macs, params
     from vitprune.data import load_splits, make_loader
@@ -50,7 +51,7 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
         by[(r["method"], r["budget"])].append(r)
     summary = {k: _summary(v) for k, v in by.items()}
     budgets = sorted({b for _, b in by}, reverse=True)
-    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=_order)))
+    methods = _in_order(rows, order)
     first = rows[0]
     lines = [
         "# Results: ablations and a pruning peer on Fashion-MNIST", "",
@@ -87,7 +88,7 @@ def write(args, rows: list[dict], dense, speed: dict | None) -> None:
     fsutil.write_json(Path(args.out).with_suffix(".json"), {
         "command": "python " + " ".join(sys.argv), "dense_top1": dense_top1, "rows": rows,
         "speed": speed})
-    _plot(Path(args.out).with_suffix(".png"), rows, dense_top1)
+    _plot(Path(args.out).with_suffix(".png"), rows, dense_top1, order)
     print("\n".join(lines))
 
 
@@ -105,12 +106,11 @@ def by_group(rows: list[dict], method: str) -> str:
     return next(r["group"] for r in rows if r["method"] == method)
 
 
-def _order(r: dict) -> int:
-    """Rows in the order of results.METHODS."""
-    from results import METHODS
-
-    order = [m.name for m in METHODS]
-    return order.index(r["method"]) if r["method"] in order else len(order)
+def _in_order(rows: list[dict], order: list[str]) -> list[str]:
+    """The methods of ``rows`` in the order of ``order`` (the benchmark's list), others last."""
+    rank = {name: i for i, name in enumerate(order)}
+    return list(dict.fromkeys(r["method"] for r in sorted(
+        rows, key=lambda r: rank.get(r["method"], len(order)))))
 
 
 def _table(methods: list[str], budgets: list[float], summary: dict, speed: dict | None) -> str:
@@ -133,14 +133,14 @@ def _table(methods: list[str], budgets: list[float], summary: dict, speed: dict 
     return "\n".join(out)
 
 
-def _plot(path: Path, rows: list[dict], dense_top1: float) -> None:
+def _plot(path: Path, rows: list[dict], dense_top1: float, order: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=_order)))
+    methods = _in_order(rows, order)
     for i, m in enumerate(methods):
         pts = [(r["macs_kept"], r["test_top1"]) for r in rows if r["method"] == m and "test_top1" in r]
         if pts:

@@ -50,9 +50,9 @@ def main() -> int:
             for seed in (args.seeds if method != "uniform" else args.seeds[:1]):
                 out = args.runs / f"b{budget}_{method}_s{seed}"
                 try:
-                    res = policy_search(model, splits, budget, out, method=method, n_trials=args.trials,
-                                        n_init=args.init, seed=seed, scores=scores,
-                                        calib_images=args.calib_images,
+                    res = policy_search(model, splits, budget, out, method=method,
+                                        trials=args.trials, init=args.init, seed=seed,
+                                        scores=scores, calib_images=args.calib_images,
                                         resume=(out / "trials.jsonl").exists(), progress=False)
                 except BudgetError as exc:
                     print(f"{method} at {budget}: {exc}", flush=True)

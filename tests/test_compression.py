@@ -27,7 +27,7 @@ def run(tmp_path_factory, ):
 
 def test_compress_runs_end_to_end_and_the_model_reloads(run):
     assert {p.name for p in run.out.iterdir()} >= {
-        "compress.json", "scores.json", "search", "pruned", "finetune", "model", "eval.json",
+        "run.json", "scores.json", "search", "plan.json", "finetune", "model", "eval.json",
         "report.md", "plan.png", "finetune.png"}
     model = vitprune.load(run.model_dir)
     x = torch.randn(5, 1, 28, 28)
@@ -43,29 +43,37 @@ def test_compress_runs_end_to_end_and_the_model_reloads(run):
     assert f"{rows['finetuned']['test_top1']:.2f}" in report and "| 3 |" in report
     hist = run.metrics["finetune_history"]
     assert [h["epoch"] for h in hist] == [1, 2]
+    record = json.loads((run.out / "run.json").read_text())
+    assert record["kind"] == "compress"
+    assert record["done"] == ["scores", "search", "finetune", "evaluate", "report"]
+    assert record["settings"]["epochs"] == 2 and record["settings"]["trials"] == 4
 
 
 def test_rerun_resumes_at_the_first_unfinished_stage(run):
     from vitprune.data import load_splits
 
     weights = (run.model_dir / "model.safetensors").read_bytes()
-    (run.out / "eval.json").unlink()
+    record = json.loads((run.out / "run.json").read_text())
+    (run.out / "run.json").write_text(json.dumps({**record, "done": record["done"][:3]}))
+    (run.out / "eval.json").write_text("{}")  # what the unfinished stage left is rewritten
     stamp = (run.out / "search" / "trials.jsonl").stat().st_mtime_ns
     again = vitprune.compress("fmnist_vit_tiny", load_splits("synthetic", calib_size=64), 0.6,
                               run.out, **QUICK)
     assert (run.out / "search" / "trials.jsonl").stat().st_mtime_ns == stamp  # no new search
     assert (run.model_dir / "model.safetensors").read_bytes() == weights  # no new fine-tuning
     assert again.metrics["rows"]["finetuned"]["test_top1"] == run.metrics["rows"]["finetuned"]["test_top1"]
+    assert json.loads((run.out / "eval.json").read_text())["rows"]
+    assert json.loads((run.out / "run.json").read_text())["done"] == record["done"]
 
 
 def test_out_dir_of_another_run_or_other_files_is_refused_untouched(run, tmp_path):
     from vitprune.data import load_splits
 
     splits = load_splits("synthetic", calib_size=64)
-    before = (run.out / "compress.json").read_text()
-    with pytest.raises(OutputError, match="another compression run.*config.epochs"):
+    before = (run.out / "run.json").read_text()
+    with pytest.raises(OutputError, match="another compress run.*epochs"):
         vitprune.compress("fmnist_vit_tiny", splits, 0.6, run.out, **{**QUICK, "epochs": 3})
-    assert (run.out / "compress.json").read_text() == before
+    assert (run.out / "run.json").read_text() == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -91,28 +99,45 @@ def test_finetune_command_refuses_an_incompatible_teacher(run, tmp_path, capsys)
 
     spec = ArchSpec("fmnist_vit_tiny", {"num_classes": 7})
     vitprune.save(tmp_path / "seven", build_model(spec), spec)
-    rc = main(["finetune", "--student", str(run.out / "pruned"), "--teacher", str(tmp_path / "seven"),
+    rc = main(["finetune", "--student", str(run.model_dir), "--teacher", str(tmp_path / "seven"),
                "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "ft"), "--quiet"])
     assert rc == 2
     assert "incompatible" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
-    assert json.loads((run.out / "compress.json").read_text())["config"]["epochs"] == 2
 
 
 def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
-    """A setting added later is at its default in an older run's manifest, not a difference."""
-    import dataclasses
-    import json
+    """A setting added later is at its default in an older run's record, not a difference."""
+    from vitprune.config import CompressConfig
+    from vitprune.rundir import RunDir
 
-    from vitprune.compression import MANIFEST, CompressConfig, _claim
-    from vitprune.errors import OutputError
+    flat = CompressConfig().flat()
+    older = {k: v for k, v in flat.items() if k != "dims"}
+    RunDir.claim(tmp_path, "compress", older).release()
+    RunDir.claim(tmp_path, "compress", flat, defaults=flat).release()  # accepted
+    with pytest.raises(OutputError, match="differs in: dims"):
+        RunDir.claim(tmp_path, "compress", {**flat, "dims": ["heads"]}, defaults=flat)
 
-    config = json.loads(json.dumps(dataclasses.asdict(CompressConfig())))
-    manifest = {"format": "vitprune.compress", "version": 1, "model": "m", "data": "d",
-                "config": config}
-    older = {**manifest, "config": {k: v for k, v in config.items() if k != "dims"}}
-    (tmp_path / MANIFEST).write_text(json.dumps(older))
-    _claim(tmp_path, manifest, {})  # accepted
-    changed = {**manifest, "config": {**config, "dims": ["heads"]}}
-    with pytest.raises(OutputError, match="config.dims"):
-        _claim(tmp_path, changed, {})
+
+def test_a_compress_run_of_the_previous_layout_resumes(run, tmp_path):
+    """Runs made before run.json (compress.json, the plan in search/) continue where they were."""
+    import shutil
+
+    from vitprune.data import load_splits
+
+    old = tmp_path / "old"
+    shutil.copytree(run.out, old)
+    record = json.loads((old / "run.json").read_text())
+    (old / "run.json").unlink()
+    (old / "plan.json").unlink()
+    config = {k: v for k, v in record["settings"].items() if k not in ("model", "data")}
+    (old / "compress.json").write_text(json.dumps({
+        "format": "vitprune.compress", "version": 1, "model": record["settings"]["model"],
+        "data": record["settings"]["data"], "config": config}))
+    (old / "eval.json").unlink()  # that layout's way to say "evaluate again"
+    weights = (old / "model" / "model.safetensors").read_bytes()
+    again = vitprune.compress("fmnist_vit_tiny", load_splits("synthetic", calib_size=64), 0.6,
+                              old, **QUICK)
+    assert (old / "model" / "model.safetensors").read_bytes() == weights
+    assert again.plan == run.plan
+    assert json.loads((old / "run.json").read_text())["done"][-2:] == ["evaluate", "report"]

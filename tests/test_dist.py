@@ -51,7 +51,9 @@ def test_two_process_finetune_matches_one_process(tmp_path, dense_dir):
                  "--trials", "3", "--init", "2", "--calib-images", "64", "--epochs", "1",
                  "--max-steps-per-epoch", "1", "--threads", "1", "--quiet",
                  "--out", str(tmp_path / "c")]) == 0
-    plan_dir = tmp_path / "c" / "pruned"
+    plan_dir = tmp_path / "pruned"
+    assert main(["prune", "--model", str(dense_dir), "--plan",
+                 str(tmp_path / "c" / "search" / "best_plan.json"), "--out", str(plan_dir)]) == 0
     args = ["finetune", "--student", str(plan_dir), "--teacher", str(dense_dir), "--data",
             "synthetic", "--epochs", "2", "--max-steps-per-epoch", "3", "--batch-size", "32",
             "--lr", "2e-3", "--no-augment", "--threads", "1", "--quiet", "--json"]

@@ -5,8 +5,9 @@ import torch
 
 from vitprune.adapters import vit_shape
 from vitprune.cli import main
+from vitprune.config import parse_budget
 from vitprune.cost import macs
-from vitprune.pipeline import MaskedAccuracy, calibration_batches, parse_budget
+from vitprune.pipeline import MaskedAccuracy, calibration_batches
 from vitprune.plan import PrunePlan, planned_shape
 from vitprune.scoring import load_scores
 from vitprune.search import Ratios, ratios_to_plan
@@ -97,7 +98,7 @@ def test_kl_objective_is_minus_the_kl_from_the_dense_model(tiny_vit, synth_split
         dense_logp = [tiny_vit(x).log_softmax(-1) for x, _ in batches]
     plan = ratios_to_plan(shape, Ratios((0.5,) * 4, (0.5,) * 4, 0.4))
     pruned = prune(tiny_vit, plan)
-    obj = MaskedAccuracy(tiny_vit, batches, metric="kl")
+    obj = MaskedAccuracy(tiny_vit, batches, objective="kl")
     assert obj(PrunePlan.dense(shape)) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         kl = sum(torch.nn.functional.kl_div(pruned(x).log_softmax(-1), d, reduction="sum",
@@ -149,6 +150,6 @@ def test_a_budget_one_dimension_cannot_meet_is_refused(tiny_vit):
     from vitprune.errors import BudgetError
     from vitprune.pipeline import check_budget
 
-    check_budget(tiny_vit, 0.4, 0.9)  # all three dimensions reach it
+    check_budget(tiny_vit, 0.4, max_ratio=0.9)  # all three dimensions reach it
     with pytest.raises(BudgetError):
-        check_budget(tiny_vit, 0.4, 0.9, dims=("heads",))  # attention is not 60% of the MACs
+        check_budget(tiny_vit, 0.4, max_ratio=0.9, dims=("heads",))  # attention is not 60% of the MACs

@@ -3,8 +3,8 @@
 from .errors import VitpruneError
 from .io import load, save
 from .models import ArchSpec, build_model
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ArchSpec", "CompressConfig", "VitpruneError", "build_model", "compress", "load", "save",
            "__version__"]
 

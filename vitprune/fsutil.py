@@ -96,14 +96,15 @@ def atomic_write(dest: str | os.PathLike, writer: Callable[[Path], None], *,
         writer(tmp)
 
 
-def write_text(dest: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``dest`` atomically."""
-    atomic_write(dest, lambda p: p.write_text(text))
+def write_text(dest: str | os.PathLike, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to ``dest`` atomically (``exclusive``: see :func:`atomic_write`)."""
+    atomic_write(dest, lambda p: p.write_text(text), exclusive=exclusive)
 
 
-def write_json(dest: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``dest`` atomically."""
-    write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(dest: str | os.PathLike, obj: Any, *, exclusive: bool = False) -> None:
+    """Write ``obj`` as indented JSON to ``dest`` atomically (``exclusive``: see
+    :func:`atomic_write`)."""
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n", exclusive=exclusive)
 
 
 def append_jsonl(dest: str | os.PathLike, record: dict) -> None:

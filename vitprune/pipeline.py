@@ -1,11 +1,13 @@
-"""The one place that composes the parts: score -> search -> prune (-> fine-tune, later).
+"""The stages a job is made of, each a function that takes and returns typed values:
+load the dense model -> score -> search -> (prune) -> fine-tune -> evaluate.
 
-Each function takes a model and data splits and returns plain results; the command line
-(``cli.py``) only parses arguments and calls these.
+Nothing here knows file names of a run directory or the command line: ``compression.py`` and
+``jobs.py`` compose these stages, ``rundir.py`` persists their values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,18 +17,58 @@ import torch.nn.functional as F
 
 from . import dist
 from .adapters import vit_shape
+from .config import SearchSettings, parse_budget
+from .cost import macs, params
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
-from .errors import ModelError, ScoringError, SearchError, VitpruneError, require
+from .errors import ModelError, PlanError, VitpruneError, require
+from .io import resolve_for_data
+from .io.model_dir import read_config
+from .models import ArchSpec
 from .plan import PrunePlan
-from .scoring import BlockScores, get_criterion, load_scores, rankings, save_scores
+from .scoring import BlockScores, check_scores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
-from .search.config import DIMS, OBJECTIVES, Budget
-from .search.loop import SearchResult, search
+from .search.config import OBJECTIVES, Budget
+from .search.loop import search
+from .search.result import SearchResult
 from .search.sampler import resolve_band
 from .search.space import SearchSpace
+from .speed import compare
 from .surgery import Masker
-from .train import TrainConfig, fit
+from .train import EVAL_BATCH, TrainConfig, evaluate, fit
+
+# CPU timing of a speed comparison: rounds, and forwards per round at batch 1 / larger batches
+BENCH_ROUNDS, BENCH_REPS_B1, BENCH_REPS = 15, 10, 2
+
+
+def model_id(model: str | Path, checkpoint: str | Path | None = None) -> str:
+    """What identifies an input model in a run's record: a saved directory by its weights'
+    SHA-256 (moving it does not matter, replacing its weights does), a name by the name and the
+    checkpoint's file name."""
+    if Path(model).is_dir():
+        return "sha256:" + str(read_config(model)["weights"].get("sha256"))
+    return f"{model}+{Path(checkpoint).name}" if checkpoint else str(model)
+
+
+def lineage(model: str | Path) -> list[dict]:
+    """How a saved model directory was made (its training records, oldest first); [] for a name."""
+    if not Path(model).is_dir():
+        return []
+    prior = read_config(model).get("meta", {})
+    return prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
+
+
+def load_dense(model: str | Path, splits: Splits, checkpoint: str | Path | None = None, *,
+               verb: str = "prune") -> tuple[torch.nn.Module, ArchSpec]:
+    """The dense model ``model`` names (built to fit ``splits``), refusing a pruned one.
+
+    Raises:
+        PlanError: ``model`` is a pruned model directory: ``verb`` its dense base model instead.
+    """
+    net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
+    if plan is not None:
+        raise PlanError(f"{model} is already pruned; {verb} its dense base model instead")
+    return net, arch
 
 
 def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 256,
@@ -47,21 +89,31 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
             for x, y in make_loader(ds, batch_size, rank=rank, world=world)]
 
 
+def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
+           n_images: int = 256, **options: Any) -> tuple[list[BlockScores], dict[str, Any]]:
+    """Score every head and neuron of ``model`` on calibration images.
+
+    Returns:
+        (scores, meta): one :class:`BlockScores` per block, and the criterion's settings.
+    """
+    crit = get_criterion(criterion, **options)
+    batches = calibration_batches(splits, n_images, batch_size=min(64, n_images))
+    return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name}
+
+
 def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
           n_images: int = 256, out: str | Path | None = None,
           **options: Any) -> list[BlockScores]:
-    """Score every head and neuron of ``model`` on calibration images; optionally save them."""
-    crit = get_criterion(criterion, **options)
-    batches = calibration_batches(splits, n_images, batch_size=min(64, n_images))
-    scores = crit(model, batches)
+    """:func:`scored`'s scores; with ``out``, also saved there (never over an existing file)."""
+    scores, meta = scored(model, splits, criterion, n_images=n_images, **options)
     if out is not None:
-        save_scores(out, scores, {**crit.meta(), "images": n_images, "data": splits.name})
+        save_scores(out, scores, meta, exclusive=True)
     return scores
 
 
 class MaskedAccuracy:
     """The search objective: top-1 (%) of the dense weights under a plan, on calibration batches,
-    or with ``metric="kl"`` minus the mean KL divergence from the dense model's predictions
+    or with ``objective="kl"`` minus the mean KL divergence from the dense model's predictions
     (higher is better either way; KL is smoother than top-1 on a few thousand images).
 
     Applies plans as masks in place (fast to change between evaluations); :meth:`close`
@@ -73,13 +125,14 @@ class MaskedAccuracy:
     """
 
     def __init__(self, model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 metric: str = "top1"):
-        require(metric in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got {metric!r}")
+                 objective: str = "top1"):
+        require(objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got "
+                f"{objective!r}")
         self.model = model.eval()
         self.batches = batches
-        self.metric = metric
+        self.objective = objective
         self.dense = None
-        if metric == "kl":  # the dense model's log-probabilities, computed once
+        if objective == "kl":  # the dense model's log-probabilities, computed once
             with torch.inference_mode():
                 self.dense = [model(x).float().log_softmax(-1) for x, _ in batches]
         self.masker = Masker(model)
@@ -104,7 +157,7 @@ class MaskedAccuracy:
         if dist.active():
             dist.broadcast(plan.to_dict())
         good, total = self._counts(plan)
-        return (100.0 if self.metric == "top1" else 1.0) * good / total
+        return (100.0 if self.objective == "top1" else 1.0) * good / total
 
     def serve(self) -> None:
         """On ranks other than 0: evaluate the plans rank 0 sends until it sends ``None``."""
@@ -120,77 +173,69 @@ class MaskedAccuracy:
         self.masker.remove()
 
 
-def parse_budget(text: str | float) -> Budget:
-    """``0.6`` keeps 60% of the dense MACs; ``2.7G`` is an absolute 2.7 GMACs per image."""
-    if isinstance(text, str) and text.strip().lower().endswith("g"):
-        return Budget(float(text.strip()[:-1]), unit="gmacs")
-    return Budget(float(text))
+def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
+                 scores: Sequence[BlockScores] | None = None) -> SearchSpace:
+    """The ratios searched for ``model`` under ``settings``: every chosen dimension's ratio in
+    [0, max_ratio], the others fixed at 0; components ranked by ``scores`` if given.
 
-
-def _check_dims(dims: Sequence[str]) -> tuple[str, ...]:
-    dims = tuple(dims)
-    if not dims or any(d not in DIMS for d in dims) or len(set(dims)) != len(dims):
-        raise SearchError(f"dims {dims!r} must be distinct names among {', '.join(DIMS)}")
-    return dims
-
-
-def _space(model: torch.nn.Module, bounds: tuple[float, float],
-           scores: Sequence[BlockScores] | None = None,
-           token_blocks: Sequence[int] | None = None,
-           dims: Sequence[str] = DIMS) -> SearchSpace:
-    dims, fixed = _check_dims(dims), (0.0, 0.0)
-    if "tokens" not in dims:
-        token_blocks = ()
-    return SearchSpace(vit_shape(model), head_bounds=bounds if "heads" in dims else fixed,
-                       neuron_bounds=bounds if "neurons" in dims else fixed,
-                       token_bounds=bounds if "tokens" in dims else fixed,
-                       token_blocks=None if token_blocks is None else tuple(token_blocks),
+    Raises:
+        ScoringError: ``scores`` do not score each head and neuron of ``model``.
+    """
+    settings = settings or SearchSettings()
+    shape = vit_shape(model)
+    if scores is not None:
+        check_scores(scores, shape)
+    span, fixed, dims = (0.0, settings.max_ratio), (0.0, 0.0), settings.dims
+    return SearchSpace(shape, head_bounds=span if "heads" in dims else fixed,
+                       neuron_bounds=span if "neurons" in dims else fixed,
+                       token_bounds=span if "tokens" in dims else fixed,
+                       token_blocks=settings.token_blocks if "tokens" in dims else (),
                        rankings=None if scores is None else tuple(rankings(scores)))
 
 
-def check_budget(model: torch.nn.Module, budget: Budget | float,
-                 bounds: tuple[float, float] | float = (0.0, 0.5),
-                 dims: Sequence[str] = DIMS) -> None:
-    """Raise :class:`BudgetError` (with the reachable range) if no plan can meet ``budget``."""
-    if isinstance(bounds, (int, float)):
-        bounds = (0.0, float(bounds))
-    resolve_band(_space(model, bounds, dims=dims),
-                 budget if isinstance(budget, Budget) else Budget(budget))
+def check_budget(model: torch.nn.Module, budget: Budget | str | float,
+                 settings: SearchSettings | None = None, **fields: Any) -> Budget:
+    """The budget, parsed; :class:`BudgetError` (with the reachable range) if no plan of the
+    search space (``settings`` with ``fields`` replaced) can meet it."""
+    settings = dataclasses.replace(settings or SearchSettings(), **fields)
+    budget = parse_budget(budget)
+    resolve_band(search_space(model, settings), budget)
+    return budget
 
 
-def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | float, out: str | Path,
-                  *, method: str = "gp-ei", n_trials: int = 50, n_init: int = 20, seed: int = 0,
-                  scores: Sequence[BlockScores] | str | Path | None = None,
-                  criterion: str = "hsic", calib_images: int | None = 2000,
-                  bounds: tuple[float, float] = (0.0, 0.5), resume: bool = False,
-                  progress: bool = True, metric: str = "top1",
-                  token_blocks: Sequence[int] | None = None,
-                  dims: Sequence[str] = DIMS) -> SearchResult:
-    """Search per-block head/neuron ratios and a token ratio maximising masked calibration top-1
-    (``metric="kl"``: minimising the KL divergence from the dense model's predictions).
+def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str | float,
+                  out: str | Path, *, scores: Sequence[BlockScores] | str | Path | None = None,
+                  settings: SearchSettings | None = None, seed: int = 0, resume: bool = False,
+                  progress: bool = True, **fields: Any) -> SearchResult:
+    """Search per-block prune ratios that maximise the masked calibration objective.
 
-    Components are kept in the order of ``scores`` (a criterion's, computed here when not given),
-    so the search decides how many to keep per block, not which. ``token_blocks``: the blocks
-    with a token-selection stage (default: a quarter, half and three quarters of the way; empty:
-    none). ``dims``: the dimensions pruned (any of ``heads``, ``neurons``, ``tokens``; the others
-    are kept whole).
+    Components are kept in the order of ``scores`` (HSIC's, computed here when not given), so
+    the search decides how many to keep per block, not which. The trials go to ``out`` as they
+    are evaluated (``resume`` continues them), then the best plan, a summary and a plot.
+
+    Args:
+        settings: the search's settings; ``fields`` replace some of them (``trials=30``,
+            ``method="random"``, ``max_ratio=0.9``, ``dims=("heads",)`` ...).
+        seed: seeds the search (trial ``i`` depends on (seed, i) alone).
+    Raises:
+        ConfigError, BudgetError, ScoringError, OutputError: see the messages.
     """
+    settings = dataclasses.replace(settings or SearchSettings(), **fields)
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
     if scores is None:
-        scores = score(model, splits, criterion, n_images=min(256, calib_images or 256))
-    depth = len(vit_shape(model).blocks)
-    if len(scores) != depth:
-        raise ScoringError(f"scores are for {len(scores)} blocks, the model has {depth}")
-    space = _space(model, bounds, scores, token_blocks, dims)
-    objective = MaskedAccuracy(model, calibration_batches(splits, calib_images, rank=dist.rank(),
-                                                          world=dist.world()), metric=metric)
+        scores, _ = scored(model, splits, n_images=min(256, settings.calib_images))
+    space = search_space(model, settings, scores)
+    budget = parse_budget(budget)
+    objective = MaskedAccuracy(model, calibration_batches(splits, settings.calib_images,
+                                                          rank=dist.rank(), world=dist.world()),
+                               objective=settings.objective)
+    cfg = settings.loop_config(seed)
     try:
         if dist.is_main():
             try:
-                result = search(objective, space, budget, method=method, n_trials=n_trials,
-                                n_init=n_init, seed=seed, out_dir=out, resume=resume,
-                                progress=progress, metric=metric)
+                result = search(objective, space, budget, config=cfg, out_dir=out,
+                                resume=resume, progress=progress)
             except VitpruneError as exc:  # every rank raises it, none is left waiting
                 result = exc
             objective.stop()
@@ -210,6 +255,17 @@ def _io(model: torch.nn.Module) -> tuple[int, int, tuple[int, int]]:
     return model.num_classes, pe.proj.in_channels, tuple(pe.img_size)
 
 
+def check_pair(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Raise :class:`ModelError` unless ``teacher`` takes the images and predicts the classes
+    ``student`` does (a teacher to distil from)."""
+    s, t = _io(student), _io(teacher)
+    if s != t:
+        raise ModelError(
+            f"teacher and student are incompatible: (classes, channels, image size) {t} vs {s}. "
+            "Distil from the dense model the student was pruned from, or one trained on the same "
+            "data at the same image size.")
+
+
 def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
              cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
              progress: bool = True) -> list[dict]:
@@ -218,12 +274,41 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
     Raises:
         ModelError: the two models do not take the same images or predict the same classes.
     """
-    s, t = _io(student), _io(teacher)
-    if s != t:
-        raise ModelError(
-            f"teacher and student are incompatible: (classes, channels, image size) {t} vs {s}. "
-            "Distil from the dense model the student was pruned from, or one trained on the same "
-            "data at the same image size.")
+    check_pair(student, teacher)
     require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
     return fit(student, splits, cfg, out, resume=resume, teacher=teacher, device=device,
                progress=progress)
+
+
+def test_metrics(model: torch.nn.Module, splits: Splits, device: str = "cpu") -> dict[str, Any]:
+    """Test top-1 and loss (all processes' parts of the test split), MACs and parameters."""
+    loader = make_loader(splits.test, EVAL_BATCH, rank=dist.rank(), world=dist.world())
+    acc = evaluate(model.to(device), loader, device)
+    shape = vit_shape(model)
+    return {"test_top1": acc["top1"], "test_loss": acc["loss"], "test_images": acc["n"],
+            "macs": macs(shape).total, "params": params(shape)}
+
+
+def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
+                    timed: Sequence[str] = (), bench_batches: Sequence[int] = (1, 64),
+                    device: str = "cpu") -> dict[str, dict[str, Any]]:
+    """Per model: test and calibration top-1, MACs, parameters; for the ``timed`` ones also CPU
+    latency and throughput at each of ``bench_batches``, timed in turn so ratios are fair.
+
+    The calibration top-1 is there to compare like with like with the fine-tuning curve, which
+    is measured on the calibration split.
+    """
+    calib = make_loader(splits.calib, EVAL_BATCH, rank=dist.rank(), world=dist.world())
+    rows = {}
+    for name, m in models.items():
+        rows[name] = {**test_metrics(m, splits, device),
+                      "calib_top1": evaluate(m.to(device), calib, device)["top1"]}
+    if timed and dist.is_main():
+        pe = next(iter(models.values())).patch_embed
+        img = (pe.proj.in_channels, *pe.img_size)
+        pair = {name: models[name].cpu() for name in timed}
+        for b in bench_batches:
+            reps = BENCH_REPS_B1 if b == 1 else BENCH_REPS
+            for name, r in compare(pair, img, b, rounds=BENCH_ROUNDS, reps=reps).items():
+                rows[name].setdefault("cpu", {})[f"batch{b}"] = r
+    return rows

@@ -20,12 +20,12 @@ from vitprune.scoring.hsic import (
     linear_gram,
     normalized_hsic,
     normalized_hsic_cross,
-    standardize,
+    standardised,
 )
 
 # ---- reference: textbook formulas, one component at a time, numpy float64 -------------------
 
-def ref_standardize(x: np.ndarray) -> np.ndarray:
+def ref_standardise(x: np.ndarray) -> np.ndarray:
     std = x.std(axis=0)
     return np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
 
@@ -33,7 +33,7 @@ def ref_standardize(x: np.ndarray) -> np.ndarray:
 def ref_gram(x: np.ndarray, kernel: str, bandwidth: str = "fixed") -> np.ndarray:
     if kernel == "linear":
         return x @ x.T
-    z = ref_standardize(x)
+    z = ref_standardise(x)
     n, p = z.shape
     d = np.array([[np.sum((z[i] - z[j]) ** 2) for j in range(n)] for i in range(n)])
     if bandwidth == "median":
@@ -117,7 +117,7 @@ def test_any_bandwidths_and_the_minus_one_form(batch):
     """Bandwidths that are not powers of two apart take the exp path; K - 1 is K minus 1."""
     x, _ = batch
     sig = (1.0, 3.0, 1.5, 2 ** 0.5)
-    z = torch.tensor(np.stack([ref_standardize(xm.numpy()) for xm in x]))
+    z = torch.tensor(np.stack([ref_standardise(xm.numpy()) for xm in x]))
     d = ((z[:, :, None, :] - z[:, None, :, :]) ** 2).sum(-1) / x.shape[-1]
     want = sum(torch.exp(-d / (2 * s * s)) for s in sig) / len(sig)
     torch.testing.assert_close(gaussian_gram(x, sig), want, rtol=0, atol=1e-12)
@@ -210,10 +210,10 @@ def test_constant_component_scores_zero_not_nan():
         assert s[0] > 1e-3
 
 
-def test_standardize_is_x_minus_mean_over_std():
+def test_standardise_is_x_minus_mean_over_std():
     gen = torch.Generator().manual_seed(6)
     x = 5.0 + 3.0 * torch.randn(2, 50, 4, generator=gen, dtype=torch.float64)
-    z = standardize(x)
+    z = standardised(x)
     torch.testing.assert_close(z.mean(dim=1), torch.zeros(2, 4, dtype=torch.float64), atol=1e-12,
                                rtol=0)
     torch.testing.assert_close(z.std(dim=1, unbiased=False), torch.ones(2, 4, dtype=torch.float64))
@@ -230,11 +230,11 @@ def test_gaussian_kernel_invariant_to_per_dimension_affine_maps():
     torch.testing.assert_close(gaussian_gram(x * scale + shift), gaussian_gram(x))
 
 
-def test_standardize_zero_std_gives_zeros():
+def test_standardise_zero_std_gives_zeros():
     x = torch.ones(1, 8, 3)
     x[0, :, 1] = torch.arange(8.0)
     x[0, :, 2] = 1e-3  # constant, with rounding noise in its mean
-    z = standardize(x)
+    z = standardised(x)
     assert torch.isfinite(z).all()
     assert z[0, :, 0].abs().max() == 0 and z[0, :, 2].abs().max() == 0
     assert z[0, :, 1].std(unbiased=False).item() == pytest.approx(1.0, rel=1e-5)

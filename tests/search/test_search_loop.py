@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vitprune.errors import BudgetError, OutputError
+from vitprune.errors import BudgetError, ConfigError, OutputError
 from vitprune.plan import PrunePlan
 from vitprune.search import Budget, GPSurrogate, SearchConfig, SearchError, SearchSpace, read_trials, search
 from vitprune.search.trials import TIMING_FIELDS
@@ -40,7 +40,7 @@ def _records(path) -> list[dict]:
 def test_every_candidate_is_in_the_band(d12_shape, quadratic, fast):
     space = SearchSpace(d12_shape)
     SpySurrogate.scored = []
-    res = search(quadratic(space, 0.55), space, 0.55, n_trials=8, n_init=5, seed=0,
+    res = search(quadratic(space, 0.55), space, 0.55, trials=8, init=5, seed=0,
                  progress=False, surrogate=lambda s: SpySurrogate(seed=s, restarts=0), **fast)
     assert [t.source for t in res.trials] == ["init"] * 5 + ["ei"] * 3
     for t in res.trials:
@@ -59,8 +59,8 @@ def test_every_candidate_is_in_the_band(d12_shape, quadratic, fast):
 
 def test_random_search_is_feasible_and_shares_gp_init_points(small_space, quadratic, fast):
     f = quadratic(small_space)
-    rand = search(f, small_space, 0.6, method="random", n_trials=6, seed=4, progress=False)
-    gp = search(f, small_space, 0.6, n_trials=6, n_init=4, seed=4, progress=False, **fast)
+    rand = search(f, small_space, 0.6, method="random", trials=6, seed=4, progress=False)
+    gp = search(f, small_space, 0.6, trials=6, init=4, seed=4, progress=False, **fast)
     assert all(_in_band(small_space, t.ratios, 0.6) for t in rand.trials + gp.trials)
     assert {t.source for t in rand.trials} == {"random"}
     assert [t.ratios for t in rand.trials[:4]] == [t.ratios for t in gp.trials[:4]]
@@ -75,8 +75,8 @@ def _best_values(space, quadratic, method, seeds, **kw) -> np.ndarray:
 
 def test_gp_ei_beats_random_search(small_space, quadratic, fast):
     seeds = range(3)
-    gp = _best_values(small_space, quadratic, "gp-ei", seeds, n_trials=20, n_init=6, **fast)
-    rand = _best_values(small_space, quadratic, "random", seeds, n_trials=20)
+    gp = _best_values(small_space, quadratic, "gp-ei", seeds, trials=20, init=6, **fast)
+    rand = _best_values(small_space, quadratic, "random", seeds, trials=20)
     print(f"best after 20 evaluations (optimum 0): gp-ei {gp.round(3)} random {rand.round(3)}")
     # regret (distance to the known optimum 0) at most half of random search's, on average
     assert -gp.mean() < 0.5 * -rand.mean()
@@ -86,9 +86,9 @@ def test_gp_ei_beats_random_search(small_space, quadratic, fast):
 def test_gp_ei_beats_random_search_on_the_d12_space(d12_shape, quadratic):
     space = SearchSpace(d12_shape)
     seeds = range(5)
-    kw = dict(n_trials=60, n_init=20, n_candidates=1000, n_local=200)
+    kw = dict(trials=60, init=20, n_candidates=1000, n_local=200)
     gp = _best_values(space, quadratic, "gp-ei", seeds, **kw)
-    rand = _best_values(space, quadratic, "random", seeds, n_trials=60)
+    rand = _best_values(space, quadratic, "random", seeds, trials=60)
     print(f"best after 60 evaluations (optimum 0): gp-ei {gp.round(3)} random {rand.round(3)}")
     # measured 0.47 of random's regret, winning all 5 seeds; this leaves room for GP-fit noise
     assert -gp.mean() < 0.7 * -rand.mean()
@@ -99,7 +99,7 @@ def test_gp_ei_beats_random_search_on_the_d12_space(d12_shape, quadratic):
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, small_space, quadratic, crashing,
                                                  fast, method):
     Crashing, Crash = crashing
-    kw = dict(method=method, n_trials=11, n_init=4, seed=3, progress=False, **fast)
+    kw = dict(method=method, trials=11, init=4, seed=3, progress=False, **fast)
     whole = tmp_path / "whole" / "trials.jsonl"
     search(quadratic(small_space), small_space, 0.6, trials_path=whole, **kw)
 
@@ -122,7 +122,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, small_space, quadrati
 def test_kill_during_a_write_leaves_whole_lines(tmp_path, small_space, quadratic, monkeypatch):
     import vitprune.fsutil as fsutil
 
-    kw = dict(method="random", n_trials=5, seed=2, progress=False)
+    kw = dict(method="random", trials=5, seed=2, progress=False)
     whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
     search(quadratic(small_space), small_space, 0.6, trials_path=whole, **kw)
     real_replace, writes = fsutil.os.replace, []
@@ -144,18 +144,18 @@ def test_kill_during_a_write_leaves_whole_lines(tmp_path, small_space, quadratic
 
 
 def test_resume_extends_a_finished_search(tmp_path, small_space, quadratic, fast):
-    kw = dict(n_init=4, seed=1, progress=False, **fast)
+    kw = dict(init=4, seed=1, progress=False, **fast)
     short, long = tmp_path / "a" / "trials.jsonl", tmp_path / "b" / "trials.jsonl"
-    search(quadratic(small_space), small_space, 0.6, n_trials=6, trials_path=short, **kw)
-    search(quadratic(small_space), small_space, 0.6, n_trials=8, trials_path=short, resume=True,
+    search(quadratic(small_space), small_space, 0.6, trials=6, trials_path=short, **kw)
+    search(quadratic(small_space), small_space, 0.6, trials=8, trials_path=short, resume=True,
            **kw)
-    search(quadratic(small_space), small_space, 0.6, n_trials=8, trials_path=long, **kw)
+    search(quadratic(small_space), small_space, 0.6, trials=8, trials_path=long, **kw)
     assert _records(short) == _records(long)
 
 
 def test_trials_file_of_another_search_is_refused(tmp_path, small_space, quadratic, fast):
     path = tmp_path / "trials.jsonl"
-    kw = dict(method="random", n_trials=3, progress=False)
+    kw = dict(method="random", trials=3, progress=False)
     search(quadratic(small_space), small_space, 0.6, trials_path=path, seed=0, **kw)
     with pytest.raises(OutputError, match="already exists"):
         search(quadratic(small_space), small_space, 0.6, trials_path=path, seed=0, **kw)
@@ -168,7 +168,7 @@ def test_trials_file_of_another_search_is_refused(tmp_path, small_space, quadrat
 
 
 def test_outputs_best_plan_round_trips(tmp_path, small_space, quadratic, fast):
-    res = search(quadratic(small_space), small_space, 0.6, n_trials=7, n_init=5, seed=0,
+    res = search(quadratic(small_space), small_space, 0.6, trials=7, init=5, seed=0,
                  out_dir=tmp_path, progress=False, **fast)
     plan = PrunePlan.from_json((tmp_path / "best_plan.json").read_text())
     assert plan == res.best_plan == small_space.plan(res.best.ratios)
@@ -183,7 +183,7 @@ def test_outputs_best_plan_round_trips(tmp_path, small_space, quadratic, fast):
 
 def test_uniform_evaluates_one_uniform_policy(small_space, quadratic):
     f = quadratic(small_space)
-    res = search(f, small_space, 0.6, method="uniform", n_trials=5, progress=False)
+    res = search(f, small_space, 0.6, method="uniform", trials=5, progress=False)
     assert f.calls == 1 and len(res.trials) == 1 and res.trials[0].source == "uniform"
     r = res.best_ratios
     assert len(set(r.heads) | set(r.neurons) | {r.tokens}) == 1
@@ -193,33 +193,34 @@ def test_uniform_evaluates_one_uniform_policy(small_space, quadratic):
 def test_impossible_budget_fails_before_any_evaluation(small_space, quadratic):
     f = quadratic(small_space)
     with pytest.raises(BudgetError, match="below the smallest architecture"):
-        search(f, small_space, 0.01, method="random", n_trials=3, progress=False)
+        search(f, small_space, 0.01, method="random", trials=3, progress=False)
     with pytest.raises(BudgetError, match="above the dense model"):
-        search(f, small_space, Budget(1.5), method="random", n_trials=3, progress=False)
+        search(f, small_space, Budget(1.5), method="random", trials=3, progress=False)
     assert f.calls == 0
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high"])
 def test_objective_must_return_a_finite_number(small_space, bad):
     with pytest.raises(SearchError, match="objective"):
-        search(lambda plan, ratios: bad, small_space, 0.6, method="random", n_trials=2,
+        search(lambda plan, ratios: bad, small_space, 0.6, method="random", trials=2,
                progress=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"method": "bayes"}, "search method"),
-    ({"n_trials": 0}, "n_trials"),
-    ({"n_trials": 5, "n_init": 6}, "exceeds n_trials"),
-    ({"n_init": 1}, "n_init >= 2"),
+    ({"method": "bayes"}, "method must be one of"),
+    ({"trials": 0}, "trials must be an integer >= 1, got 0"),
+    ({"trials": -3}, "trials must be an integer >= 1, got -3"),  # the same limit as for 0
+    ({"trials": 5, "init": 6}, "exceeds trials"),
+    ({"init": 1}, "init must be at least 2"),
     ({"seed": -1}, "seed"),
-    ({"n_trials": 2.5}, "n_trials"),
+    ({"trials": 2.5}, "trials"),
     ({"local_scale": 0.0}, "local_scale"),
 ])
 def test_config_validates_itself(kwargs, match):
-    with pytest.raises(SearchError, match=match):
+    with pytest.raises(ConfigError, match=match):
         SearchConfig(**kwargs)
 
 
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
-        SearchConfig().n_trials = 3
+        SearchConfig().trials = 3

@@ -11,6 +11,15 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from .augment import random_flip, random_shift
 
+# (seed, epoch, rank) -> one torch seed; the strides are primes, so distinct triples give distinct
+# seeds for any realistic number of epochs and processes
+SEED_STRIDE, RANK_STRIDE = 100_003, 7_919
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The torch seed of ``epoch`` on process ``rank`` of a run seeded ``seed``."""
+    return seed * SEED_STRIDE + epoch + RANK_STRIDE * rank
+
 
 def _shard(n: int, rank: int, world: int) -> slice:
     """The contiguous part of a batch of ``n`` that ``rank`` of ``world`` takes."""
@@ -78,7 +87,7 @@ class _TensorBatches:
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         n = len(self.ds)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         for b in range(len(self)):
@@ -109,7 +118,7 @@ class _EpochLoader:
 
     def _batches(self) -> list[list[int]]:
         """Each global batch's indices, cut to this rank's part (a distributed batch sampler)."""
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         n = len(self.ds)
         order = (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)).tolist()
         out = []

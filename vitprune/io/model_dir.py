@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from .. import fsutil
 from ..errors import ModelError
 from ..models import ArchSpec, build_model, load_weights, read_state_dict
+from ..plan import PrunePlan
 from ..surgery import restructure
 
 FORMAT = "vitprune.model"
@@ -32,14 +33,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *, plan: dict | None = None,
-         meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to directory ``out`` (weights first, then the JSON that vouches for them)."""
+def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *,
+         plan: PrunePlan | dict | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to directory ``out`` (weights first, then the JSON that vouches for them).
+
+    Args:
+        arch: the architecture of the dense model ``model`` was pruned from (or of ``model``).
+        plan: the plan that pruned it (None: a dense model).
+    """
     out = Path(out)
+    if isinstance(plan, dict):
+        plan = PrunePlan.from_dict(plan)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     fsutil.atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p)))
     fsutil.write_json(out / CONFIG, {
-        "format": FORMAT, "version": VERSION, "arch": arch.to_dict(), "plan": plan,
+        "format": FORMAT, "version": VERSION, "arch": arch.to_dict(),
+        "plan": None if plan is None else plan.to_dict(),
         "weights": {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS)}, "meta": meta or {},
     })
     return out
@@ -83,7 +92,7 @@ def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
 
 
 def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device: str = "cpu",
-                  **overrides: Any) -> tuple[torch.nn.Module, ArchSpec, dict | None]:
+                  **overrides: Any) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
     """A model from a saved directory or a name (random weights, or ``checkpoint``'s).
 
     Returns:
@@ -94,7 +103,9 @@ def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device
         if checkpoint is not None:
             raise ModelError(f"{path} is a saved model directory; do not pass --checkpoint with it")
         cfg = read_config(path)
-        return load(path, device), ArchSpec.from_dict(cfg["arch"]), cfg.get("plan")
+        plan = cfg.get("plan")
+        return (load(path, device), ArchSpec.from_dict(cfg["arch"]),
+                None if plan is None else PrunePlan.from_dict(plan))
     arch = ArchSpec(name_or_dir, overrides)
     model = build_model(arch)
     if checkpoint is not None:
@@ -103,7 +114,7 @@ def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device
 
 
 def resolve_for_data(name_or_dir: str, splits: Any, checkpoint: str | Path | None = None,
-                     device: str = "cpu") -> tuple[torch.nn.Module, ArchSpec, dict | None]:
+                     device: str = "cpu") -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
     """:func:`resolve_model`, a timm name built to fit ``splits`` (its classes, channels and
     image size); registered small configurations and saved directories are taken as they are."""
     from ..models import SMALL_CONFIGS

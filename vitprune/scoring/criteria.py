@@ -377,9 +377,10 @@ class RandomCriterion(Criterion):
 
 
 def save_scores(path: str | Path, scores: Sequence[BlockScores],
-                meta: dict[str, Any] | None = None) -> None:
-    """Write scores (and e.g. :meth:`Criterion.meta`) as JSON to ``path`` atomically."""
-    fsutil.write_json(path, {
+                meta: dict[str, Any] | None = None, *, exclusive: bool = False) -> None:
+    """Write scores (and e.g. :meth:`Criterion.meta`) as JSON to ``path`` atomically
+    (``exclusive``: never replace an existing file)."""
+    fsutil.write_json(path, exclusive=exclusive, obj={
         "version": SCORES_VERSION,
         "meta": _jsonable(meta or {}),
         "blocks": [{"heads": s.heads.tolist(), "neurons": s.neurons.tolist()} for s in scores],

@@ -46,7 +46,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
+def standardised(x: torch.Tensor) -> torch.Tensor:
     """Zero mean and unit variance per feature dimension over the samples: ``(x - mean) / std``.
 
     Args:
@@ -126,7 +126,7 @@ def gaussian_gram(x: torch.Tensor, sigmas: Sequence[float] = DEFAULT_SIGMAS, *,
         sigmas: bandwidths, in standard deviations of one feature dimension (``bandwidth="fixed"``).
         bandwidth: ``"fixed"``: ``mean_sigma exp(-|a-b|^2 / (2 sigma^2 p))``; ``"median"``:
             ``exp(-|a-b|^2 / (2 m))`` with ``m`` the component's (lower) median squared distance.
-        standardise: standardise features first (:func:`standardize`).
+        standardise: standardise features first (:func:`standardised`).
 
     Returns:
         (..., n, n) positive semi-definite Gram matrices with ones on the diagonal.
@@ -151,7 +151,7 @@ def gaussian_gram_minus_one(x: torch.Tensor, sigmas: Sequence[float] = DEFAULT_S
     """
     if bandwidth not in BANDWIDTHS:
         raise ScoringError(f"unknown bandwidth '{bandwidth}'; use one of {', '.join(BANDWIDTHS)}")
-    x = standardize(x) if standardise else x.to(compute_dtype(x))
+    x = standardised(x) if standardise else x.to(compute_dtype(x))
     d = sq_distances(x)
     if bandwidth == "median":
         return torch.expm1(d / (-2.0 * median_sq_distance(d)[..., None, None]))

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from ..errors import SearchError  # noqa: F401  (re-exported)
+from ..errors import SearchError, require  # noqa: F401  (SearchError re-exported)
 
 METHODS = ("gp-ei", "random", "uniform")
 DIMS = ("heads", "neurons", "tokens")  # the dimensions a plan can prune
@@ -73,11 +73,11 @@ class SearchConfig:
     """Everything that decides which candidates a search proposes.
 
     Attributes:
-        method: ``"gp-ei"`` (Gaussian process + expected improvement after ``n_init`` random
+        method: ``"gp-ei"`` (Gaussian process + expected improvement after ``init`` random
             feasible trials), ``"random"`` (random feasible trials only) or ``"uniform"`` (the one
-            uniform ratio that meets the budget: a single evaluation whatever ``n_trials`` says).
-        n_trials: evaluations in all, the initial population included.
-        n_init: random feasible trials before the first GP proposal (``gp-ei`` only; the other
+            uniform ratio that meets the budget: a single evaluation whatever ``trials`` says).
+        trials: evaluations in all, the initial population included.
+        init: random feasible trials before the first GP proposal (``gp-ei`` only; the other
             methods ignore it).
         seed: trial ``i`` draws its randomness from ``(seed, i)`` alone, so a resumed search
             proposes what an uninterrupted one would.
@@ -86,52 +86,57 @@ class SearchConfig:
         n_best_local: how many of the best trials are perturbed.
         local_scale: standard deviation of a perturbation, as a fraction of each ratio's range.
         gp_restarts: extra random restarts of the GP's hyper-parameter optimiser.
-        metric: a label for what the objective measures (``"top1"``, ``"kl"``): values of
-            different metrics are not comparable, so a trials file only resumes under the same.
+        objective: a label for what the objective measures (``"top1"``, ``"kl"``): values of
+            different objectives are not comparable, so a trials file only resumes under the same.
     """
 
     method: Method = "gp-ei"
-    n_trials: int = 100
-    n_init: int = 30
+    trials: int = 100
+    init: int = 30
     seed: int = 0
     n_candidates: int = 2000
     n_local: int = 500
     n_best_local: int = 5
     local_scale: float = 0.1
     gp_restarts: int = 2
-    metric: str = "top1"
+    objective: str = "top1"
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"search method must be one of {METHODS}, got "
-               f"{self.method!r}")
-        for name in ("n_trials", "n_init", "seed", "n_candidates", "n_local", "n_best_local",
-                     "gp_restarts"):
+        require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got "
+                f"{self.method!r}")
+        require(_is_int(self.trials) and self.trials >= 1, "trials",
+                f"must be an integer >= 1, got {self.trials!r}")
+        for name in ("init", "seed", "n_candidates", "n_local", "n_best_local", "gp_restarts"):
             v = getattr(self, name)
-            _check(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
-        _check(self.n_trials >= 1, "n_trials must be at least 1")
-        _check(self.n_candidates >= 1, "n_candidates must be at least 1")
+            require(_is_int(v) and v >= 0, name, f"must be an integer >= 0, got {v!r}")
+        require(self.n_candidates >= 1, "n_candidates", "must be at least 1")
         if self.method == "gp-ei":
-            _check(self.n_init <= self.n_trials,
-                   f"n_init ({self.n_init}) exceeds n_trials ({self.n_trials}): the initial "
-                   "population is part of the trials; lower n_init or raise n_trials")
+            require(self.init <= self.trials, "init",
+                    f"({self.init}) exceeds trials ({self.trials}): the initial population is "
+                    "part of the trials; lower init or raise trials")
             # a GP fitted to fewer than two points has nothing to say about length scales
-            _check(self.n_init >= 2, f"gp-ei needs n_init >= 2 random trials before the first "
-                   f"GP proposal, got {self.n_init}")
-        _check(self.n_local == 0 or self.n_best_local >= 1,
-               "n_local > 0 perturbs the best trials: n_best_local must be at least 1")
-        _check(isinstance(self.local_scale, (int, float)) and 0 < self.local_scale <= 1,
-               f"local_scale must be in (0, 1], got {self.local_scale!r}")
+            require(self.init >= 2, "init", f"must be at least 2 for gp-ei (random trials "
+                    f"before the first GP proposal), got {self.init}")
+        require(self.n_local == 0 or self.n_best_local >= 1, "n_best_local",
+                "must be at least 1 when n_local > 0 (it perturbs the best trials)")
+        require(isinstance(self.local_scale, (int, float)) and 0 < self.local_scale <= 1,
+                "local_scale", f"must be in (0, 1], got {self.local_scale!r}")
 
     def proposal_settings(self) -> dict:
-        """The settings that decide which points are proposed (``n_trials`` only says how many):
-        a trials file may be resumed, or extended, by any search with the same ones."""
-        # the default metric is left out, so trials files written before it existed resume
-        extra = {} if self.metric == "top1" else {"metric": self.metric}
+        """The settings that decide which points are proposed (``trials`` only says how many):
+        a trials file may be resumed, or extended, by any search with the same ones.
+
+        The keys are those of the trials files written so far (``n_init``, ``metric``), so that
+        those files keep resuming.
+        """
+        # the default objective is left out, so trials files written before it existed resume
+        extra = {} if self.objective == "top1" else {"metric": self.objective}
         if self.method != "gp-ei":
             return {"method": self.method, "seed": self.seed, **extra}
-        return {k: v for k, v in asdict(self).items() if k not in ("n_trials", "metric")} | extra
+        d = {k: v for k, v in asdict(self).items() if k not in ("trials", "objective", "init")}
+        return {**d, "n_init": self.init} | extra
 
     @property
     def evaluations(self) -> int:
-        """Evaluations the search makes: ``n_trials``, or one for ``uniform``."""
-        return 1 if self.method == "uniform" else self.n_trials
+        """Evaluations the search makes: ``trials``, or one for ``uniform``."""
+        return 1 if self.method == "uniform" else self.trials

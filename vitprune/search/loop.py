@@ -53,17 +53,18 @@ def trial_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
-           method: str = "gp-ei", n_trials: int = 100, n_init: int = 30, seed: int = 0,
+           method: str = "gp-ei", trials: int = 100, init: int = 30, seed: int = 0,
            trials_path: str | Path | None = None, resume: bool = False,
            out_dir: str | Path | None = None, progress: bool = True,
-           surrogate: SurrogateFactory | None = None, **tuning) -> SearchResult:
+           surrogate: SurrogateFactory | None = None, config: SearchConfig | None = None,
+           **tuning) -> SearchResult:
     """Search prune ratios that maximise ``objective`` within ``budget``.
 
     Args:
         objective: scores a plan (see :class:`Objective`).
         space: the ratios searched and their bounds.
         budget: a :class:`Budget`, or a fraction of the dense MACs (0.6 keeps 60%).
-        method, n_trials, n_init, seed: see :class:`SearchConfig`; ``**tuning`` sets its other
+        method, trials, init, seed: see :class:`SearchConfig`; ``**tuning`` sets its other
             fields (``n_candidates``, ``n_local``, ...).
         trials_path: JSON-lines file that receives each evaluation as it completes (default
             ``out_dir / "trials.jsonl"``; ``None`` with no ``out_dir``: nothing is written).
@@ -73,6 +74,7 @@ def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
             file's directory).
         progress: show a progress bar with the best value so far.
         surrogate: ``seed -> Surrogate`` for the GP step (default :class:`GPSurrogate`).
+        config: a ready :class:`SearchConfig`, used instead of ``method`` ... ``**tuning``.
     Returns:
         The :class:`SearchResult`.
     Raises:
@@ -80,7 +82,8 @@ def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
         SearchError: invalid settings.
         OutputError: the trials file exists (without ``resume``) or belongs to another search.
     """
-    config = SearchConfig(method=method, n_trials=n_trials, n_init=n_init, seed=seed, **tuning)
+    if config is None:
+        config = SearchConfig(method=method, trials=trials, init=init, seed=seed, **tuning)
     if not isinstance(budget, Budget):
         budget = Budget(budget)
     if trials_path is None and out_dir is not None:
@@ -172,7 +175,7 @@ def _propose(i: int, space: SearchSpace, sampler: FeasibleSampler, config: Searc
     rng = trial_rng(config.seed, i)
     if config.method == "random":
         return sampler.sample(rng, 1)[0], "random"
-    if i < config.n_init:
+    if i < config.init:
         return sampler.sample(rng, 1)[0], "init"  # the same points random search starts with
     return _propose_ei(rng, space, sampler, config, trials, make), "ei"
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import fsutil
+from ..plan import PrunePlan
 from .result import SearchResult
 
 BEST_PLAN = "best_plan.json"
@@ -28,6 +29,14 @@ def write_outputs(result: SearchResult, out_dir: str | Path) -> None:
     except ImportError:
         warnings.warn("matplotlib is not installed: search.png not written "
                       "(pip install 'vitprune[search]')", stacklevel=2)
+
+
+def read_outputs(out_dir: str | Path) -> tuple[PrunePlan, dict]:
+    """The best plan and the summary :func:`write_outputs` wrote into ``out_dir``."""
+    import json
+
+    out = Path(out_dir)
+    return PrunePlan.load(out / BEST_PLAN), json.loads((out / SUMMARY).read_text())
 
 
 def summary(result: SearchResult) -> dict:
@@ -64,8 +73,8 @@ def plot_search(result: SearchResult, dest: str | Path) -> None:
     n = range(1, len(result.trials) + 1)
     ax1.scatter(n, [t.value for t in result.trials], s=10, color="0.6", label="trial")
     ax1.plot(n, result.best_so_far(), color="C0", label="best so far")
-    if result.config.method == "gp-ei" and result.config.n_init < len(result.trials):
-        ax1.axvline(result.config.n_init + 0.5, color="0.3", ls=":", label="GP starts")
+    if result.config.method == "gp-ei" and result.config.init < len(result.trials):
+        ax1.axvline(result.config.init + 0.5, color="0.3", ls=":", label="GP starts")
     ax1.set(xlabel="evaluation", ylabel="objective", title=f"{result.config.method}")
     ax1.legend(loc="lower right")
     _plot_ratios(ax2, result)

@@ -1,0 +1,209 @@
+"""The settings of every job, as one tree of frozen dataclasses that validate themselves.
+
+A default lives here and only here: the command line builds its options from these fields
+(their ``help`` metadata is the option's help), the Python API takes the same names, and the
+benchmarks start from the same defaults. A configuration is checked whole when it is built, so a
+bad setting is refused before any data is loaded or any directory is claimed.
+
+Names are the same at every layer: ``trials`` (evaluations), ``init`` (random ones before the
+GP), ``max_ratio`` (largest prune ratio), ``objective`` (what the search maximises),
+``calib_images`` (calibration images per search evaluation), ``score_images`` (calibration images
+scored) and ``calib_size`` (images carved from the training split as the calibration split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import DATASETS
+from .errors import ConfigError, is_int, is_number, require
+from .scoring import available_criteria
+from .search.config import DIMS, METHODS, OBJECTIVES, Budget, SearchConfig
+from .train import FINETUNE, TrainConfig
+
+
+def parse_budget(text: str | float) -> Budget:
+    """A budget as a person writes it.
+
+    ``0.6`` or ``60%`` keeps 60% of the dense MACs; ``2.7G`` is an absolute 2.7 GMACs per image.
+
+    Raises:
+        ConfigError: (field ``budget``) anything else.
+    """
+    if isinstance(text, Budget):
+        return text
+    raw = str(text).strip()
+    low = raw.lower()
+    try:
+        if low.endswith("g"):
+            value, unit = float(low[:-1]), "gmacs"
+        elif low.endswith("%"):
+            value, unit = float(low[:-1]) / 100.0, "fraction"
+        else:
+            value, unit = float(low), "fraction"
+    except ValueError:
+        value, unit = math.nan, "fraction"
+    ok = math.isfinite(value) and value > 0 and (unit == "gmacs" or value <= 1.0)
+    require(ok, "budget", f"must be a fraction of the dense MACs in (0, 1] (0.6 or 60%) or "
+            f"GMACs per image (2.7G), got {raw!r}")
+    return Budget(value, unit=unit)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how it is split (train / calibration / test)."""
+
+    data: str = field(default="fashion-mnist", metadata={
+        "help": "dataset", "choices": DATASETS})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset directory (fashion-mnist: the Debian package's by default)"})
+    calib_size: int | None = field(default=None, metadata={
+        "help": "images carved from the training split as the calibration split, used by "
+                "scoring and search and never for training (default 5000 / 1000 / 128 for "
+                "fashion-mnist / imagefolder / synthetic)"})
+    img_size: int = field(default=224, metadata={"help": "image size of imagefolder data"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/calibration carve"})
+
+    def __post_init__(self) -> None:
+        require(self.data in DATASETS, "data", f"must be one of {', '.join(DATASETS)}, got "
+                f"{self.data!r}")
+        c = self.calib_size
+        require(c is None or (is_int(c) and c >= 1), "calib_size", f"must be >= 1, got {c!r}")
+        require(is_int(self.img_size) and self.img_size >= 1, "img_size",
+                f"must be >= 1, got {self.img_size!r}")
+        require(is_int(self.split_seed), "split_seed", f"must be an integer, got {self.split_seed!r}")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How heads and neurons are ranked."""
+
+    criterion: str = field(default="hsic", metadata={
+        "help": "ranks heads and neurons", "choices": tuple(available_criteria())})
+    score_images: int = field(default=256, metadata={"help": "calibration images scored"})
+
+    def __post_init__(self) -> None:
+        names = available_criteria()
+        require(self.criterion in names, "criterion", f"must be one of {', '.join(names)}, got "
+                f"{self.criterion!r}")
+        require(is_int(self.score_images) and self.score_images >= 2, "score_images",
+                f"must be an integer >= 2, got {self.score_images!r}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How much to cut in each block: the policy search under a budget."""
+
+    method: str = field(default="gp-ei", metadata={
+        "help": "gp-ei (Gaussian process + expected improvement), random, or uniform (one "
+                "ratio everywhere)", "choices": METHODS})
+    trials: int = field(default=50, metadata={"help": "evaluations in all, init included"})
+    init: int = field(default=20, metadata={"help": "random feasible evaluations before the GP"})
+    calib_images: int = field(default=2000, metadata={
+        "help": "calibration images per evaluation"})
+    max_ratio: float = field(default=0.5, metadata={
+        "help": "largest prune ratio of any block and dimension, in (0, 1)"})
+    dims: tuple[str, ...] = field(default=DIMS, metadata={
+        "help": "dimensions to prune (the others stay whole)", "choices": DIMS})
+    token_blocks: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "0-indexed blocks with a token-selection stage (default: spread over the "
+                "depth, e.g. 3 6 9 of 12; give none to prune no tokens)", "metavar": "B"})
+    objective: str = field(default="top1", metadata={
+        "help": "masked calibration top-1, or minus the KL divergence from the dense model",
+        "choices": OBJECTIVES})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", tuple(self.dims))
+        if self.token_blocks is not None:
+            object.__setattr__(self, "token_blocks", tuple(self.token_blocks))
+        require(is_int(self.trials) and self.trials >= 1, "trials",
+                f"must be an integer >= 1, got {self.trials!r}")
+        self.loop_config(0)  # the search layer's own checks (init against trials ...)
+        require(is_int(self.calib_images) and self.calib_images >= 1, "calib_images",
+                f"must be an integer >= 1, got {self.calib_images!r}")
+        require(is_number(self.max_ratio) and 0 < self.max_ratio < 1, "max_ratio",
+                f"must be in (0, 1): 0.5 lets the search remove up to half of each block's "
+                f"heads and neurons and of the tokens; got {self.max_ratio!r}")
+        require(len(self.dims) >= 1 and set(self.dims) <= set(DIMS)
+                and len(set(self.dims)) == len(self.dims), "dims",
+                f"must name distinct dimensions among {', '.join(DIMS)}, got {list(self.dims)}")
+        tb = self.token_blocks
+        require(tb is None or (all(is_int(b) and b >= 0 for b in tb) and len(set(tb)) == len(tb)),
+                "token_blocks", f"must be distinct block indices >= 0, got {tb!r}")
+        require(self.objective in OBJECTIVES, "objective",
+                f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+
+    def loop_config(self, seed: int) -> SearchConfig:
+        """The search loop's configuration for these settings."""
+        return SearchConfig(method=self.method, trials=self.trials, init=self.init, seed=seed,
+                            objective=self.objective)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Settings of a compression run (recorded in its run directory; a re-run must match).
+
+    Build it from the flat names the command line and :func:`vitprune.compress` use with
+    :meth:`from_flat` (``CompressConfig.from_flat(budget="0.4", trials=30, epochs=4)``).
+    """
+
+    budget: str = field(default="0.6", metadata={
+        "help": "0.6 or 60% keeps 60% of the dense MACs; 2.7G is 2.7 GMACs per image"})
+    seed: int = field(default=0, metadata={"help": "seeds the search and the fine-tuning"})
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    finetune: TrainConfig = FINETUNE
+    bench_batches: tuple[int, ...] = field(default=(1, 64), metadata={
+        "help": "batch sizes of the CPU speed measurement (latency at the first)"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", str(self.budget))
+        parse_budget(self.budget)
+        require(is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "bench_batches", tuple(self.bench_batches))
+        require(len(self.bench_batches) >= 1 and all(is_int(b) and b >= 1
+                                                     for b in self.bench_batches),
+                "bench_batches", f"must be batch sizes >= 1, got {self.bench_batches!r}")
+        if self.finetune.seed != self.seed:  # one seed for the whole run
+            object.__setattr__(self, "finetune", dataclasses.replace(self.finetune, seed=self.seed))
+        require(self.finetune.kd_alpha > 0, "kd_alpha",
+                "must be > 0: fine-tuning distils from the dense model")
+
+    @classmethod
+    def from_flat(cls, **settings: Any) -> CompressConfig:
+        """A configuration from flat setting names (:func:`flat_fields`); unknown names are
+        refused with the known ones."""
+        groups: dict[str, dict[str, Any]] = {"": {}, "score": {}, "search": {}, "finetune": {}}
+        where = {name: group for group, names in _FLAT.items() for name in names}
+        for name, value in settings.items():
+            if name not in where:
+                raise ConfigError(name, f"is not a compression setting; known: "
+                                  f"{', '.join(sorted(where))}")
+            groups[where[name]][name] = value
+        return cls(**groups[""], score=ScoreConfig(**groups["score"]),
+                   search=SearchSettings(**groups["search"]),
+                   finetune=dataclasses.replace(FINETUNE, **groups["finetune"]))
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name, JSON-ready (what a run directory records)."""
+        out = {}
+        for group, names in _FLAT.items():
+            source = getattr(self, group) if group else self
+            out.update({n: getattr(source, n) for n in names})
+        return json.loads(json.dumps(out))
+
+
+def flat_fields(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Names of ``cls``'s fields that are settings (not nested configurations)."""
+    nested = (ScoreConfig, SearchSettings, TrainConfig)
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip
+                 and f.name not in ("score", "search", "finetune")
+                 and not (isinstance(f.default, nested)))
+
+
+_FLAT = {"": flat_fields(CompressConfig), "score": flat_fields(ScoreConfig),
+         "search": flat_fields(SearchSettings), "finetune": flat_fields(TrainConfig, ("seed",))}

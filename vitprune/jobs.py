@@ -1,0 +1,158 @@
+"""The commands other than ``compress``, as library functions: each claims its output (a run
+directory, or for ``score`` a new file), does its work with the pipeline's stages and returns a
+JSON-ready summary. The command line only parses arguments, calls these and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import dist
+from .adapters import vit_shape
+from .config import ScoreConfig, SearchSettings
+from .cost import macs, params
+from .data import Splits
+from .errors import OutputError, require
+from .io import resolve_for_data, resolve_model, save
+from .pipeline import (
+    check_budget,
+    check_pair,
+    finetune,
+    lineage,
+    load_dense,
+    model_id,
+    policy_search,
+    score,
+    test_metrics,
+)
+from .plan import PrunePlan
+from .rundir import RunDir
+from .surgery import prune
+from .train import TrainConfig, fit
+
+MACS_CONVENTION = "multiply-accumulates per image, patch embedding and classifier included"
+
+
+def train(model: str | Path, splits: Splits, cfg: TrainConfig, out: str | Path, *,
+          checkpoint: str | Path | None = None, resume: bool = False, device: str = "cpu",
+          progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Train ``model`` (a name: built with seeded random weights; a directory: continued) and
+    save it, with the record of how it was made, as the model directory ``out``."""
+    torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
+    net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
+    settings = {"model": model_id(model, checkpoint), "data": splits.name,
+                "config": dataclasses.asdict(cfg)}
+    with RunDir.claim(out, "train", settings, inputs=[model, checkpoint], resume=resume) as run:
+        t0 = time.perf_counter()
+        history = fit(net, splits, cfg, run.path, resume=resume, device=device, progress=progress)
+        wall = time.perf_counter() - t0
+        test = test_metrics(net, splits, device)
+        meta = {"trained": {"command": command, "seed": cfg.seed, "epochs": cfg.epochs,
+                            "data": splits.name, "test_top1": test["test_top1"],
+                            "test_loss": test["test_loss"], "wall_seconds_this_run": round(wall, 1),
+                            "threads": torch.get_num_threads(), "history": history},
+                "lineage": lineage(model)}
+        if dist.is_main():
+            save(run.path, net.cpu(), arch, plan=plan, meta=meta)
+    return {"out": str(out), "test_top1": test["test_top1"], "test_loss": test["test_loss"],
+            "epochs": len(history), "wall_seconds": round(wall, 1)}
+
+
+def finetune_model(student: str | Path, teacher: str | Path, splits: Splits, cfg: TrainConfig,
+                   out: str | Path, *, teacher_checkpoint: str | Path | None = None,
+                   resume: bool = False, device: str = "cpu", progress: bool = True,
+                   command: str = "") -> dict[str, Any]:
+    """Fine-tune the saved model ``student`` by distillation from ``teacher``; save it as the
+    model directory ``out``."""
+    net, arch, plan = resolve_model(str(student))
+    dense, _ = load_dense(teacher, splits, teacher_checkpoint, verb="distil from")
+    check_pair(net, dense)  # before the output is claimed
+    require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
+    settings = {"student": model_id(student), "teacher": model_id(teacher, teacher_checkpoint),
+                "data": splits.name, "config": dataclasses.asdict(cfg)}
+    with RunDir.claim(out, "finetune", settings, inputs=[student, teacher, teacher_checkpoint],
+                      resume=resume) as run:
+        t0 = time.perf_counter()
+        history = finetune(net, dense, splits, cfg, run.path, resume=resume, device=device,
+                           progress=progress)
+        wall = time.perf_counter() - t0
+        test = test_metrics(net, splits, device)
+        if dist.is_main():
+            save(run.path, net.cpu(), arch, plan=plan, meta={
+                "finetuned": {"command": command, "teacher": str(teacher),
+                              "student": str(student), "history": history,
+                              "test_top1": test["test_top1"],
+                              "wall_seconds_this_run": round(wall, 1)}})
+    return {"out": str(out), "test_top1": test["test_top1"], "epochs": len(history),
+            "final_train_loss": history[-1]["train_loss"], "wall_seconds": round(wall, 1)}
+
+
+def search_plan(model: str | Path, splits: Splits, budget: str, out: str | Path, *,
+                settings: SearchSettings, seed: int = 0, checkpoint: str | Path | None = None,
+                scores: str | Path | None = None, score_config: ScoreConfig | None = None,
+                resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Search a plan for ``model`` under ``budget`` into the run directory ``out``."""
+    dense, _ = load_dense(model, splits, checkpoint, verb="search")
+    check_budget(dense, budget, settings)
+    score_config = score_config or ScoreConfig()
+    identity = {"model": model_id(model, checkpoint), "data": splits.name, "budget": str(budget),
+                "seed": seed,  # trials may grow: a resumed search with more extends the same one
+                **{k: v for k, v in dataclasses.asdict(settings).items() if k != "trials"},
+                "scores": _file_id(scores) if scores else dataclasses.asdict(score_config)}
+    with RunDir.claim(out, "search", identity, inputs=[model, checkpoint, scores],
+                      resume=resume) as run:
+        if scores is None:
+            scores = score(dense, splits, score_config.criterion,
+                           n_images=score_config.score_images)
+        res = policy_search(dense, splits, budget, run.path, scores=scores, settings=settings,
+                            seed=seed, resume=resume, progress=progress)
+        run.mark_done("search")
+    return {"out": str(out), "method": settings.method, "trials": len(res.trials),
+            "best_value": res.best.value, "best_trial": res.best.trial,
+            "macs_kept": res.best.macs_fraction, "best_plan": str(Path(out) / "best_plan.json")}
+
+
+def score_model(model: str | Path, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
+                checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Score every head and neuron of ``model``; write the scores to the new file ``out``."""
+    out = Path(out)
+    if out.exists():
+        raise OutputError(f"{out} exists; score never writes over a file: choose a new --out")
+    if any(p is not None and Path(p).exists() and Path(p).resolve() == out.resolve()
+           for p in (model, checkpoint)):
+        raise OutputError(f"--out {out} is an input; choose a new --out")
+    dense, _ = load_dense(model, splits, checkpoint, verb="score")
+    scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
+    return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,
+            "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
+
+
+def prune_model(model: str | Path, plan_path: str | Path, out: str | Path, *,
+                checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Apply the plan in ``plan_path`` to ``model``; save the smaller model as ``out``."""
+    net, arch, saved = resolve_model(str(model), checkpoint)
+    if saved is not None:
+        from .errors import PlanError
+
+        raise PlanError(f"{model} is already pruned; prune its dense base model instead")
+    plan = PrunePlan.load(plan_path)
+    small = prune(net, plan)  # validates the plan against the model, before anything is written
+    identity = {"model": model_id(model, checkpoint), "plan": plan.to_dict()}
+    with RunDir.claim(out, "prune", identity, inputs=[model, checkpoint, plan_path]) as run:
+        save(run.path, small, arch, plan=plan, meta={"pruned_from": str(model),
+                                                     "checkpoint": checkpoint and str(checkpoint)})
+        run.mark_done("prune")
+    dense_macs, small_macs = macs(vit_shape(net)).total, macs(vit_shape(small)).total
+    return {"out": str(out), "gmacs_dense": dense_macs / 1e9, "gmacs_pruned": small_macs / 1e9,
+            "macs_kept": small_macs / dense_macs, "params_m_pruned": params(vit_shape(small)) / 1e6}
+
+
+def _file_id(path: str | Path) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,277 @@
+"""Run directories: the one place that knows output file names, ownership, the lock and what
+"stage done" means.
+
+Every command that writes a directory claims it first (:meth:`RunDir.claim`):
+
+- **ownership**: the directory must be new, empty, or hold a run of the same command with the
+  same settings (recorded in ``run.json``); anything else is refused and left untouched;
+- **inputs**: a run never writes into, over, or around one of its own inputs;
+- **one writer**: an exclusive ``flock`` on the directory, which the OS releases when the
+  process ends, however it ends, so a killed run resumes and a second writer is refused;
+- **stages**: a stage's output is written atomically, then the stage is recorded as done in
+  ``run.json``; a stage recorded as done is loaded instead of run again.
+
+Under torchrun, rank 0 claims, locks and writes; the other ranks compute alongside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from . import dist, fsutil
+from .errors import OutputError, VitpruneError
+from .io import load, save
+from .io.model_dir import CONFIG as MODEL_CONFIG
+from .io.model_dir import read_config
+from .models import ArchSpec
+from .plan import PrunePlan
+from .scoring import BlockScores, load_scores, save_scores
+from .version import __version__
+
+FORMAT = "vitprune.run"
+VERSION = 1
+MANIFEST = "run.json"
+LEGACY_COMPRESS = "compress.json"  # a compress run made before run.json existed
+
+# the outputs of compress's stages, by stage
+SCORES, SEARCH, PLAN, FINETUNE, MODEL, METRICS, REPORT = (
+    "scores.json", "search", "plan.json", "finetune", "model", "eval.json", "report.md")
+
+T = TypeVar("T")
+
+
+class RunDir:
+    """A claimed run directory; use as a context manager, or call :meth:`release`."""
+
+    def __init__(self, path: Path, kind: str, record: dict[str, Any], fd: int | None):
+        self.path, self.kind, self._record, self._fd = path, kind, record, fd
+
+    # -- claiming --------------------------------------------------------------------------
+    @classmethod
+    def claim(cls, out: str | Path, kind: str, settings: dict[str, Any], *,
+              inputs: Iterable[str | Path | None] = (), resume: bool | None = None,
+              defaults: dict[str, Any] | None = None, info: dict[str, Any] | None = None
+              ) -> RunDir:
+        """Make ``out`` this run's directory, or refuse (nothing is changed).
+
+        Args:
+            kind: the command (``train``, ``compress`` ...).
+            settings: what makes the run what it is; a re-run must match (JSON-ready).
+            inputs: paths the run reads; ``out`` may not be one, hold one, or lie inside one.
+            resume: True: continue a run in ``out`` (a new one if there is none); False: ``out``
+                may not hold a run yet; None: continue a matching run, start one otherwise.
+            defaults: values of settings added after older runs were made: a setting missing
+                from a recorded run is taken at its default there, not as a difference.
+            info: recorded beside the settings, never compared (paths that may move).
+        Raises:
+            OutputError: see above; also when another process holds the directory.
+        """
+        out = Path(out)
+        settings = json.loads(json.dumps(settings))
+        if dist.is_main():
+            try:
+                run: RunDir | VitpruneError = cls._claim(out, kind, settings, inputs, resume,
+                                                         defaults or {}, info or {})
+            except VitpruneError as exc:
+                run = exc
+            shared = dist.broadcast(None if isinstance(run, RunDir) else run)
+        else:
+            run = shared = dist.broadcast(None)
+        if isinstance(shared, VitpruneError):
+            if isinstance(run, RunDir):
+                run.release()
+            raise shared
+        if not dist.is_main():
+            run = cls(out, kind, _read_manifest(out) or {}, None)
+        return run
+
+    @classmethod
+    def _claim(cls, out: Path, kind: str, settings: dict, inputs: Iterable, resume: bool | None,
+               defaults: dict, info: dict) -> RunDir:
+        _check_inputs(out, [Path(p) for p in inputs if p is not None])
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--out {out} is a file; choose a directory path (new or empty)")
+        existed = out.exists()
+        fsutil.make_dir(out)
+        fd = _lock(out)
+        try:
+            record = _read_manifest(out)
+            if record is None:
+                if existed and any(p.name != MANIFEST for p in out.iterdir()):
+                    raise OutputError(
+                        f"{out} is not empty and was not made by a vitprune {kind} run; choose an "
+                        "empty or new --out. Nothing was changed.")
+                record = {"format": FORMAT, "version": VERSION, "kind": kind,
+                          "settings": settings, "done": [], "info": info,
+                          "vitprune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                fsutil.write_json(out / MANIFEST, record)
+            else:
+                _check_same(out, record, kind, settings, defaults, resume)
+            return cls(out, kind, record, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def release(self) -> None:
+        """Give up the lock (also done by the OS when the process ends)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- stages ----------------------------------------------------------------------------
+    def done(self, stage: str) -> bool:
+        """Whether ``stage`` finished in this directory (in this run or an earlier one)."""
+        return stage in self._record.get("done", [])
+
+    def mark_done(self, stage: str) -> None:
+        """Record ``stage`` as finished (after its output was written atomically)."""
+        if not self.done(stage):
+            self._record = {**self._record, "done": [*self._record.get("done", []), stage]}
+            if dist.is_main():
+                fsutil.write_json(self.path / MANIFEST, self._record)
+
+    def stage(self, name: str, compute: Callable[[], T], write: Callable[[T], None],
+              read: Callable[[], T]) -> T:
+        """``compute()``'s value, written by ``write`` (rank 0) and recorded as done; or, when
+        the stage is done already, ``read()``'s."""
+        if self.done(name):
+            return read()
+        value = compute()
+        if dist.is_main():
+            write(value)
+        self.mark_done(name)
+        dist.barrier()
+        return value
+
+    def file(self, name: str) -> Path:
+        """The path of output ``name`` (one of this module's constants)."""
+        return self.path / name
+
+    # typed stages of a compression run
+    def scores(self, compute: Callable[[], tuple[list[BlockScores], dict]]) -> list[BlockScores]:
+        """The component scores (``scores.json``)."""
+        return self.stage("scores", compute, lambda v: save_scores(self.file(SCORES), *v),
+                          lambda: load_scores(self.file(SCORES)))[0]
+
+    def plan(self, compute: Callable[[], tuple[PrunePlan, dict]]) -> tuple[PrunePlan, dict]:
+        """The searched plan and the search's summary (``plan.json``; the search's own files
+        are under ``search/``)."""
+        def write(v: tuple[PrunePlan, dict]) -> None:
+            fsutil.write_json(self.file(PLAN), {"plan": v[0].to_dict(), "search": v[1]})
+
+        def read() -> tuple[PrunePlan, dict]:
+            d = json.loads(self.file(PLAN).read_text())
+            return PrunePlan.from_dict(d["plan"]), d["search"]
+
+        return self.stage("search", compute, write, read)
+
+    def model(self, compute: Callable[[], tuple[torch.nn.Module, dict]], arch: ArchSpec,
+              plan: PrunePlan) -> tuple[torch.nn.Module, dict]:
+        """The fine-tuned model and its metadata (``model/``, a plain model directory)."""
+        return self.stage("finetune", compute,
+                          lambda v: save(self.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1]),
+                          lambda: (load(self.file(MODEL)), read_config(self.file(MODEL))["meta"]))
+
+    def metrics(self, compute: Callable[[], dict]) -> dict:
+        """The evaluation (``eval.json``)."""
+        return self.stage("evaluate", compute, lambda v: fsutil.write_json(self.file(METRICS), v),
+                          lambda: json.loads(self.file(METRICS).read_text()))
+
+
+def _check_inputs(out: Path, inputs: Sequence[Path]) -> None:
+    o = out.resolve()
+    for p in inputs:
+        if not p.exists():
+            continue
+        i = p.resolve()
+        if o == i or o in i.parents or i in o.parents:
+            how = ("is" if o == i else "holds" if o in i.parents else "lies inside")
+            raise OutputError(f"--out {out} {how} the input {p}: a run never writes over, "
+                              "around or into its own input. Choose another --out. Nothing "
+                              "was changed.")
+
+
+def _lock(out: Path) -> int:
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise OutputError(f"another vitprune process is writing to {out}; wait for it to "
+                              "finish (or stop it), or choose another --out") from None
+        raise fsutil.unwritable(out, exc) from exc
+    return fd
+
+
+def _read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.exists():
+        return _legacy_compress(out)
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as exc:
+        raise OutputError(f"{path} is damaged ({exc}); choose another --out") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise OutputError(f"{path} is not a vitprune run record; choose another --out")
+    if record.get("version", 0) > VERSION:
+        raise OutputError(f"{path} was written by a newer vitprune; upgrade to continue it")
+    return record
+
+
+def _legacy_compress(out: Path) -> dict | None:
+    """A compress run directory made before ``run.json``: its manifest, its finished stages
+    read from which outputs exist (as that version decided them)."""
+    path = out / LEGACY_COMPRESS
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        settings = {"model": old["model"], "data": old["data"], **old["config"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OutputError(f"{path} is damaged ({exc}); choose another --out") from exc
+    done = []  # the stages before the first missing output (later ones are run again)
+    for stage, output in (("scores", SCORES), ("search", "search/search.json"),
+                          ("finetune", f"{MODEL}/{MODEL_CONFIG}"), ("evaluate", METRICS),
+                          ("report", REPORT)):
+        if not (out / output).exists():
+            break
+        done.append(stage)
+    if "search" in done:  # that version kept the plan in the search's own files
+        from .search.report import read_outputs
+
+        plan, summary = read_outputs(out / SEARCH)
+        fsutil.write_json(out / PLAN, {"plan": plan.to_dict(), "search": summary})
+    return {"format": FORMAT, "version": VERSION, "kind": "compress", "settings": settings,
+            "done": done, "info": old.get("info", {}), "legacy": LEGACY_COMPRESS}
+
+
+def _check_same(out: Path, record: dict, kind: str, settings: dict, defaults: dict,
+                resume: bool | None) -> None:
+    if record.get("kind") != kind:
+        raise OutputError(f"{out} holds a vitprune {record.get('kind')} run, not a {kind} run; "
+                          "choose another --out. Nothing was changed.")
+    prior = {**defaults, **record.get("settings", {})}
+    diff = sorted(k for k in set(prior) | set(settings) if prior.get(k) != settings.get(k))
+    if diff:
+        raise OutputError(
+            f"{out} holds another {kind} run (differs in: {', '.join(diff)}). Re-run with that "
+            "run's settings to continue it, or choose another --out. Nothing was changed.")
+    if resume is False:
+        raise OutputError(f"{out} already holds this {kind} run; continue it with --resume "
+                          "(resume=True in Python), or choose another --out. Nothing was changed.")

@@ -35,9 +35,9 @@ def baseline_dir(runs: Path = Path("runs")) -> Path:
         out = runs / name
         if not (out / "model.json").exists():
             print(f"No shipped baseline at {BASELINE}; training {out} (resumable).", flush=True)
-            resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
             cmd = [str(prev) if a == "{prev}" else a for a in args]
-            if cli_main(cmd + ["--out", str(out)] + resume) != 0:
+            # --resume continues an interrupted phase, and starts one that never began
+            if cli_main(cmd + ["--out", str(out), "--resume"]) != 0:
                 raise SystemExit(2)
         prev = out
     return prev

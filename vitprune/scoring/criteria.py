@@ -4,7 +4,7 @@ A :class:`Criterion` maps (model, calibration loader) to one :class:`BlockScores
 a score per head and per neuron, higher = keep. :func:`rankings` turns scores into the per-block
 orders the search space consumes. Criteria (by name, :func:`get_criterion`):
 
-* ``hsic``: the method's dependence criterion (METHOD.md section 2): head = relevance
+* ``hsic``: the method's dependence criterion (docs/method.md): head = relevance
   - 0.1 * redundancy, neuron = 0.1 * minmax(relevance) + 0.9 * minmax(mean |activation|).
 * ``magnitude``: L1 (or L2) norm of the component's weights.
 * ``activation``: mean |activation| (heads: mean |head output|).
@@ -164,7 +164,7 @@ def _need_loader(loader: Iterable | None, name: str) -> Iterable:
 @register("hsic")
 @dataclass(frozen=True)
 class HSICCriterion(Criterion):
-    """The dependence criterion (METHOD.md section 2), all components of a block batched.
+    """The dependence criterion (docs/method.md), all components of a block batched.
 
     Attributes:
         normalized: use normalised HSIC (CKA) for relevance and redundancy. Default True: raw

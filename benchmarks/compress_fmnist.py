@@ -26,7 +26,7 @@ import torch
 import vitprune
 from vitprune import fsutil
 from vitprune.config import CompressConfig
-from vitprune.speed import compare
+from vitprune.speed import THOROUGH, compare, timing
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
 
@@ -47,8 +47,8 @@ def main() -> int:
     models = {"dense": vitprune.load(BASELINE)}
     models.update({b: r.model for b, (r, _) in results.items()})
     speed = {b: {k: r["latency_ms"] / 1e3 for k, r in
-                 compare(models, (1, 28, 28), b, rounds=15 if b == 1 else 9,
-                         reps=20 if b == 1 else 3).items()} for b in (1, 64)}
+                 compare(models, (1, 28, 28), b, **timing(b, THOROUGH)).items()}
+             for b in (1, 64)}
     rows = []
     for b, (res, _) in results.items():
         m = res.metrics["rows"]

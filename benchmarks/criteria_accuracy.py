@@ -22,6 +22,7 @@ from vitprune.data import load_splits, make_loader
 from vitprune.pipeline import MaskedAccuracy, score
 from vitprune.scoring import rankings
 from vitprune.search import Ratios, ratios_to_plan
+from vitprune.train import EVAL_BATCH
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
 SETTINGS = [("neurons -30%", 0.0, 0.3), ("neurons -50%", 0.0, 0.5), ("heads -1/3", 1 / 3, 0.0)]
@@ -37,7 +38,7 @@ def main() -> int:
     torch.set_num_threads(2)
     model = load(args.model)
     splits = load_splits("fashion-mnist")
-    test = [(x, y) for x, y in make_loader(splits.test, 500)]
+    test = [(x, y) for x, y in make_loader(splits.test, EVAL_BATCH)]
     shape = vit_shape(model)
     depth = len(shape.blocks)
     runs = [("hsic", {}), ("magnitude", {}), ("activation", {}), ("taylor", {})]

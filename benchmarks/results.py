@@ -225,7 +225,7 @@ def cmd_report(args) -> int:
 def measure(args, dense, rows) -> dict:
     """Latency at batch 1 and throughput at batch 64 of each finished model (first seed) and the
     dense one, timed in turn per budget, on quiet cores."""
-    from vitprune.speed import compare
+    from vitprune.speed import THOROUGH, compare, timing
 
     torch.set_num_threads(args.threads)
     out = {}
@@ -236,7 +236,7 @@ def measure(args, dense, rows) -> dict:
                 models[r["method"]] = load(args.runs / slug(r["method"]) / f"b{budget}" /
                                            f"s{r['seed']}" / "model")
         out[str(budget)] = {f"b{b}": {k: v["latency_ms"] for k, v in compare(
-            models, (1, 28, 28), b, rounds=15 if b == 1 else 9, reps=20 if b == 1 else 3).items()}
+            models, (1, 28, 28), b, **timing(b, THOROUGH)).items()}
             for b in (1, 64)}
     out["threads"] = args.threads
     fsutil.write_json(args.runs / "speed.json", out)

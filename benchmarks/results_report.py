@@ -41,11 +41,11 @@ def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -
     """Write the report; ``order``: the method names in the order of the benchmark's list."""
     from vitprune.adapters import vit_shape
     from vitprune.cost import macs, params
-    from vitprune.data import load_splits, make_loader
-    from vitprune.train import evaluate
+    from vitprune.data import load_splits
+    from vitprune.pipeline import test_metrics
 
     splits = load_splits("fashion-mnist", args.data_dir)
-    dense_top1 = evaluate(dense, make_loader(splits.test, 500), "cpu")["top1"]
+    dense_top1 = test_metrics(dense, splits)["test_top1"]
     by = defaultdict(list)
     for r in rows:
         by[(r["method"], r["budget"])].append(r)

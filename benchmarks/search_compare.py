@@ -21,6 +21,7 @@ from vitprune import fsutil, load
 from vitprune.data import load_splits, make_loader
 from vitprune.errors import BudgetError
 from vitprune.pipeline import MaskedAccuracy, policy_search, score
+from vitprune.train import EVAL_BATCH
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
 
@@ -43,7 +44,7 @@ def main() -> int:
     model = load(args.model)
     splits = load_splits("fashion-mnist")
     scores = score(model, splits, args.criterion, n_images=256)
-    test = [(x, y) for x, y in make_loader(splits.test, 500)]
+    test = [(x, y) for x, y in make_loader(splits.test, EVAL_BATCH)]
     rows = []
     for budget in args.budgets:
         for method in args.methods:

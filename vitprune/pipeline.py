@@ -33,12 +33,9 @@ from .search.loop import search
 from .search.result import SearchResult
 from .search.sampler import resolve_band
 from .search.space import SearchSpace
-from .speed import compare
+from .speed import compare, timing
 from .surgery import Masker
 from .train import EVAL_BATCH, TrainConfig, evaluate, fit
-
-# CPU timing of a speed comparison: rounds, and forwards per round at batch 1 / larger batches
-BENCH_ROUNDS, BENCH_REPS_B1, BENCH_REPS = 15, 10, 2
 
 
 def model_id(model: str | Path, checkpoint: str | Path | None = None) -> str:
@@ -308,7 +305,6 @@ def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
         img = (pe.proj.in_channels, *pe.img_size)
         pair = {name: models[name].cpu() for name in timed}
         for b in bench_batches:
-            reps = BENCH_REPS_B1 if b == 1 else BENCH_REPS
-            for name, r in compare(pair, img, b, rounds=BENCH_ROUNDS, reps=reps).items():
+            for name, r in compare(pair, img, b, **timing(b)).items():
                 rows[name].setdefault("cpu", {})[f"batch{b}"] = r
     return rows

@@ -46,6 +46,20 @@ def measure(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: in
             "repeats": repeats}
 
 
+# How comparisons are timed: rounds of all models in turn, and forward passes per model per round
+# (more at batch 1, where one pass is short and timer noise weighs more).
+# QUICK: what compress measures for its report; THOROUGH: the benchmarks behind docs/.
+QUICK = {"rounds": 15, "reps_batch1": 10, "reps": 2}
+THOROUGH = {"rounds_batch1": 15, "rounds": 9, "reps_batch1": 20, "reps": 3}
+
+
+def timing(batch: int, plan: dict[str, int] = QUICK) -> dict[str, int]:
+    """``rounds`` and ``reps`` for :func:`compare` at ``batch`` under a timing ``plan``."""
+    one = batch == 1
+    return {"rounds": plan.get("rounds_batch1", plan["rounds"]) if one else plan["rounds"],
+            "reps": plan["reps_batch1"] if one else plan["reps"]}
+
+
 @torch.inference_mode()
 def compare(models: dict[str, torch.nn.Module], input_shape: tuple[int, int, int], batch: int, *,
             rounds: int = 15, reps: int = 5, warmup: int = 3,

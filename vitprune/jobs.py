@@ -135,11 +135,7 @@ def score_model(model: str | Path, splits: Splits, cfg: ScoreConfig, out: str | 
 def prune_model(model: str | Path, plan_path: str | Path, out: str | Path, *,
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Apply the plan in ``plan_path`` to ``model``; save the smaller model as ``out``."""
-    net, arch, saved = resolve_model(str(model), checkpoint)
-    if saved is not None:
-        from .errors import PlanError
-
-        raise PlanError(f"{model} is already pruned; prune its dense base model instead")
+    net, arch = load_dense(model, None, checkpoint, verb="prune")
     plan = PrunePlan.load(plan_path)
     small = prune(net, plan)  # validates the plan against the model, before anything is written
     identity = {"model": model_id(model, checkpoint), "plan": plan.to_dict()}

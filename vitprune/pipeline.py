@@ -22,7 +22,7 @@ from .cost import macs, params
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
 from .errors import ModelError, PlanError, VitpruneError, require
-from .io import resolve_for_data
+from .io import resolve_for_data, resolve_model
 from .io.model_dir import read_config
 from .models import ArchSpec
 from .plan import PrunePlan
@@ -55,14 +55,18 @@ def lineage(model: str | Path) -> list[dict]:
     return prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
 
 
-def load_dense(model: str | Path, splits: Splits, checkpoint: str | Path | None = None, *,
+def load_dense(model: str | Path, splits: Splits | None, checkpoint: str | Path | None = None, *,
                verb: str = "prune") -> tuple[torch.nn.Module, ArchSpec]:
-    """The dense model ``model`` names (built to fit ``splits``), refusing a pruned one.
+    """The dense model ``model`` names (a timm name built to fit ``splits`` when given),
+    refusing a pruned one.
 
     Raises:
         PlanError: ``model`` is a pruned model directory: ``verb`` its dense base model instead.
     """
-    net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
+    if splits is None:
+        net, arch, plan = resolve_model(str(model), checkpoint)
+    else:
+        net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
     if plan is not None:
         raise PlanError(f"{model} is already pruned; {verb} its dense base model instead")
     return net, arch

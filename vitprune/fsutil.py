@@ -119,6 +119,22 @@ def torch_save(dest: str | os.PathLike, obj: Any) -> None:
     atomic_write(dest, lambda p: torch.save(obj, p))
 
 
+def read_record(path: str | os.PathLike, fmt: str, version: int,
+                error: Callable[[str], Exception]) -> dict:
+    """The JSON object at ``path`` whose ``format`` is ``fmt`` and ``version`` at most
+    ``version``; anything else raises ``error(reason)`` (a reason says what to do)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise error(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{path} is not a {fmt} record")
+    if not isinstance(record.get("version", 0), int) or record.get("version", 0) > version:
+        raise error(f"{path} has format version {record.get('version')!r}, newer than this "
+                    "vitprune reads; upgrade vitprune")
+    return record
+
+
 def torch_load(path: str | os.PathLike, error: Callable[[str], Exception]) -> Any:
     """``torch.load(path, weights_only=True)``; a file it cannot read raises ``error(reason)``.
 

@@ -223,15 +223,8 @@ def _read_manifest(out: Path) -> dict | None:
     path = out / MANIFEST
     if not path.exists():
         return _legacy_compress(out)
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError) as exc:
-        raise OutputError(f"{path} is damaged ({exc}); choose another --out") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise OutputError(f"{path} is not a vitprune run record; choose another --out")
-    if record.get("version", 0) > VERSION:
-        raise OutputError(f"{path} was written by a newer vitprune; upgrade to continue it")
-    return record
+    return fsutil.read_record(path, FORMAT, VERSION,
+                              lambda why: OutputError(f"{why}; choose another --out"))
 
 
 def _legacy_compress(out: Path) -> dict | None:

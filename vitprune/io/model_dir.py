@@ -7,7 +7,6 @@ replaced or damaged is refused with a clear message instead of loading the wrong
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,8 @@ def read_config(d: str | Path) -> dict[str, Any]:
     cfg_path = d / CONFIG
     if not cfg_path.is_file():
         raise ModelError(f"{d} is not a vitprune model directory: {CONFIG} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{cfg_path} is not valid JSON ({exc}); the directory is damaged") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ModelError(f"{cfg_path} is not a vitprune model record (format != {FORMAT!r})")
-    if cfg.get("version", 0) > VERSION:
-        raise ModelError(f"{cfg_path} has format version {cfg['version']}; upgrade vitprune to read it")
-    return cfg
+    return fsutil.read_record(cfg_path, FORMAT, VERSION, lambda why: ModelError(
+        f"{why}; the model directory is damaged or not vitprune's: re-save the model"))
 
 
 def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:

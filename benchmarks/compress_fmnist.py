@@ -1,7 +1,7 @@
-"""The compress job on the Fashion-MNIST baseline at 40% and 60% fewer MACs.
+"""The compress job with its default settings on the Fashion-MNIST baseline at 40% and 60%
+fewer MACs.
 
-For each budget: ``vitprune.compress`` with its default settings (HSIC, 50-evaluation GP-EI
-search, 8 epochs of fine-tuning with distillation) into ``--runs/b<budget>``; the runs are
+For each budget: ``vitprune.compress`` with its defaults into ``--runs/b<budget>``; the runs are
 resumable, so re-running this command continues them. Then, on quiet cores, CPU latency (batch 1)
 and throughput (batch 64) of the dense and every compressed model, measured interleaved in one
 process so the ratios compare like with like.
@@ -10,7 +10,8 @@ process so the ratios compare like with like.
 
 The compress runs can also be made separately (e.g. in parallel, one thread each), with
 ``vitprune compress --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --budget B
---out runs/compress_v2/bB``; this script then only reads them and measures speed.
+--threads 1 --out runs/compress/bB``; this script then only reads them and measures speed.
+The hand-written reading of the tables lives in docs/compress_reading.md and is appended.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", nargs="+", default=["0.6", "0.4"])
-    ap.add_argument("--runs", type=Path, default=Path("runs/compress_v2"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/compress"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -83,8 +84,10 @@ def main() -> int:
 def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
     lines = ["# Compress on the Fashion-MNIST baseline", "",
              f"Command: `python {' '.join(sys.argv)}`  ",
-             "Defaults of `vitprune compress`: HSIC scores (256 calibration images), GP-EI search "
-             "(50 evaluations, 20 random first, 2,000 calibration images each), physical pruning, "
+             f"Defaults of `vitprune compress`: {cfg['criterion']} scores ({cfg['score_images']} "
+             f"calibration images), {cfg['method']} search ({cfg['trials']} evaluations, "
+             f"{cfg['init']} random first, {cfg['calib_images']:,} calibration images each, prune "
+             f"ratios up to {cfg['max_ratio']:g}), physical pruning, "
              f"{cfg['epochs']} epochs of fine-tuning (AdamW {cfg['lr']:g}, cosine, "
              f"{'shift/flip augmentation' if cfg['augment'] else 'no augmentation'}, "
              f"{1 - cfg['kd_alpha']:g} CE + {cfg['kd_alpha']:g} T^2 KL with T = "
@@ -107,6 +110,9 @@ def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
     for r in rows:
         lines.append(f"| {r['budget']} | {r['search_s']:.0f} | {r['finetune_s']:.0f} | {r['epochs']} | "
                      + ", ".join(f"{v:.2f}" for v in r["finetune_calib_top1"]) + " |")
+    reading = Path(__file__).resolve().parents[1] / "docs" / "compress_reading.md"
+    if reading.exists():
+        lines += ["", reading.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False) or "default" in text or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or "default" in text:
             return text
         d = action.default
         shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)

@@ -51,12 +51,13 @@ DEMO = ["--budget", "0.6", "--trials", "24", "--init", "10", "--epochs", "3", "-
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
     base = baseline_dir()
-    out = Path("runs/demo")
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs/demo")
     print(f"Baseline: {base}\nCompressing it into {out} (resumable: run again to continue).",
           flush=True)
     rc = cli_main(["compress", "--model", str(base), "--data", "fashion-mnist", *DEMO,
-                   "--out", str(out)] + list(argv or []))
+                   "--out", str(out)] + [a for a in argv if a not in ("--out", str(out))])
     if rc == 0:
         report = (out / "report.md").read_text().split("\n## ")[0]
         print("\n" + report + f"\nFull report: {out / 'report.md'}")

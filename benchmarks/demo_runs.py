@@ -1,0 +1,103 @@
+"""`make demo`'s job, timed, over seeds: what a user of the README's first command should expect.
+
+Runs ``python -m vitprune.demo`` (the job `make demo` runs, on the shipped Fashion-MNIST baseline)
+once per seed, each into its own run directory, times it as a whole process, and writes the
+results with their range:
+
+    python benchmarks/demo_runs.py --seeds 0 1 --out docs/demo
+
+Seed 0 is `make demo` itself (``runs/demo``); other seeds go to ``runs/demo_s<seed>``. A finished
+run is read, not run again (its wall time was recorded when it ran). Time it on quiet cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vitprune import fsutil
+
+WALL = "demo_wall.json"  # written beside each run directory when this script times it
+
+
+def run_dir(seed: int) -> Path:
+    return Path("runs/demo") if seed == 0 else Path(f"runs/demo_s{seed}")
+
+
+def run(seed: int) -> dict:
+    """Run (or read) the demo with ``seed``; its evaluation and wall time."""
+    out = run_dir(seed)
+    wall_file = out.parent / f"{out.name}.{WALL}"
+    done = (out / "run.json").exists() and "report" in json.loads(
+        (out / "run.json").read_text()).get("done", [])
+    if not done:
+        cmd = [sys.executable, "-m", "vitprune.demo"] + (
+            [] if seed == 0 else ["--seed", str(seed), "--out", str(out)])
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        fsutil.write_json(wall_file, {"seconds": round(time.perf_counter() - t0, 1),
+                                      "command": " ".join(cmd)})
+    metrics = json.loads((out / "eval.json").read_text())
+    rows = metrics["rows"]
+    d, f = rows["dense"], rows["finetuned"]
+    wall = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else None
+    return {"seed": seed, "out": str(out), "wall_seconds": wall, "threads": metrics["threads"],
+            "macs_kept": f["macs"] / d["macs"], "params_m": f["params"] / 1e6,
+            "dense_top1": d["test_top1"], "pruned_top1": rows["pruned"]["test_top1"],
+            "finetuned_top1": f["test_top1"],
+            "throughput_speedup_b64": f["cpu"]["batch64"]["throughput"]
+            / d["cpu"]["batch64"]["throughput"],
+            "latency_speedup_b1": d["cpu"]["batch1"]["latency_ms"] / f["cpu"]["batch1"]["latency_ms"]}
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return (f"{format(statistics.mean(values), fmt)} [{format(min(values), fmt)}-"
+            f"{format(max(values), fmt)}]")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--out", type=Path, required=True, help="docs/demo: writes .md and .json")
+    args = ap.parse_args()
+    rows = [run(s) for s in args.seeds]
+    command = "python benchmarks/demo_runs.py " + " ".join(sys.argv[1:])
+    fsutil.write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
+    lines = ["# `make demo`: what to expect", "",
+             f"Command: `{command}` (on two quiet CPU cores). Each row is the whole job of "
+             "`make demo` (HSIC scores, a 24-evaluation GP-EI search at budget 0.6, physical "
+             "pruning, 3 epochs of fine-tuning with distillation, evaluation and CPU speed) with "
+             "one seed; seed 0 is `make demo` itself.", "",
+             "| seed | wall (min) | MACs kept | params (M) | test top-1 dense | pruned | "
+             "fine-tuned | throughput b64 | latency b1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = f"{r['wall_seconds'] / 60:.1f}" if r["wall_seconds"] else "-"
+        lines.append(f"| {r['seed']} | {wall} | {r['macs_kept']:.1%} | {r['params_m']:.3f} | "
+                     f"{r['dense_top1']:.2f} | {r['pruned_top1']:.2f} | "
+                     f"**{r['finetuned_top1']:.2f}** | {r['throughput_speedup_b64']:.2f}x | "
+                     f"{r['latency_speedup_b1']:.2f}x |")
+    walls = [r["wall_seconds"] / 60 for r in rows if r["wall_seconds"]]
+    lines += ["", "Expect (mean [range] over the seeds above): test top-1 "
+              f"{spread([r['finetuned_top1'] for r in rows], '.2f')} against the dense "
+              f"{rows[0]['dense_top1']:.2f}, at {spread([r['macs_kept'] for r in rows], '.1%')} "
+              "of the MACs, throughput at batch 64 "
+              f"{spread([r['throughput_speedup_b64'] for r in rows], '.2f')}x"
+              + (f", in {spread(walls, '.1f')} minutes." if walls else ".")]
+    reading = Path(__file__).resolve().parents[1] / "docs" / "demo_reading.md"
+    if reading.exists():
+        lines += ["", reading.read_text().rstrip()]
+    fsutil.write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

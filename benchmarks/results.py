@@ -148,7 +148,7 @@ class Runner:
         """vitprune's search settings, with the method's and this study's changes."""
         return replace(SearchSettings(), method=m.search, trials=self.args.trials,
                        init=self.args.init, dims=m.dims,
-                       max_ratio=self.args.wide_ratio if m.wide else SearchSettings().max_ratio)
+                       max_ratio=self.args.wide_ratio if m.wide else self.args.narrow_ratio)
 
     def run(self, m: Method, budget: float, seed: int) -> None:
         cell = self.args.runs / slug(m.name) / f"b{budget}" / f"s{seed}"
@@ -267,6 +267,8 @@ def main() -> int:
         p.add_argument("--trials", type=int, default=50)
         p.add_argument("--init", type=int, default=20)
         p.add_argument("--wide-ratio", type=float, default=0.9)
+        # "ours" in this study caps ratios at the method's 0.5 (vitprune's default when it ran)
+        p.add_argument("--narrow-ratio", type=float, default=0.5)
         p.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs)")
     run, report = sub.choices["run"], sub.choices["report"]
     run.set_defaults(func=cmd_run)

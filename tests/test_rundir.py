@@ -223,7 +223,7 @@ def test_help_shows_defaults_and_every_option_has_help(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = capsys.readouterr().out
-    assert "(default: 50)" in text and "(default: 0.5)" in text and "No logic" not in text
+    assert "(default: 50)" in text and "(default: 0.9)" in text and "No logic" not in text
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"vitprune {vitprune.__version__}"

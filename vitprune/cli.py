@@ -379,15 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    from . import dist
+
     try:
         res = args.func(args)
     except VitpruneError as exc:
         print(f"vitprune: error: {_message(exc, parser, args.cmd)}", file=sys.stderr)
+        dist.close(wait=False)
         return 2
-    from . import dist
-
     if dist.is_main():  # under torchrun, one process speaks
         _print(res, getattr(args, "json", False))
+    dist.close()
     return 0
 
 

@@ -71,3 +71,12 @@ def broadcast(obj: Any, src: int = 0) -> Any:
 def barrier() -> None:
     if active():
         td.barrier()
+
+
+def close(wait: bool = True) -> None:
+    """Leave the process group (first waiting for every rank when ``wait``): a rank that exits
+    while others still talk to it makes the communication threads abort the process."""
+    if active():
+        if wait:
+            td.barrier()
+        td.destroy_process_group()

@@ -2,7 +2,7 @@
 
 Compresses the shipped Fashion-MNIST baseline (``vitprune/assets/fmnist_vit_d12``) to 60% of its
 MACs: HSIC scores, a 24-evaluation GP-EI search, physical pruning, 3 epochs of fine-tuning with
-distillation, evaluation and a report in ``runs/demo`` (12.5 minutes measured on two CPU cores;
+distillation, evaluation and a report in ``runs/demo`` (7 minutes measured on two CPU cores;
 re-running resumes or, when finished, just prints the table). Where the baseline is missing it is
 trained first with the committed training commands (two phases, resumable, about 100 minutes).
 """
@@ -43,8 +43,7 @@ def baseline_dir(runs: Path = Path("runs")) -> Path:
     return prev
 
 
-# the demo's settings; docs/compress.md has the longer runs (8 epochs, budgets 0.6 and 0.4)
-# (on two quiet cores: ~2.3 s per search evaluation, ~230 s per fine-tuning epoch)
+# the demo's settings (docs/demo.md: what they give); docs/compress.md has the 8-epoch run
 # Two threads everywhere: the thread count changes the order of floating-point sums, and with it
 # the last digits of every evaluation the search compares (docs/compress.md, "What varies").
 DEMO = ["--budget", "0.6", "--trials", "24", "--init", "10", "--epochs", "3", "--threads", "2"]

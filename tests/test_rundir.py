@@ -250,5 +250,5 @@ def test_cli_defaults_are_the_configs():
     from vitprune.config import CompressConfig
 
     args = cli.build_parser().parse_args(["compress", "--model", "m", "--out", "o"])
-    settings = {k: v for k, v in vars(args).items() if k in cli._COMPRESS_FIELDS}
+    settings = {k: v for k, v in vars(args).items() if k in CompressConfig.names()}
     assert CompressConfig.from_flat(**settings) == CompressConfig()

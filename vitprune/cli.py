@@ -161,7 +161,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
 def cmd_compress(args: argparse.Namespace) -> dict:
     from .compression import compress
 
-    settings = {k: v for k, v in vars(args).items() if k in _COMPRESS_FIELDS}
+    settings = {k: v for k, v in vars(args).items() if k in CompressConfig.names()}
     cfg = CompressConfig.from_flat(**settings)
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
@@ -269,11 +269,6 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                   threads=args.threads or torch.get_num_threads(), device=device)
     return {"model": args.model, "plan": args.plan, "device": device,
             "gmacs": macs(vit_shape(model)).total / 1e9, **res}
-
-
-_COMPRESS_FIELDS = {name for cls, skip in ((CompressConfig, ()), (ScoreConfig, ()),
-                                           (SearchSettings, ()), (TrainConfig, ("seed",)))
-                    for name in (f.name for f in dataclasses.fields(cls)) if name not in skip}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,6 +191,11 @@ class CompressConfig:
                    search=SearchSettings(**groups["search"]),
                    finetune=dataclasses.replace(FINETUNE, **groups["finetune"]))
 
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        """Every flat setting name :meth:`from_flat` accepts."""
+        return tuple(n for names in _FLAT.values() for n in names)
+
     def flat(self) -> dict[str, Any]:
         """Every setting by its flat name, JSON-ready (what a run directory records)."""
         out = {}

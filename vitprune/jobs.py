@@ -31,7 +31,7 @@ from .pipeline import (
     test_metrics,
 )
 from .plan import PrunePlan
-from .rundir import RunDir
+from .rundir import RunDir, check_inputs
 from .surgery import prune
 from .train import TrainConfig, fit
 
@@ -123,9 +123,7 @@ def score_model(model: str | Path, splits: Splits, cfg: ScoreConfig, out: str | 
     out = Path(out)
     if out.exists():
         raise OutputError(f"{out} exists; score never writes over a file: choose a new --out")
-    if any(p is not None and Path(p).exists() and Path(p).resolve() == out.resolve()
-           for p in (model, checkpoint)):
-        raise OutputError(f"--out {out} is an input; choose a new --out")
+    check_inputs(out, [Path(p) for p in (model, checkpoint) if p is not None])
     dense, _ = load_dense(model, splits, checkpoint, verb="score")
     scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
     return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,

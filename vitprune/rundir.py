@@ -97,7 +97,7 @@ class RunDir:
     @classmethod
     def _claim(cls, out: Path, kind: str, settings: dict, inputs: Iterable, resume: bool | None,
                defaults: dict, info: dict) -> RunDir:
-        _check_inputs(out, [Path(p) for p in inputs if p is not None])
+        check_inputs(out, [Path(p) for p in inputs if p is not None])
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out {out} is a file; choose a directory path (new or empty)")
         existed = out.exists()
@@ -193,7 +193,8 @@ class RunDir:
                           lambda: json.loads(self.file(METRICS).read_text()))
 
 
-def _check_inputs(out: Path, inputs: Sequence[Path]) -> None:
+def check_inputs(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an ``out`` that is, holds or lies inside one of ``inputs`` (the existing ones)."""
     o = out.resolve()
     for p in inputs:
         if not p.exists():

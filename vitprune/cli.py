@@ -18,6 +18,8 @@ import torch
 
 from .config import CompressConfig, DataConfig, ScoreConfig, SearchSettings
 from .errors import ConfigError, VitpruneError
+from .io.export import DEFAULT_OPSET, FORMATS
+from .runtime import RUNTIMES
 from .train import FINETUNE, TrainConfig
 from .version import __version__
 
@@ -106,6 +108,11 @@ def _out(p: argparse.ArgumentParser, what: str, *, resume: str | None = None) ->
     if resume:
         p.add_argument("--resume", action="store_true", help=resume)
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def _plan_and_size(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--plan", help=f"plan JSON to apply before {verb}")
+    p.add_argument("--img-size", type=int, help="input size for a model given by name")
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -217,19 +224,6 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             "macs_convention": MACS_CONVENTION}
 
 
-def _model_and_plan(args: argparse.Namespace):
-    """The model named by --model (+ --checkpoint, --img-size) and the --plan, if any."""
-    from .io import resolve_model
-    from .plan import PrunePlan
-
-    over = {}
-    if getattr(args, "img_size", None) and not Path(args.model).is_dir():
-        over["img_size"] = args.img_size
-    model, _, saved_plan = resolve_model(args.model, args.checkpoint, **over)
-    plan = PrunePlan.load(args.plan) if getattr(args, "plan", None) else None
-    return model, saved_plan, plan
-
-
 def cmd_prune(args: argparse.Namespace) -> dict:
     from .jobs import prune_model
 
@@ -239,10 +233,11 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 def cmd_cost(args: argparse.Namespace) -> dict:
     from .adapters import vit_shape
     from .cost import macs, params
-    from .jobs import MACS_CONVENTION
+    from .jobs import MACS_CONVENTION, planned_model
     from .plan import planned_shape
 
-    model, _, plan = _model_and_plan(args)
+    model, plan = planned_model(args.model, checkpoint=args.checkpoint, plan=args.plan,
+                                img_size=args.img_size, apply=False)
     shape = vit_shape(model)
     if plan is not None:
         shape = planned_shape(shape, plan)  # validates the plan against the model
@@ -254,21 +249,21 @@ def cmd_cost(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from .adapters import vit_shape
-    from .cost import macs
-    from .speed import measure
-    from .surgery import prune
+    from .jobs import bench_model
 
     device = _setup(args)
-    model, _, plan = _model_and_plan(args)
-    if plan is not None:
-        model = prune(model, plan)  # validates the plan against the model
-    pe = model.patch_embed
-    shape = (pe.proj.in_channels, *pe.img_size)
-    res = measure(model, shape, args.batch, warmup=args.warmup, repeats=args.repeats,
-                  threads=args.threads or torch.get_num_threads(), device=device)
-    return {"model": args.model, "plan": args.plan, "device": device,
-            "gmacs": macs(vit_shape(model)).total / 1e9, **res}
+    return bench_model(args.model, runtime=args.runtime, int8=args.int8, batch=args.batch,
+                       warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                       device=device, checkpoint=args.checkpoint, plan=args.plan,
+                       img_size=args.img_size)
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    from .jobs import export_model
+
+    return export_model(args.model, args.out, fmt=args.format, opset=args.opset,
+                        dynamic_batch=args.dynamic_batch, batch=args.batch, int8=args.int8,
+                        checkpoint=args.checkpoint, plan=args.plan, img_size=args.img_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,18 +330,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cost", "MACs and parameters of a model, or of a plan applied to it", cmd_cost)
     _model(p)
-    p.add_argument("--plan", help="plan JSON to apply before counting")
-    p.add_argument("--img-size", type=int, help="input size for a model given by name")
+    _plan_and_size(p, "counting")
     _json(p)
 
-    p = command("bench", "measured latency and throughput (warm-up, median of repeats)",
-                cmd_bench)
+    p = command("bench", "measured latency and throughput (warm-up, median of repeats) in a "
+                         "runtime", cmd_bench)
     _model(p), _common(p, data=False)
-    p.add_argument("--plan", help="plan JSON to apply before timing")
-    p.add_argument("--img-size", type=int, help="input size for a model given by name")
+    _plan_and_size(p, "timing")
+    p.add_argument("--runtime", default="eager", choices=RUNTIMES,
+                   help="eager PyTorch, torch.compile (fullgraph) or onnxruntime (exported to "
+                        "a temporary file, needs vitprune[export])")
+    p.add_argument("--int8", action="store_true",
+                   help="dynamically quantized int8 linear layers (eager or onnxruntime, CPU)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forwards first")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards first (compile "
+                                                         "happens in the first)")
     p.add_argument("--repeats", type=int, default=10, help="timed forwards (median reported)")
+    _json(p)
+
+    p = command("export", "export a model to ONNX, checked against PyTorch with onnxruntime "
+                          "(needs vitprune[export])", cmd_export)
+    _model(p)
+    _plan_and_size(p, "exporting")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="export format")
+    p.add_argument("--out", required=True, type=Path, help="the file to create (never "
+                                                            "replaced)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="let the batch size vary at run time (default: fixed at --batch)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported graph "
+                                                        "(the first one checked)")
+    p.add_argument("--int8", action="store_true",
+                   help="dynamically quantize the linear layers to int8 (onnxruntime)")
     _json(p)
     return ap
 

@@ -59,6 +59,10 @@ class SearchError(VitpruneError, ValueError):
     """
 
 
+class DependencyError(VitpruneError):
+    """An optional dependency (an extra such as ``vitprune[export]``) is not installed."""
+
+
 class InternalError(VitpruneError):
     """A check that should never fail did: a bug in vitprune. Please report it with the command."""
 

@@ -40,6 +40,19 @@ def unwritable(path: str | os.PathLike, exc: OSError) -> OutputError:
                        "files already written are complete (writes are atomic)")
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the :class:`OutputError` that writing the new file ``path`` would meet (a file
+    where a directory must be, no permission), before any work is done; creates nothing."""
+    path = Path(path).absolute()
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise unwritable(path, OSError(errno.ENOTDIR, "not a directory"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise unwritable(path, OSError(errno.EACCES, "permission denied"))
+
+
 def make_dir(path: str | os.PathLike) -> Path:
     """``mkdir -p path``, with an :class:`OutputError` that says why it cannot be made."""
     path = Path(path)
@@ -150,11 +163,12 @@ def torch_load(path: str | os.PathLike, error: Callable[[str], Exception]) -> An
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise error("it holds Python objects other than tensors and plain containers, which "
                         "vitprune never unpickles (unpickling can run code)") from None
-        raise error(f"it is truncated or not a torch file ({_first_line(exc)})") from None
+        raise error(f"it is truncated or not a torch file ({first_line(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise error(f"it is truncated or not a torch file ({_first_line(exc)})") from None
+        raise error(f"it is truncated or not a torch file ({first_line(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

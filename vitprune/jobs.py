@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
-from . import dist
-from .adapters import vit_shape
+from . import dist, fsutil
+from .adapters import input_shape, vit_shape
 from .config import ScoreConfig, SearchSettings
 from .cost import macs, params
 from .data import Splits
-from .errors import OutputError, require
+from .errors import OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
+from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
 from .pipeline import (
     check_budget,
     check_pair,
@@ -32,6 +33,8 @@ from .pipeline import (
 )
 from .plan import PrunePlan
 from .rundir import RunDir, check_inputs
+from .runtime import check_runtime, runner
+from .speed import measure
 from .surgery import prune
 from .train import TrainConfig, fit
 
@@ -150,3 +153,59 @@ def _file_id(path: str | Path) -> str:
     import hashlib
 
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def planned_model(model: str | Path, *, checkpoint: str | Path | None = None,
+                  plan: str | Path | None = None, img_size: int | None = None,
+                  apply: bool = True) -> tuple[torch.nn.Module, PrunePlan | None]:
+    """The model named or saved at ``model`` (``img_size`` for a name), with the plan file
+    ``plan`` applied when ``apply`` (else returned beside it, validated against the model)."""
+    over = {"img_size": img_size} if img_size and not Path(model).is_dir() else {}
+    net, _, _ = resolve_model(str(model), checkpoint, **over)
+    extra = PrunePlan.load(plan) if plan else None
+    if extra is not None:
+        if apply:
+            net = prune(net, extra)  # validates the plan against the model
+        else:
+            extra.validate(vit_shape(net))
+    return net, extra
+
+
+def export_model(model: str | Path, out: str | Path, *, fmt: str = "onnx",
+                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, batch: int = 1,
+                 int8: bool = False, checkpoint: str | Path | None = None,
+                 plan: str | Path | None = None, img_size: int | None = None) -> dict[str, Any]:
+    """Export ``model`` (optionally with ``plan`` applied) to the new file ``out``, checked
+    against PyTorch with onnxruntime before it is kept (see :func:`vitprune.io.export_onnx`)."""
+    check_settings(fmt, opset)
+    require(is_int(batch) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+    require_onnx()
+    out = Path(out)
+    if out.exists():
+        raise OutputError(f"{out} exists; export never writes over a file: choose a new --out")
+    check_inputs(out, [Path(p) for p in (model, checkpoint, plan) if p is not None])
+    fsutil.check_writable(out)
+    net, _ = planned_model(model, checkpoint=checkpoint, plan=plan, img_size=img_size)
+    res = export_onnx(net, input_shape(net), out, opset=opset, dynamic_batch=dynamic_batch,
+                      batch=batch, int8=int8)
+    return {"model": str(model), "plan": plan and str(plan), "format": fmt,
+            "gmacs": macs(vit_shape(net)).total / 1e9, **res}
+
+
+def bench_model(model: str | Path, *, runtime: str = "eager", int8: bool = False,
+                batch: int = 1, warmup: int = 3, repeats: int = 10, threads: int | None = None,
+                device: str = "cpu", checkpoint: str | Path | None = None,
+                plan: str | Path | None = None, img_size: int | None = None) -> dict[str, Any]:
+    """Latency and throughput of ``model`` (optionally with ``plan`` applied) in ``runtime``
+    (see :mod:`vitprune.runtime`), median of ``repeats`` forwards after ``warmup``."""
+    check_runtime(runtime, int8, device)
+    for name, v, low in (("batch", batch, 1), ("warmup", warmup, 1), ("repeats", repeats, 1)):
+        require(is_int(v) and v >= low, name, f"must be an integer >= {low}, got {v!r}")
+    net, _ = planned_model(model, checkpoint=checkpoint, plan=plan, img_size=img_size)
+    threads = threads or torch.get_num_threads()
+    shape = input_shape(net)
+    with runner(net, runtime, shape, batch, int8=int8, threads=threads, device=device) as run:
+        res = measure(run, shape, batch, warmup=warmup, repeats=repeats, threads=threads,
+                      device=device)
+    return {"model": str(model), "plan": plan and str(plan), "runtime": runtime, "int8": int8,
+            "device": device, "gmacs": macs(vit_shape(net)).total / 1e9, **res}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .adapters import vit_shape
+from .adapters import input_shape, vit_shape
 from .config import SearchSettings, parse_budget
 from .cost import macs, params
 from .data import Splits, make_loader
@@ -251,9 +251,8 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     return result
 
 
-def _io(model: torch.nn.Module) -> tuple[int, int, tuple[int, int]]:
-    pe = model.patch_embed
-    return model.num_classes, pe.proj.in_channels, tuple(pe.img_size)
+def _io(model: torch.nn.Module) -> tuple[int, tuple[int, int, int]]:
+    return model.num_classes, input_shape(model)
 
 
 def check_pair(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
@@ -262,7 +261,7 @@ def check_pair(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     s, t = _io(student), _io(teacher)
     if s != t:
         raise ModelError(
-            f"teacher and student are incompatible: (classes, channels, image size) {t} vs {s}. "
+            f"teacher and student are incompatible: (classes, (channels, height, width)) {t} vs {s}. "
             "Distil from the dense model the student was pruned from, or one trained on the same "
             "data at the same image size.")
 
@@ -305,8 +304,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
         rows[name] = {**test_metrics(m, splits, device),
                       "calib_top1": evaluate(m.to(device), calib, device)["top1"]}
     if timed and dist.is_main():
-        pe = next(iter(models.values())).patch_embed
-        img = (pe.proj.in_channels, *pe.img_size)
+        img = input_shape(next(iter(models.values())))
         pair = {name: models[name].cpu() for name in timed}
         for b in bench_batches:
             for name, r in compare(pair, img, b, **timing(b)).items():

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+# What is timed: a module, or any callable taking the input batch (see vitprune.runtime).
+Runnable = torch.nn.Module | Callable[[torch.Tensor], Any]
+
+
+def _ready(model: Any, device: str) -> Any:
+    """A module in eval mode on ``device``; other callables (compiled, onnxruntime) as they are."""
+    return model.eval().to(device) if isinstance(model, torch.nn.Module) else model
+
 
 @torch.inference_mode()
-def measure(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int, *,
+def measure(model: Runnable, input_shape: tuple[int, int, int], batch: int, *,
             warmup: int = 3, repeats: int = 10, threads: int | None = None,
             device: str = "cpu") -> dict[str, float]:
     """Median latency of ``model`` on a random batch, after warm-up.
 
     Args:
+        model: a module (put in eval mode on ``device``) or any callable taking the input batch.
         input_shape: (C, H, W) of one image.
         batch: images per forward pass.
         threads: CPU threads for the measurement (restored afterwards); fixed so runs compare.
@@ -26,7 +37,7 @@ def measure(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: in
     if threads:
         torch.set_num_threads(threads)
     try:
-        model = model.eval().to(device)
+        model = _ready(model, device)
         x = torch.randn(batch, *input_shape, device=device)
         sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
         for _ in range(warmup):
@@ -61,14 +72,15 @@ def timing(batch: int, plan: dict[str, int] = QUICK) -> dict[str, int]:
 
 
 @torch.inference_mode()
-def compare(models: dict[str, torch.nn.Module], input_shape: tuple[int, int, int], batch: int, *,
+def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batch: int, *,
             rounds: int = 15, reps: int = 5, warmup: int = 3,
             device: str = "cpu") -> dict[str, dict[str, float]]:
     """Latency of several models timed in turn, round after round, so that drifts in machine
     load hit them alike and their ratios stay fair (a speed-up is one such ratio).
 
     Args:
-        models: name -> model (put in eval mode on ``device``).
+        models: name -> model (put in eval mode on ``device``) or any callable taking the
+            input batch (a compiled model, an onnxruntime session: see ``vitprune.runtime``).
         input_shape: (C, H, W) of one image.
         batch: images per forward pass.
         rounds: timing rounds; each times every model ``reps`` forwards in a row.
@@ -78,7 +90,7 @@ def compare(models: dict[str, torch.nn.Module], input_shape: tuple[int, int, int
     """
     x = torch.randn(batch, *input_shape, device=device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    models = {k: m.eval().to(device) for k, m in models.items()}
+    models = {k: _ready(m, device) for k, m in models.items()}
     for m in models.values():
         for _ in range(warmup):
             m(x)

@@ -128,3 +128,31 @@ def test_token_block_refuses_attention_masks(tiny_vit):
     x = torch.randn(2, 17, tiny_vit.embed_dim)
     with pytest.raises(ModelError, match="attention mask"):
         wrapper(x, attn_mask=torch.zeros(17, 17))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("keep_heads", [None, (0, 2)])
+def test_attention_is_timms_forward_and_returns_its_qkv(qk_norm, keep_heads, fused):
+    """The token block's attention must compute what timm's Attention does (pruned or not, with
+    or without q/k norms); this fails if timm's forward changes under us."""
+    from timm.layers import Attention
+
+    from vitprune.surgery.prune import prune_heads
+    from vitprune.surgery.tokens import attention
+
+    torch.manual_seed(2)
+    attn = Attention(24, num_heads=4, qkv_bias=True, qk_norm=qk_norm,
+                     norm_layer=nn.LayerNorm if qk_norm else None).eval()
+    if qk_norm:  # non-trivial norms, so forgetting them would show
+        with torch.no_grad():
+            attn.q_norm.weight.uniform_(0.5, 2.0)
+            attn.k_norm.bias.uniform_(-1.0, 1.0)
+    if keep_heads:
+        prune_heads(attn, keep_heads)
+    attn.fused_attn = fused
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        y, qkv = attention(attn, x)
+        assert torch.allclose(y, attn(x), atol=1e-6, rtol=0)
+        assert torch.equal(qkv, attn.qkv(x))

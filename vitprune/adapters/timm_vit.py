@@ -54,6 +54,12 @@ def vit_shape(model: VisionTransformer) -> VitShape:
     return apply_token_stages(shape, stages) if stages else shape
 
 
+def input_shape(model: VisionTransformer) -> tuple[int, int, int]:
+    """(C, H, W) of one input image of ``model`` (its patch embedding's channels and size)."""
+    pe = model.patch_embed
+    return (pe.proj.in_channels, *pe.img_size)
+
+
 def _at_block(stage: TokenStage, index: int) -> TokenStage:
     """``stage`` placed at block ``index`` (a module does not know its own position)."""
     return stage if stage.block == index else TokenStage(index, stage.keep_rate, stage.fuse)

@@ -62,7 +62,30 @@ def prune(model: VisionTransformer, plan: PrunePlan | dict[str, Any]) -> VisionT
         old = new.blocks[stage.block]
         tb = TokenSelectBlock(old, stage, new.num_prefix_tokens, new.cls_token is not None)
         new.blocks[stage.block] = tb.train(old.training)
+    if plan.tokens:
+        refuse_feature_maps(new, [s.block for s in plan.tokens])
     return new
+
+
+def refuse_feature_maps(model: VisionTransformer, stages: Sequence[int]) -> None:
+    """Make ``model.forward_intermediates`` (and so ``get_intermediate_layers``) raise a
+    :class:`ModelError` that says why, instead of timm's raw reshape error.
+
+    After a token stage the tokens no longer form the patch grid, so there are no feature maps
+    to return. The method is replaced on this instance only; the class and every other model
+    are untouched, and ``forward`` / ``forward_features`` are unaffected.
+    """
+    blocks = ", ".join(str(b) for b in stages)
+
+    def forward_intermediates(*_args: Any, **_kwargs: Any) -> Any:
+        raise ModelError(
+            f"this pruned model selects tokens in block(s) {blocks}: after that the tokens no "
+            "longer form the patch grid, so timm's feature-map helpers (forward_intermediates, "
+            "get_intermediate_layers) have nothing to return. Use forward / forward_features, or "
+            "prune with a plan without token stages for dense-prediction backbones"
+        )
+
+    model.forward_intermediates = forward_intermediates
 
 
 def restructure(model: VisionTransformer, plan: PrunePlan | dict[str, Any]) -> VisionTransformer:

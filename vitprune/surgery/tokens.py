@@ -7,6 +7,7 @@ The algorithm is two pure tensor functions, :func:`cls_attention` and :func:`sel
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
@@ -91,6 +92,35 @@ def select_tokens(
     return torch.cat(parts, dim=1)
 
 
+def attention(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm ``Attention`` forward that also returns its ``qkv`` projection, which selection scores
+    tokens by.
+
+    It computes what ``attn(x)`` computes for the attention vitprune prunes (plain ``Attention``
+    without output norm or gate, which ``check_prunable`` guarantees); a test holds it to timm's
+    own forward. Returning ``qkv`` here, instead of catching it with a forward hook, keeps the
+    block one graph for ``torch.compile`` and exporters.
+
+    Args:
+        attn: a timm ``Attention``.
+        x: (B, N, C) normalised tokens.
+
+    Returns:
+        ((B, N, C) attention output, (B, N, 3 * heads * head_dim) ``qkv`` output).
+    """
+    B, N, _ = x.shape
+    qkv = attn.qkv(x)
+    q, k, v = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)  # (B, h, N, d) each, y too
+    if attn.fused_attn:
+        drop = attn.attn_drop.p if attn.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
+    else:  # timm's explicit path, which counters of operations (and some exporters) can see
+        y = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    y = attn.norm(y.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    return attn.proj_drop(attn.proj(y)), qkv
+
+
 # The parts of a timm Block, adopted under the same names so state_dict keys do not change.
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
@@ -100,9 +130,9 @@ class TokenSelectBlock(nn.Module):
 
     It adopts the block's submodules (same objects, same attribute names), so
     ``blocks.3.attn.qkv.weight`` and friends keep their keys, and runs timm's two residual lines
-    with :func:`select_tokens` in between. Attention itself runs through timm's own forward (fused
-    SDPA included); the class-token attention is recomputed from the ``qkv`` output, captured by a
-    forward hook that lives only for the call.
+    with :func:`select_tokens` in between. Attention runs through :func:`attention`, timm's
+    computation that also hands back the ``qkv`` output the class-token attention is computed
+    from: no hooks, so the block compiles and exports as one graph.
 
     Attributes:
         token_stage: the :class:`~vitprune.plan.TokenStage` this block runs.
@@ -134,14 +164,9 @@ class TokenSelectBlock(nn.Module):
                 "a token-selecting block cannot take an attention mask or causal attention: the "
                 "mask would no longer match the tokens; run the model without attn_mask"
             )
-        captured: list[torch.Tensor] = []
-        hook = self.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            y = self.attn(self.norm1(x))
-        finally:
-            hook.remove()
+        y, qkv = attention(self.attn, self.norm1(x))
         x = x + self.drop_path1(self.ls1(y))
-        x = self._select(x, captured[-1])
+        x = self._select(x, qkv)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def _select(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:

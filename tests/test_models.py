@@ -32,19 +32,47 @@ def test_arch_spec_round_trip():
         ArchSpec.from_dict({"kwargs": {}})
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pt", "train-ckpt"])
-def test_checkpoint_formats_load(tmp_path, tiny_vit, fmt):
+def _layouts(sd: dict, noise: dict) -> dict[str, object]:
+    """The checkpoint layouts users hold; ``noise`` is a different state_dict that must never be
+    the one loaded (an optimizer-free stand-in for the other entries of a training file)."""
+    ddp = {"module." + k: v for k, v in sd.items()}
+    compiled_ddp = {"_orig_mod.module." + k: v for k, v in sd.items()}
+    return {
+        "bare": sd,
+        "deit-release": {"model": sd, "epoch": 300, "args": {"lr": 5e-4}},
+        "state_dict": {"state_dict": sd, "epoch": 3, "arch": "vit"},
+        # timm / T2T training scripts: EMA weights beside the live ones; the EMA ones are used
+        "state_dict_ema": {"state_dict": noise, "state_dict_ema": sd, "epoch": 3},
+        "model_ema": {"model": noise, "model_ema": sd},
+        "ddp-prefix": {"model": ddp},
+        "compiled-ddp-prefix": compiled_ddp,
+    }
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bare", "deit-release", "state_dict",
+                                    "state_dict_ema", "model_ema", "ddp-prefix",
+                                    "compiled-ddp-prefix"])
+def test_checkpoint_layouts_load(tmp_path, tiny_vit, layout):
     sd = tiny_vit.state_dict()
-    f = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pt")
-    if fmt == "safetensors":
+    torch.manual_seed(7)
+    noise = build_model("fmnist_vit_tiny").state_dict()
+    f = tmp_path / ("w.safetensors" if layout == "safetensors" else "w.pth.tar")
+    if layout == "safetensors":
         save_file(sd, str(f))
     else:
-        torch.save({"model": sd, "epoch": 3} if fmt == "train-ckpt" else sd, f)
+        torch.save(_layouts(sd, noise)[layout], f)
     torch.manual_seed(1)
     other = build_model("fmnist_vit_tiny").eval()
     load_weights(other, read_state_dict(f), str(f))
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(other(x), tiny_vit(x))
+
+
+def test_a_file_without_a_state_dict_names_what_it_holds(tmp_path):
+    f = tmp_path / "w.pt"
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, f)
+    with pytest.raises(ModelError, match=r"found \['epoch', 'optimizer'\].*state_dict_ema"):
+        read_state_dict(f)
 
 
 def test_checkpoint_from_another_architecture_is_explained(tmp_path, tiny_vit):

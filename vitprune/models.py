@@ -123,14 +123,26 @@ def check_supported(model: torch.nn.Module, name: str = "") -> None:
         )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights from a safetensors file or a ``torch.save``d state_dict (weights only).
+# Where training scripts keep the weights inside a checkpoint, in the order timm's own
+# ``load_state_dict`` picks them: EMA weights first when the file holds them.
+CHECKPOINT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
-    A training checkpoint (a dict with a ``model`` or ``state_dict`` entry) is accepted too.
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from the checkpoint layouts users hold, without unpickling code.
+
+    Accepted: a safetensors file; a ``torch.save``d state_dict; a training checkpoint holding it
+    under ``state_dict_ema``, ``model_ema``, ``state_dict`` or ``model`` (DeiT's release files,
+    timm's and T2T-ViT's training scripts), the EMA weights preferred as timm does. Keys wrapped
+    by DDP or ``torch.compile`` (``module.``, ``_orig_mod.``) are unwrapped with timm's
+    ``clean_state_dict``.
     """
+    from timm.models import clean_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist")
+
     def error(reason: str) -> ModelError:
         return ModelError(f"could not read checkpoint {path}: {reason}. Re-save it as a "
                           "state_dict of tensors or a .safetensors file, or point to another one.")
@@ -144,12 +156,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise error(f"it is not a readable safetensors file ({exc})") from None
     else:
         sd = fsutil.torch_load(path, error)
-    for key in ("model", "state_dict"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
-    return sd
+    if isinstance(sd, dict):
+        key = next((k for k in CHECKPOINT_KEYS if isinstance(sd.get(k), dict)), None)
+        sd = sd[key] if key else sd
+    tensors = isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())
+    if not tensors:
+        found = sorted(sd)[:6] if isinstance(sd, dict) else type(sd).__name__
+        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors (found "
+                         f"{found}); vitprune reads a state_dict, or one under "
+                         f"{', '.join(CHECKPOINT_KEYS)}")
+    return clean_state_dict(sd)
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:

@@ -92,8 +92,10 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="a registered name (fmnist_vit_d12), a timm ViT name, or a saved model "
                         "directory")
-    p.add_argument("--checkpoint", help="weights for a model given by name (.safetensors or a "
-                                        "state_dict file; read without unpickling code)")
+    p.add_argument("--checkpoint", help="weights for a model given by name: .safetensors, a "
+                                        "state_dict, or a training file holding one under "
+                                        "model / state_dict / state_dict_ema (read without "
+                                        "unpickling code)")
 
 
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:

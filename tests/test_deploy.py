@@ -231,3 +231,13 @@ def test_output_error_is_raised_for_an_existing_file(tiny_vit, tmp_path):
     with pytest.raises(OutputError):
         export_onnx(tiny_vit, input_shape(tiny_vit), tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_text() == "mine"
+
+
+def test_export_settings_are_checked_before_any_work(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    # the model does not exist: a settings error must come first, naming the option
+    assert main(["export", "--model", "no_such_model", "--out", str(out), "--opset", "12"]) == 2
+    assert "--opset must be between 18 and 23" in capsys.readouterr().err
+    assert main(["export", "--model", "no_such_model", "--out", str(out), "--batch", "0"]) == 2
+    assert "--batch must be an integer >= 1" in capsys.readouterr().err
+    assert not out.exists()

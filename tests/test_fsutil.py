@@ -46,3 +46,13 @@ def test_exclusive_write_never_replaces_a_file(tmp_path):
         fsutil.atomic_write(dest, lambda p: p.write_text("second"), exclusive=True)
     assert dest.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
+def test_check_writable_finds_a_file_in_the_path_before_anything_is_made(tmp_path):
+    from vitprune.fsutil import check_writable
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="a part of the path is a file"):
+        check_writable(tmp_path / "f" / "sub" / "out.onnx")
+    check_writable(tmp_path / "new" / "deeper" / "out.onnx")  # makeable: no error
+    assert not (tmp_path / "new").exists()  # and nothing was created

@@ -1,7 +1,10 @@
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
+import vitprune
+from vitprune.cli import main
 from vitprune.errors import ModelError
 from vitprune.models import ArchSpec, build_model, load_weights, read_state_dict
 
@@ -118,3 +121,82 @@ def test_a_pickled_program_is_refused_without_suggesting_to_unpickle_it(tmp_path
         read_state_dict(path)
     assert "weights_only=False" not in str(err.value) and "weights_only" not in str(err.value)
     assert "unpickled!" not in capsys.readouterr().out
+
+
+def _hub_cache(tmp_path, monkeypatch, reachable: bool = False):
+    from huggingface_hub import constants
+
+    import vitprune.models as models
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: reachable)
+    return cache
+
+
+def test_pretrained_without_network_fails_fast_naming_the_offline_way(tmp_path, monkeypatch,
+                                                                        capsys):
+    from huggingface_hub import constants
+
+    _hub_cache(tmp_path, monkeypatch)
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "deit_tiny_patch16_224", "--pretrained", "--data", "synthetic"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "published weights" in err and "--checkpoint FILE" in err and "Traceback" not in err
+    assert constants.HF_HUB_OFFLINE is False  # the hub's offline switch is restored
+    assert not out.exists()
+
+
+def test_pretrained_reads_timms_weights_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    """The published weights as timm would find them in the cache, with the classifier reset
+    for other classes (as timm does) and everything else loaded."""
+    cache = _hub_cache(tmp_path, monkeypatch)
+    torch.manual_seed(3)
+    published = timm.create_model("deit_tiny_patch16_224").state_dict()
+    repo = cache / "models--timm--deit_tiny_patch16_224.fb_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    save_file(published, str(snap / "model.safetensors"))
+    model = build_model("deit_tiny_patch16_224", pretrained=True, num_classes=10)
+    got = model.state_dict()
+    assert got["head.weight"].shape == (10, 192)
+    for k in ("blocks.3.attn.qkv.weight", "pos_embed", "patch_embed.proj.weight", "norm.bias"):
+        assert torch.equal(got[k], published[k])
+
+
+def test_pretrained_and_model_args_are_checked_before_any_work(capsys, tmp_path):
+    cases = [
+        (["--model", "fmnist_vit_tiny", "--pretrained"], "no published weights"),
+        (["--model", "deit_tiny_patch16_224", "--pretrained", "--checkpoint", "w.pt"],
+         "pass one"),
+        (["--model", "fmnist_vit_tiny", "--model-args", "qk_norm"], "KEY=VALUE"),
+    ]
+    for extra, msg in cases:
+        assert main(["cost", *extra]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_model_args_reach_the_model_and_its_saved_record(tmp_path, capsys):
+    from vitprune.io.model_dir import read_config
+
+    out = tmp_path / "m"
+    argv = ["train", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--quiet", "--out", str(out),
+            "--model-args", "qk_norm=true", "drop_path_rate=0.1", "global_pool=avg"]
+    assert main(argv) == 0
+    arch = read_config(out)["arch"]["kwargs"]
+    assert arch == {"qk_norm": True, "drop_path_rate": 0.1, "global_pool": "avg"}
+    loaded = vitprune.load(out)
+    assert loaded.global_pool == "avg" and not isinstance(loaded.blocks[0].attn.q_norm,
+                                                          torch.nn.Identity)
+
+
+def test_parse_model_args_reads_json_values():
+    from vitprune.models import parse_model_args
+
+    got = parse_model_args(["a=true", "b=0.1", "c=[224,160]", "d=None", "e=avg", "f=3"])
+    assert got == {"a": True, "b": 0.1, "c": [224, 160], "d": None, "e": "avg", "f": 3}

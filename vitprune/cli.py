@@ -96,6 +96,33 @@ def _model(p: argparse.ArgumentParser) -> None:
                                         "state_dict, or a training file holding one under "
                                         "model / state_dict / state_dict_ema (read without "
                                         "unpickling code)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="timm's published weights for a timm name (from the Hugging Face cache, "
+                        "downloaded if there is network; HF_HUB_OFFLINE=1 respected)")
+    p.add_argument("--model-args", nargs="+", metavar="KEY=VALUE",
+                   help="timm constructor arguments for a model given by name, values as JSON: "
+                        "qk_norm=true drop_path_rate=0.1 global_pool=avg img_size=[224,160]; "
+                        "saved with the model")
+
+
+def _img_size(args: argparse.Namespace) -> int | tuple[int, int] | None:
+    """--img-size: None, one size (square) or (height, width)."""
+    size = args.img_size
+    if size is None:
+        return None
+    if len(size) > 2 or min(size) < 1:
+        raise ConfigError("img_size", f"takes one size or two (height width) >= 1, got {size}")
+    return size[0] if len(size) == 1 else (size[0], size[1])
+
+
+def _source(args: argparse.Namespace):
+    """The --model, --checkpoint, --pretrained and --model-args as a ModelSource (checked)."""
+    from .models import ModelSource, parse_model_args
+
+    src = ModelSource(args.model, args.checkpoint, args.pretrained,
+                      parse_model_args(args.model_args))
+    src.check()
+    return src
 
 
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -114,7 +141,8 @@ def _out(p: argparse.ArgumentParser, what: str, *, resume: str | None = None) ->
 
 def _plan_and_size(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--plan", help=f"plan JSON to apply before {verb}")
-    p.add_argument("--img-size", type=int, help="input size for a model given by name")
+    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
+                   help="input size for a model given by name: one value (square) or H W")
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -151,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(**values(args, TrainConfig, KD_FIELDS))
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    return train(args.model, _splits(data), cfg, args.out, checkpoint=args.checkpoint,
+    return train(_source(args), _splits(data), cfg, args.out,
                  resume=args.resume, device=device, progress=not args.quiet,
                  command=_command(args))
 
@@ -174,7 +202,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     cfg = CompressConfig.from_flat(**settings)
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    res = compress(args.model, _splits(data), cfg.budget, args.out, checkpoint=args.checkpoint,
+    res = compress(_source(args), _splits(data), cfg.budget, args.out,
                    device=device, progress=not args.quiet, config=cfg)
     rows = res.metrics["rows"]
     return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
@@ -193,8 +221,8 @@ def cmd_search(args: argparse.Namespace) -> dict:
     parse_budget(args.budget)
     data = DataConfig(**values(args, DataConfig))
     _setup(args)
-    return search_plan(args.model, _splits(data), args.budget, args.out, settings=settings,
-                       seed=args.seed, checkpoint=args.checkpoint, scores=args.scores,
+    return search_plan(_source(args), _splits(data), args.budget, args.out, settings=settings,
+                       seed=args.seed, scores=args.scores,
                        score_config=scoring, resume=args.resume, progress=not args.quiet)
 
 
@@ -204,7 +232,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     cfg = ScoreConfig(**values(args, ScoreConfig))
     data = DataConfig(**values(args, DataConfig))
     _setup(args)
-    return score_model(args.model, _splits(data), cfg, args.out, checkpoint=args.checkpoint)
+    return score_model(_source(args), _splits(data), cfg, args.out)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -217,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
     splits = _splits(data)
-    model, _, _ = resolve_for_data(args.model, splits, args.checkpoint, device=device)
+    model, _, _ = resolve_for_data(_source(args), splits, device=device)
     res = test_metrics(model, splits, device)
     cost = macs(vit_shape(model))
     return {"model": args.model, "data": splits.name, "split": "test", "top1": res["test_top1"],
@@ -229,7 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def cmd_prune(args: argparse.Namespace) -> dict:
     from .jobs import prune_model
 
-    return prune_model(args.model, args.plan, args.out, checkpoint=args.checkpoint)
+    return prune_model(_source(args), args.plan, args.out)
 
 
 def cmd_cost(args: argparse.Namespace) -> dict:
@@ -238,8 +266,8 @@ def cmd_cost(args: argparse.Namespace) -> dict:
     from .jobs import MACS_CONVENTION, planned_model
     from .plan import planned_shape
 
-    model, plan = planned_model(args.model, checkpoint=args.checkpoint, plan=args.plan,
-                                img_size=args.img_size, apply=False)
+    model, plan = planned_model(_source(args), plan=args.plan, img_size=_img_size(args),
+                                apply=False)
     shape = vit_shape(model)
     if plan is not None:
         shape = planned_shape(shape, plan)  # validates the plan against the model
@@ -254,18 +282,17 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     from .jobs import bench_model
 
     device = _setup(args)
-    return bench_model(args.model, runtime=args.runtime, int8=args.int8, batch=args.batch,
+    return bench_model(_source(args), runtime=args.runtime, int8=args.int8, batch=args.batch,
                        warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                       device=device, checkpoint=args.checkpoint, plan=args.plan,
-                       img_size=args.img_size)
+                       device=device, plan=args.plan, img_size=_img_size(args))
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from .jobs import export_model
 
-    return export_model(args.model, args.out, fmt=args.format, opset=args.opset,
+    return export_model(_source(args), args.out, fmt=args.format, opset=args.opset,
                         dynamic_batch=args.dynamic_batch, batch=args.batch, int8=args.int8,
-                        checkpoint=args.checkpoint, plan=args.plan, img_size=args.img_size)
+                        plan=args.plan, img_size=_img_size(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

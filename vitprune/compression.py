@@ -20,6 +20,7 @@ from . import dist
 from .adapters import vit_shape
 from .config import CompressConfig
 from .data import Splits, load_splits
+from .models import ModelSource
 from .pipeline import check_budget, evaluate_models, finetune, load_dense, model_id, policy_search, scored
 from .plan import PrunePlan
 from .rundir import FINETUNE, MODEL, REPORT, SEARCH, RunDir
@@ -48,14 +49,17 @@ class CompressResult:
     model: torch.nn.Module
 
 
-def compress(model: str | Path, data: str | Splits = "fashion-mnist", budget: str | float = 0.6,
-             out: str | Path = "runs/compress", *, checkpoint: str | Path | None = None,
+def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnist",
+             budget: str | float = 0.6, out: str | Path = "runs/compress", *,
+             checkpoint: str | Path | None = None,
              data_dir: str | Path | None = None, device: str = "cpu", progress: bool = True,
              config: CompressConfig | None = None, **settings: Any) -> CompressResult:
     """Compress a ViT to ``budget`` and fine-tune it by distillation from the dense model.
 
     Args:
-        model: a registered name, a timm ViT name (with ``checkpoint``) or a saved model directory.
+        model: a registered name, a timm ViT name (with ``checkpoint``) or a saved model
+            directory; or a :class:`~vitprune.models.ModelSource` (timm's published weights,
+            constructor arguments).
         data: a dataset name (``fashion-mnist``, ``imagefolder``, ``synthetic``) or ready splits.
         budget: fraction of the dense MACs to keep (``0.6``, ``"60%"``) or ``"2.7G"`` (GMACs).
         out: the run directory; re-running with the same arguments resumes it.
@@ -75,13 +79,14 @@ def compress(model: str | Path, data: str | Splits = "fashion-mnist", budget: st
     cfg = config or CompressConfig.from_flat(budget=str(budget), **settings)
     device = dist.init(device)
     splits = data if isinstance(data, Splits) else load_splits(data, data_dir)
-    dense, arch = load_dense(model, splits, checkpoint, verb="compress")
+    src = ModelSource.of(model, checkpoint)
+    dense, arch = load_dense(src, splits, verb="compress")
     check_budget(dense, cfg.budget, cfg.search)  # before anything is written
     say = _Say(progress)
-    identity = {"model": model_id(model, checkpoint), "data": splits.name, **cfg.flat()}
+    identity = {"model": model_id(src), "data": splits.name, **cfg.flat()}
     defaults = CompressConfig(budget=cfg.budget).flat()
-    with RunDir.claim(out, "compress", identity, inputs=[model, checkpoint], defaults=defaults,
-                      info={"model_path": str(model), "checkpoint": checkpoint and str(checkpoint)}
+    with RunDir.claim(out, "compress", identity, inputs=src.inputs(), defaults=defaults,
+                      info={"model_path": src.name, "checkpoint": src.checkpoint}
                       ) as run:
         def score_stage() -> tuple[list, dict]:
             say(f"scoring heads and neurons ({cfg.score.criterion}, {cfg.score.score_images} "

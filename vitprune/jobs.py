@@ -20,6 +20,7 @@ from .data import Splits
 from .errors import OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
 from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
+from .models import ModelSource
 from .pipeline import (
     check_budget,
     check_pair,
@@ -41,16 +42,16 @@ from .train import TrainConfig, fit
 MACS_CONVENTION = "multiply-accumulates per image, patch embedding and classifier included"
 
 
-def train(model: str | Path, splits: Splits, cfg: TrainConfig, out: str | Path, *,
+def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out: str | Path, *,
           checkpoint: str | Path | None = None, resume: bool = False, device: str = "cpu",
           progress: bool = True, command: str = "") -> dict[str, Any]:
     """Train ``model`` (a name: built with seeded random weights; a directory: continued) and
     save it, with the record of how it was made, as the model directory ``out``."""
+    src = ModelSource.of(model, checkpoint)
     torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
-    net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
-    settings = {"model": model_id(model, checkpoint), "data": splits.name,
-                "config": dataclasses.asdict(cfg)}
-    with RunDir.claim(out, "train", settings, inputs=[model, checkpoint], resume=resume) as run:
+    net, arch, plan = resolve_for_data(src, splits)
+    settings = {"model": model_id(src), "data": splits.name, "config": dataclasses.asdict(cfg)}
+    with RunDir.claim(out, "train", settings, inputs=src.inputs(), resume=resume) as run:
         t0 = time.perf_counter()
         history = fit(net, splits, cfg, run.path, resume=resume, device=device, progress=progress)
         wall = time.perf_counter() - t0
@@ -59,7 +60,7 @@ def train(model: str | Path, splits: Splits, cfg: TrainConfig, out: str | Path, 
                             "data": splits.name, "test_top1": test["test_top1"],
                             "test_loss": test["test_loss"], "wall_seconds_this_run": round(wall, 1),
                             "threads": torch.get_num_threads(), "history": history},
-                "lineage": lineage(model)}
+                "lineage": lineage(src)}
         if dist.is_main():
             save(run.path, net.cpu(), arch, plan=plan, meta=meta)
     return {"out": str(out), "test_top1": test["test_top1"], "test_loss": test["test_loss"],
@@ -95,19 +96,20 @@ def finetune_model(student: str | Path, teacher: str | Path, splits: Splits, cfg
             "final_train_loss": history[-1]["train_loss"], "wall_seconds": round(wall, 1)}
 
 
-def search_plan(model: str | Path, splits: Splits, budget: str, out: str | Path, *,
+def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, out: str | Path, *,
                 settings: SearchSettings, seed: int = 0, checkpoint: str | Path | None = None,
                 scores: str | Path | None = None, score_config: ScoreConfig | None = None,
                 resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Search a plan for ``model`` under ``budget`` into the run directory ``out``."""
-    dense, _ = load_dense(model, splits, checkpoint, verb="search")
+    src = ModelSource.of(model, checkpoint)
+    dense, _ = load_dense(src, splits, verb="search")
     check_budget(dense, budget, settings)
     score_config = score_config or ScoreConfig()
-    identity = {"model": model_id(model, checkpoint), "data": splits.name, "budget": str(budget),
+    identity = {"model": model_id(src), "data": splits.name, "budget": str(budget),
                 "seed": seed,  # trials may grow: a resumed search with more extends the same one
                 **{k: v for k, v in dataclasses.asdict(settings).items() if k != "trials"},
                 "scores": _file_id(scores) if scores else dataclasses.asdict(score_config)}
-    with RunDir.claim(out, "search", identity, inputs=[model, checkpoint, scores],
+    with RunDir.claim(out, "search", identity, inputs=[*src.inputs(), scores],
                       resume=resume) as run:
         if scores is None:
             scores = score(dense, splits, score_config.criterion,
@@ -120,29 +122,32 @@ def search_plan(model: str | Path, splits: Splits, budget: str, out: str | Path,
             "macs_kept": res.best.macs_fraction, "best_plan": str(Path(out) / "best_plan.json")}
 
 
-def score_model(model: str | Path, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
+def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Score every head and neuron of ``model``; write the scores to the new file ``out``."""
     out = Path(out)
     if out.exists():
         raise OutputError(f"{out} exists; score never writes over a file: choose a new --out")
-    check_inputs(out, [Path(p) for p in (model, checkpoint) if p is not None])
-    dense, _ = load_dense(model, splits, checkpoint, verb="score")
+    src = ModelSource.of(model, checkpoint)
+    check_inputs(out, [Path(p) for p in src.inputs() if p is not None])
+    dense, _ = load_dense(src, splits, verb="score")
     scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
     return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,
             "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
 
 
-def prune_model(model: str | Path, plan_path: str | Path, out: str | Path, *,
+def prune_model(model: str | Path | ModelSource, plan_path: str | Path, out: str | Path, *,
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Apply the plan in ``plan_path`` to ``model``; save the smaller model as ``out``."""
-    net, arch = load_dense(model, None, checkpoint, verb="prune")
+    src = ModelSource.of(model, checkpoint)
+    net, arch = load_dense(src, None, verb="prune")
     plan = PrunePlan.load(plan_path)
     small = prune(net, plan)  # validates the plan against the model, before anything is written
-    identity = {"model": model_id(model, checkpoint), "plan": plan.to_dict()}
-    with RunDir.claim(out, "prune", identity, inputs=[model, checkpoint, plan_path]) as run:
-        save(run.path, small, arch, plan=plan, meta={"pruned_from": str(model),
-                                                     "checkpoint": checkpoint and str(checkpoint)})
+    identity = {"model": model_id(src), "plan": plan.to_dict()}
+    with RunDir.claim(out, "prune", identity, inputs=[*src.inputs(), plan_path]) as run:
+        save(run.path, small, arch, plan=plan, meta={"pruned_from": src.name,
+                                                     "checkpoint": src.checkpoint,
+                                                     "pretrained": src.pretrained})
         run.mark_done("prune")
     dense_macs, small_macs = macs(vit_shape(net)).total, macs(vit_shape(small)).total
     return {"out": str(out), "gmacs_dense": dense_macs / 1e9, "gmacs_pruned": small_macs / 1e9,
@@ -155,13 +160,14 @@ def _file_id(path: str | Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def planned_model(model: str | Path, *, checkpoint: str | Path | None = None,
-                  plan: str | Path | None = None, img_size: int | None = None,
+def planned_model(model: str | Path | ModelSource, *, checkpoint: str | Path | None = None,
+                  plan: str | Path | None = None, img_size: int | tuple[int, int] | None = None,
                   apply: bool = True) -> tuple[torch.nn.Module, PrunePlan | None]:
     """The model named or saved at ``model`` (``img_size`` for a name), with the plan file
     ``plan`` applied when ``apply`` (else returned beside it, validated against the model)."""
-    over = {"img_size": img_size} if img_size and not Path(model).is_dir() else {}
-    net, _, _ = resolve_model(str(model), checkpoint, **over)
+    src = ModelSource.of(model, checkpoint)
+    over = {"img_size": img_size} if img_size and not src.is_dir else {}
+    net, _, _ = resolve_model(src, **over)
     extra = PrunePlan.load(plan) if plan else None
     if extra is not None:
         if apply:
@@ -171,10 +177,11 @@ def planned_model(model: str | Path, *, checkpoint: str | Path | None = None,
     return net, extra
 
 
-def export_model(model: str | Path, out: str | Path, *, fmt: str = "onnx",
+def export_model(model: str | Path | ModelSource, out: str | Path, *, fmt: str = "onnx",
                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, batch: int = 1,
                  int8: bool = False, checkpoint: str | Path | None = None,
-                 plan: str | Path | None = None, img_size: int | None = None) -> dict[str, Any]:
+                 plan: str | Path | None = None,
+                 img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
     """Export ``model`` (optionally with ``plan`` applied) to the new file ``out``, checked
     against PyTorch with onnxruntime before it is kept (see :func:`vitprune.io.export_onnx`)."""
     check_settings(fmt, opset)
@@ -183,29 +190,34 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str = "onnx",
     out = Path(out)
     if out.exists():
         raise OutputError(f"{out} exists; export never writes over a file: choose a new --out")
-    check_inputs(out, [Path(p) for p in (model, checkpoint, plan) if p is not None])
+    src = ModelSource.of(model, checkpoint)
+    src.check()
+    check_inputs(out, [Path(p) for p in (*src.inputs(), plan) if p is not None])
     fsutil.check_writable(out)
-    net, _ = planned_model(model, checkpoint=checkpoint, plan=plan, img_size=img_size)
+    net, _ = planned_model(src, plan=plan, img_size=img_size)
     res = export_onnx(net, input_shape(net), out, opset=opset, dynamic_batch=dynamic_batch,
                       batch=batch, int8=int8)
-    return {"model": str(model), "plan": plan and str(plan), "format": fmt,
+    return {"model": src.name, "plan": plan and str(plan), "format": fmt,
             "gmacs": macs(vit_shape(net)).total / 1e9, **res}
 
 
-def bench_model(model: str | Path, *, runtime: str = "eager", int8: bool = False,
+def bench_model(model: str | Path | ModelSource, *, runtime: str = "eager", int8: bool = False,
                 batch: int = 1, warmup: int = 3, repeats: int = 10, threads: int | None = None,
                 device: str = "cpu", checkpoint: str | Path | None = None,
-                plan: str | Path | None = None, img_size: int | None = None) -> dict[str, Any]:
+                plan: str | Path | None = None,
+                img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
     """Latency and throughput of ``model`` (optionally with ``plan`` applied) in ``runtime``
     (see :mod:`vitprune.runtime`), median of ``repeats`` forwards after ``warmup``."""
     check_runtime(runtime, int8, device)
     for name, v, low in (("batch", batch, 1), ("warmup", warmup, 1), ("repeats", repeats, 1)):
         require(is_int(v) and v >= low, name, f"must be an integer >= {low}, got {v!r}")
-    net, _ = planned_model(model, checkpoint=checkpoint, plan=plan, img_size=img_size)
+    src = ModelSource.of(model, checkpoint)
+    src.check()
+    net, _ = planned_model(src, plan=plan, img_size=img_size)
     threads = threads or torch.get_num_threads()
     shape = input_shape(net)
     with runner(net, runtime, shape, batch, int8=int8, threads=threads, device=device) as run:
         res = measure(run, shape, batch, warmup=warmup, repeats=repeats, threads=threads,
                       device=device)
-    return {"model": str(model), "plan": plan and str(plan), "runtime": runtime, "int8": int8,
+    return {"model": src.name, "plan": plan and str(plan), "runtime": runtime, "int8": int8,
             "device": device, "gmacs": macs(vit_shape(net)).total / 1e9, **res}

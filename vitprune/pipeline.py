@@ -24,7 +24,7 @@ from .data.base import TensorImageSet
 from .errors import ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
 from .io.model_dir import read_config
-from .models import ArchSpec
+from .models import ArchSpec, ModelSource
 from .plan import PrunePlan
 from .scoring import BlockScores, check_scores, get_criterion, load_scores, rankings, save_scores
 from .search import Ratios
@@ -38,24 +38,27 @@ from .surgery import Masker
 from .train import EVAL_BATCH, TrainConfig, evaluate, fit
 
 
-def model_id(model: str | Path, checkpoint: str | Path | None = None) -> str:
+def model_id(model: str | Path | ModelSource, checkpoint: str | Path | None = None) -> str:
     """What identifies an input model in a run's record: a saved directory by its weights'
-    SHA-256 (moving it does not matter, replacing its weights does), a name by the name and the
-    checkpoint's file name."""
-    if Path(model).is_dir():
-        return "sha256:" + str(read_config(model)["weights"].get("sha256"))
-    return f"{model}+{Path(checkpoint).name}" if checkpoint else str(model)
+    SHA-256 (moving it does not matter, replacing its weights does), a name by the name, the
+    checkpoint's file name, ``pretrained`` and its constructor arguments."""
+    src = ModelSource.of(model, checkpoint)
+    if src.is_dir:
+        return "sha256:" + str(read_config(src.name)["weights"].get("sha256"))
+    return src.id()
 
 
-def lineage(model: str | Path) -> list[dict]:
+def lineage(model: str | Path | ModelSource) -> list[dict]:
     """How a saved model directory was made (its training records, oldest first); [] for a name."""
-    if not Path(model).is_dir():
+    src = ModelSource.of(model)
+    if not src.is_dir:
         return []
-    prior = read_config(model).get("meta", {})
+    prior = read_config(src.name).get("meta", {})
     return prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
 
 
-def load_dense(model: str | Path, splits: Splits | None, checkpoint: str | Path | None = None, *,
+def load_dense(model: str | Path | ModelSource, splits: Splits | None,
+               checkpoint: str | Path | None = None, *,
                verb: str = "prune") -> tuple[torch.nn.Module, ArchSpec]:
     """The dense model ``model`` names (a timm name built to fit ``splits`` when given),
     refusing a pruned one.
@@ -63,12 +66,13 @@ def load_dense(model: str | Path, splits: Splits | None, checkpoint: str | Path 
     Raises:
         PlanError: ``model`` is a pruned model directory: ``verb`` its dense base model instead.
     """
+    src = ModelSource.of(model, checkpoint)
     if splits is None:
-        net, arch, plan = resolve_model(str(model), checkpoint)
+        net, arch, plan = resolve_model(src)
     else:
-        net, arch, plan = resolve_for_data(str(model), splits, checkpoint)
+        net, arch, plan = resolve_for_data(src, splits)
     if plan is not None:
-        raise PlanError(f"{model} is already pruned; {verb} its dense base model instead")
+        raise PlanError(f"{src.name} is already pruned; {verb} its dense base model instead")
     return net, arch
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from .. import fsutil
 from ..errors import ModelError
-from ..models import ArchSpec, build_model, load_weights, read_state_dict
+from ..models import ArchSpec, ModelSource, build_model, load_weights, read_state_dict
 from ..plan import PrunePlan
 from ..surgery import restructure
 
@@ -83,36 +83,42 @@ def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def resolve_model(name_or_dir: str, checkpoint: str | Path | None = None, device: str = "cpu",
-                  **overrides: Any) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
-    """A model from a saved directory or a name (random weights, or ``checkpoint``'s).
+def resolve_model(name_or_dir: str | ModelSource, checkpoint: str | Path | None = None,
+                  device: str = "cpu", **overrides: Any
+                  ) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
+    """A model from a saved directory or a name (random weights, ``checkpoint``'s, or timm's
+    published ones for a :class:`ModelSource` with ``pretrained``).
+
+    Args:
+        overrides: constructor arguments for a name, over the source's own ``args``.
 
     Returns:
         (model in eval mode, its base architecture, its plan or None).
     """
-    path = Path(name_or_dir)
-    if path.is_dir():
-        if checkpoint is not None:
-            raise ModelError(f"{path} is a saved model directory; do not pass --checkpoint with it")
-        cfg = read_config(path)
+    src = ModelSource.of(name_or_dir, checkpoint)
+    src.check()
+    if src.is_dir:
+        cfg = read_config(src.name)
         plan = cfg.get("plan")
-        return (load(path, device), ArchSpec.from_dict(cfg["arch"]),
+        return (load(src.name, device), ArchSpec.from_dict(cfg["arch"]),
                 None if plan is None else PrunePlan.from_dict(plan))
-    arch = ArchSpec(name_or_dir, overrides)
-    model = build_model(arch)
-    if checkpoint is not None:
-        load_weights(model, read_state_dict(checkpoint), str(checkpoint))
+    arch = ArchSpec(src.name, {**src.args, **overrides})
+    model = build_model(arch, pretrained=src.pretrained)
+    if src.checkpoint is not None:
+        load_weights(model, read_state_dict(src.checkpoint), src.checkpoint)
     return model.to(device).eval(), arch, None
 
 
-def resolve_for_data(name_or_dir: str, splits: Any, checkpoint: str | Path | None = None,
-                     device: str = "cpu") -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
+def resolve_for_data(name_or_dir: str | ModelSource, splits: Any,
+                     checkpoint: str | Path | None = None, device: str = "cpu"
+                     ) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
     """:func:`resolve_model`, a timm name built to fit ``splits`` (its classes, channels and
     image size); registered small configurations and saved directories are taken as they are."""
     from ..models import SMALL_CONFIGS
 
+    src = ModelSource.of(name_or_dir, checkpoint)
     over = {}
-    if name_or_dir not in SMALL_CONFIGS and not Path(name_or_dir).is_dir():
+    if src.name not in SMALL_CONFIGS and not src.is_dir:
         over = {"num_classes": splits.num_classes, "in_chans": splits.in_chans,
                 "img_size": splits.img_size}
-    return resolve_model(name_or_dir, checkpoint, device=device, **over)
+    return resolve_model(src, device=device, **over)

@@ -42,3 +42,20 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
                  "--data-dir", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_info_describes_a_timm_model_without_fetching_weights(capsys):
+    from timm.data import IMAGENET_DEFAULT_MEAN
+
+    from vitprune.cli import main
+
+    # --pretrained: the shape is that of the published model, and nothing is downloaded
+    assert main(["info", "--model", "deit_tiny_patch16_224", "--pretrained", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["depth"] == 12 and res["heads"] == [3] * 12 and res["tokens_per_block"][0] == 197
+    assert abs(res["gmacs"] - 1.26) < 0.02  # DeiT-T: 1.3 G in its paper
+    assert res["data_config"]["mean"] == list(IMAGENET_DEFAULT_MEAN)
+    assert main(["info", "--model", "deit_tiny_patch16_224", "--img-size", "224", "160",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["input_size"] == [3, 224, 160] and res["patches"] == 14 * 10

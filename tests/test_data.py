@@ -168,3 +168,36 @@ def test_imagefolder_tree_loads_with_splits(tmp_path):
     x, y = next(iter(make_loader(s.test, 8)))
     assert x.shape == (8, 3, 32, 32) and sorted(y.tolist()) == [0] * 4 + [1] * 4
     assert not set(s.train.indices) & set(s.calib.indices)
+
+
+def _grey_tree(root, value: int = 128, n: int = 2):
+    """An ImageFolder tree of uniform images (every pixel ``value`` in every channel)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n + 3 * (split == "train")):
+                Image.fromarray(np.full((40, 40, 3), value, dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_a_clip_vit_sees_images_normalised_with_clips_mean_and_std(tmp_path):
+    """The model's own preprocessing (timm's pretrained config), not ImageNet's for every model."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from vitprune.models import ModelSource
+    from vitprune.pipeline import source_data_config
+
+    _grey_tree(tmp_path)
+    clip = source_data_config(ModelSource("vit_base_patch16_clip_224.openai", args={"depth": 1}))
+    assert clip["mean"] == list(OPENAI_CLIP_MEAN) and clip["crop_pct"] == 0.9
+    s = load_splits("imagefolder", tmp_path, img_size=32, data_config=clip)
+    x, _ = s.test[0]
+    expected = (128 / 255 - torch.tensor(OPENAI_CLIP_MEAN)) / torch.tensor(OPENAI_CLIP_STD)
+    assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=1e-5)
+    # without the model's configuration: timm's ImageNet defaults, which differ
+    x0, _ = load_splits("imagefolder", tmp_path, img_size=32).test[0]
+    assert not torch.allclose(x0.mean(dim=(1, 2)), expected, atol=1e-3)
+    assert source_data_config("deit_tiny_patch16_224")["mean"] == list(IMAGENET_DEFAULT_MEAN)
+    assert source_data_config("fmnist_vit_tiny") is None  # its dataset brings its own

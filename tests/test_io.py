@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import vitprune
 from vitprune import fsutil
 from vitprune.errors import ModelError
 from vitprune.io import load, resolve_model, save
@@ -70,3 +71,28 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_a_pruned_model_keeps_its_parents_data_config(tmp_path):
+    from helpers import random_plan
+    from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from vitprune.adapters import data_config, vit_shape
+    from vitprune.io.model_dir import read_config
+    from vitprune.jobs import info_model
+    from vitprune.models import ArchSpec, build_model
+    from vitprune.pipeline import source_data_config
+    from vitprune.surgery import prune
+
+    arch = ArchSpec("vit_base_patch16_clip_224.openai", {"depth": 2, "img_size": 32})
+    dense = build_model(arch).eval()
+    small = prune(dense, random_plan(vit_shape(dense), 0, stages=(1,)))
+    out = vitprune.save(tmp_path / "m", small, arch, plan=random_plan(vit_shape(dense), 0,
+                                                                       stages=(1,)))
+    saved = read_config(out)["data_config"]
+    assert saved["mean"] == list(OPENAI_CLIP_MEAN) and saved["std"] == list(OPENAI_CLIP_STD)
+    assert saved["input_size"] == [3, 32, 32]
+    assert data_config(vitprune.load(out)) == saved == source_data_config(out)
+    info = info_model(out)
+    assert info["data_config"] == saved and info["pruned"]
+    assert info["heads"] == [b.heads for b in vit_shape(small).blocks]

@@ -162,11 +162,14 @@ def _setup(args: argparse.Namespace) -> str:
     return dist.init(device)
 
 
-def _splits(cfg: DataConfig):
+def _splits(cfg: DataConfig, model=None):
+    """The dataset's splits; ImageFolder images prepared as ``model`` (a source) expects."""
     from .data import load_splits
+    from .pipeline import source_data_config
 
+    dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
     return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.img_size,
-                       seed=cfg.split_seed)
+                       seed=cfg.split_seed, data_config=dc)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -179,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(**values(args, TrainConfig, KD_FIELDS))
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    return train(_source(args), _splits(data), cfg, args.out,
+    src = _source(args)
+    return train(src, _splits(data, src), cfg, args.out,
                  resume=args.resume, device=device, progress=not args.quiet,
                  command=_command(args))
 
@@ -202,7 +206,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     cfg = CompressConfig.from_flat(**settings)
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    res = compress(_source(args), _splits(data), cfg.budget, args.out,
+    src = _source(args)
+    res = compress(src, _splits(data, src), cfg.budget, args.out,
                    device=device, progress=not args.quiet, config=cfg)
     rows = res.metrics["rows"]
     return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
@@ -221,7 +226,8 @@ def cmd_search(args: argparse.Namespace) -> dict:
     parse_budget(args.budget)
     data = DataConfig(**values(args, DataConfig))
     _setup(args)
-    return search_plan(_source(args), _splits(data), args.budget, args.out, settings=settings,
+    src = _source(args)
+    return search_plan(src, _splits(data, src), args.budget, args.out, settings=settings,
                        seed=args.seed, scores=args.scores,
                        score_config=scoring, resume=args.resume, progress=not args.quiet)
 
@@ -232,7 +238,8 @@ def cmd_score(args: argparse.Namespace) -> dict:
     cfg = ScoreConfig(**values(args, ScoreConfig))
     data = DataConfig(**values(args, DataConfig))
     _setup(args)
-    return score_model(_source(args), _splits(data), cfg, args.out)
+    src = _source(args)
+    return score_model(src, _splits(data, src), cfg, args.out)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -244,8 +251,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    splits = _splits(data)
-    model, _, _ = resolve_for_data(_source(args), splits, device=device)
+    src = _source(args)
+    splits = _splits(data, src)
+    model, _, _ = resolve_for_data(src, splits, device=device)
     res = test_metrics(model, splits, device)
     cost = macs(vit_shape(model))
     return {"model": args.model, "data": splits.name, "split": "test", "top1": res["test_top1"],
@@ -285,6 +293,12 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return bench_model(_source(args), runtime=args.runtime, int8=args.int8, batch=args.batch,
                        warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                        device=device, plan=args.plan, img_size=_img_size(args))
+
+
+def cmd_info(args: argparse.Namespace) -> dict:
+    from .jobs import info_model
+
+    return info_model(_source(args), img_size=_img_size(args))
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
@@ -360,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cost", "MACs and parameters of a model, or of a plan applied to it", cmd_cost)
     _model(p)
     _plan_and_size(p, "counting")
+    _json(p)
+
+    p = command("info", "what a model is: architecture, shape, MACs, parameters and the "
+                        "preprocessing it expects", cmd_info)
+    _model(p)
+    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
+                   help="input size for a model given by name: one value (square) or H W")
     _json(p)
 
     p = command("bench", "measured latency and throughput (warm-up, median of repeats) in a "

@@ -13,14 +13,15 @@ from typing import Any
 import torch
 
 from . import dist, fsutil
-from .adapters import input_shape, vit_shape
+from .adapters import data_config, input_shape, vit_shape
 from .config import ScoreConfig, SearchSettings
-from .cost import macs, params
+from .cost import macs, params, token_counts
 from .data import Splits
 from .errors import OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
 from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
-from .models import ModelSource
+from .io.model_dir import read_config
+from .models import ArchSpec, ModelSource
 from .pipeline import (
     check_budget,
     check_pair,
@@ -221,3 +222,28 @@ def bench_model(model: str | Path | ModelSource, *, runtime: str = "eager", int8
                       device=device)
     return {"model": src.name, "plan": plan and str(plan), "runtime": runtime, "int8": int8,
             "device": device, "gmacs": macs(vit_shape(net)).total / 1e9, **res}
+
+
+def info_model(model: str | Path | ModelSource, *,
+               img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """What a model is: its architecture record, shape per block, token stages, MACs,
+    parameters and the preprocessing it expects (data config). Never downloads weights."""
+    src = dataclasses.replace(ModelSource.of(model), pretrained=False)  # the shape is the same
+    src.check()
+    net, _ = planned_model(src, img_size=img_size)
+    arch, plan = (ArchSpec.from_dict(read_config(src.name)["arch"]),
+                  read_config(src.name).get("plan")) if src.is_dir else \
+        (ArchSpec(src.name, {**src.args, **({"img_size": img_size} if img_size else {})}), None)
+    shape = vit_shape(net)
+    cost = macs(shape)
+    return {
+        "model": src.name, "architecture": arch.to_dict(), "class": type(net).__name__,
+        "pruned": plan is not None, "input_size": list(input_shape(net)),
+        "num_classes": shape.num_classes, "embed_dim": shape.embed_dim, "depth": len(shape.blocks),
+        "prefix_tokens": shape.num_prefix, "patches": shape.num_patches,
+        "heads": [b.heads for b in shape.blocks], "head_dim": [b.head_dim for b in shape.blocks],
+        "mlp_hidden": [b.mlp_hidden for b in shape.blocks],
+        "tokens_per_block": [n for n, _ in token_counts(shape)],
+        "gmacs": cost.total / 1e9, "params_m": params(shape) / 1e6,
+        "macs_convention": MACS_CONVENTION, "data_config": data_config(net),
+    }

@@ -57,6 +57,29 @@ def lineage(model: str | Path | ModelSource) -> list[dict]:
     return prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
 
 
+def source_data_config(model: str | Path | ModelSource) -> dict | None:
+    """The preprocessing the model at ``model`` expects (see :func:`vitprune.adapters.data_config`),
+    found without loading weights: a saved directory's record, or a timm name's configuration
+    (built on the meta device); None for the small registered configurations."""
+    from .adapters import data_config
+    from .models import SMALL_CONFIGS, build_model
+
+    src = ModelSource.of(model)
+    if src.is_dir:
+        cfg = read_config(src.name)
+        if cfg.get("data_config"):
+            return cfg["data_config"]
+        arch = ArchSpec.from_dict(cfg["arch"])
+    elif src.name in SMALL_CONFIGS:
+        return None
+    else:
+        arch = ArchSpec(src.name, src.args)
+    if arch.name in SMALL_CONFIGS:
+        return None
+    with torch.device("meta"):  # no memory, no initialisation: only the configuration counts
+        return data_config(build_model(arch))
+
+
 def load_dense(model: str | Path | ModelSource, splits: Splits | None,
                checkpoint: str | Path | None = None, *,
                verb: str = "prune") -> tuple[torch.nn.Module, ArchSpec]:

@@ -60,6 +60,20 @@ def input_shape(model: VisionTransformer) -> tuple[int, int, int]:
     return (pe.proj.in_channels, *pe.img_size)
 
 
+def data_config(model: nn.Module) -> dict | None:
+    """How images must be prepared for ``model``: timm's ``resolve_data_config`` (mean, std,
+    interpolation, crop_pct, crop_mode from the model's ``pretrained_cfg``), with the input size
+    the model is built for. JSON-ready. None for a model without a ``pretrained_cfg`` (vitprune's
+    small registered configurations, whose in-memory datasets bring their own normalisation)."""
+    from timm.data import resolve_data_config
+
+    if not getattr(model, "pretrained_cfg", None):
+        return None
+
+    cfg = resolve_data_config({"input_size": input_shape(model)}, model=model)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
 def _at_block(stage: TokenStage, index: int) -> TokenStage:
     """``stage`` placed at block ``index`` (a module does not know its own position)."""
     return stage if stage.block == index else TokenStage(index, stage.keep_rate, stage.fuse)

@@ -9,16 +9,21 @@ from torch.utils.data import Subset
 from ..errors import DataError
 from .base import Splits, carve
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
+def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: int = 0, *,
+         data_config: dict | None = None) -> Splits:
+    """Splits of an ImageFolder tree, prepared as the model expects.
 
-def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: int = 0) -> Splits:
-    """Splits of an ImageFolder tree, resized to ``img_size`` and ImageNet-normalised.
+    Args:
+        data_config: the model's preprocessing (``vitprune.adapters.data_config``: interpolation,
+            crop_pct, crop_mode, mean, std), turned into timm's evaluation transform at
+            ``img_size``; None: timm's ImageNet defaults (bicubic, crop 0.875, ImageNet mean/std).
 
     The calibration split is carved from ``train`` (deterministic for ``seed``); the test split
     is ``val`` or ``test``.
     """
-    from torchvision import datasets, transforms
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import datasets
 
     root = Path(root)
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
@@ -27,10 +32,10 @@ def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: in
             f"{root} is not an ImageFolder tree: expected {root}/train/<class>/... and "
             f"{root}/val/<class>/... (or test/). Arrange the images that way or use --data fashion-mnist."
         )
-    tf = transforms.Compose([
-        transforms.Resize(int(img_size * 256 / 224)), transforms.CenterCrop(img_size),
-        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    size = (3, img_size, img_size)
+    cfg = {**resolve_data_config({"input_size": size}), **(data_config or {}), "input_size": size}
+    tf = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
+                          is_training=False)
     train_full = datasets.ImageFolder(root / "train", transform=tf)
     test = datasets.ImageFolder(test_dir, transform=tf)
     if train_full.classes != test.classes:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import fsutil
+from ..adapters import data_config
 from ..errors import ModelError
 from ..models import ArchSpec, ModelSource, build_model, load_weights, read_state_dict
 from ..plan import PrunePlan
@@ -36,6 +37,9 @@ def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *,
          plan: PrunePlan | dict | None = None, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to directory ``out`` (weights first, then the JSON that vouches for them).
 
+    ``model.json`` also records the model's data config (:func:`vitprune.adapters.data_config`:
+    input size, interpolation, crop, mean and std), so a pruned model keeps its parent's.
+
     Args:
         arch: the architecture of the dense model ``model`` was pruned from (or of ``model``).
         plan: the plan that pruned it (None: a dense model).
@@ -48,6 +52,7 @@ def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *,
     fsutil.write_json(out / CONFIG, {
         "format": FORMAT, "version": VERSION, "arch": arch.to_dict(),
         "plan": None if plan is None else plan.to_dict(),
+        "data_config": data_config(model),
         "weights": {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS)}, "meta": meta or {},
     })
     return out
@@ -80,6 +85,9 @@ def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
     if cfg.get("plan") is not None:
         model = restructure(model, cfg["plan"])  # pruned: rebuild the smaller structure
     load_weights(model, read_state_dict(weights), str(weights))
+    if cfg.get("data_config"):  # the saved preprocessing travels with the model
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
+                                **cfg["data_config"]}
     return model.to(device).eval()
 
 

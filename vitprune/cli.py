@@ -169,7 +169,7 @@ def _splits(cfg: DataConfig, model=None):
 
     dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
     return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.img_size,
-                       seed=cfg.split_seed, data_config=dc)
+                       seed=cfg.split_seed, data_config=dc, workers=cfg.workers)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -438,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "recipe", None):  # a recipe sets the defaults the other options override
+        from .train import RECIPES
+
+        sub = parser._subparsers._group_actions[0].choices[args.cmd]  # noqa: SLF001
+        sub.set_defaults(**RECIPES[args.recipe])
+        args = parser.parse_args(argv)
     args.argv = argv
     from . import dist
 

@@ -67,6 +67,10 @@ class DataConfig:
                 "fashion-mnist / imagefolder / synthetic)"})
     img_size: int = field(default=224, metadata={"help": "image size of imagefolder data"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/calibration carve"})
+    workers: int | None = field(default=None, metadata={
+        "help": "loader worker processes per training process for imagefolder data (default: "
+                "the CPU cores shared among this machine's processes, at most 8; 0: load in "
+                "the main process)"})
 
     def __post_init__(self) -> None:
         require(self.data in DATASETS, "data", f"must be one of {', '.join(DATASETS)}, got "
@@ -76,6 +80,8 @@ class DataConfig:
         require(is_int(self.img_size) and self.img_size >= 1, "img_size",
                 f"must be >= 1, got {self.img_size!r}")
         require(is_int(self.split_seed), "split_seed", f"must be an integer, got {self.split_seed!r}")
+        w = self.workers
+        require(w is None or (is_int(w) and w >= 0), "workers", f"must be >= 0, got {w!r}")
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,8 @@ class CompressConfig:
             groups[where[name]][name] = value
         return cls(**groups[""], score=ScoreConfig(**groups["score"]),
                    search=SearchSettings(**groups["search"]),
-                   finetune=dataclasses.replace(FINETUNE, **groups["finetune"]))
+                   finetune=FINETUNE.with_recipe(groups["finetune"].pop("recipe", "small"),
+                                                 **groups["finetune"]))
 
     @staticmethod
     def names() -> tuple[str, ...]:

@@ -114,7 +114,8 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
     else:
         ds = torch.utils.data.Subset(ds, list(range(n)))
     return [(x.to(device), y.to(device))
-            for x, y in make_loader(ds, batch_size, rank=rank, world=world)]
+            for x, y in make_loader(ds, batch_size, rank=rank, world=world,
+                                    num_workers=splits.workers)]
 
 
 def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
@@ -309,7 +310,8 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
 
 def test_metrics(model: torch.nn.Module, splits: Splits, device: str = "cpu") -> dict[str, Any]:
     """Test top-1 and loss (all processes' parts of the test split), MACs and parameters."""
-    loader = make_loader(splits.test, EVAL_BATCH, rank=dist.rank(), world=dist.world())
+    loader = make_loader(splits.test, EVAL_BATCH, rank=dist.rank(), world=dist.world(),
+                         num_workers=splits.workers)
     acc = evaluate(model.to(device), loader, device)
     shape = vit_shape(model)
     return {"test_top1": acc["top1"], "test_loss": acc["loss"], "test_images": acc["n"],
@@ -325,7 +327,8 @@ def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
     The calibration top-1 is there to compare like with like with the fine-tuning curve, which
     is measured on the calibration split.
     """
-    calib = make_loader(splits.calib, EVAL_BATCH, rank=dist.rank(), world=dist.world())
+    calib = make_loader(splits.calib, EVAL_BATCH, rank=dist.rank(), world=dist.world(),
+                        num_workers=splits.workers)
     rows = {}
     for name, m in models.items():
         rows[name] = {**test_metrics(m, splits, device),

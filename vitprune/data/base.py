@@ -67,6 +67,9 @@ class Splits:
     in_chans: int
     img_size: int
     name: str
+    workers: int = 0  # loader worker processes for sets read from disk (in-memory sets: none)
+    # how the model wants its images (ImageFolder sets: the training transform is built from it)
+    data_config: dict | None = None
 
 
 class _TensorBatches:
@@ -100,37 +103,96 @@ class _TensorBatches:
                 yield x[part], self.ds.labels[idx[part]]
 
 
-class _EpochLoader:
-    """A torch DataLoader whose shuffling is a function of (seed, epoch), for generic datasets."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s random augmentation in ``epoch`` of a run seeded ``seed``."""
+    return (epoch_seed(seed, epoch) * SEED_STRIDE + index) % (2**63)
 
-    def __init__(self, ds: Dataset, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool, num_workers: int, rank: int = 0, world: int = 1):
-        self.ds, self.bs, self.shuffle, self.seed = ds, batch_size, shuffle, seed
-        self.drop_last, self.num_workers, self.epoch = drop_last, num_workers, 0
-        self.rank, self.world = rank, world
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+class _Seeded(Dataset):
+    """``ds[i]`` with every random number generator an augmentation may use (torch, numpy,
+    ``random``: timm's RandAugment uses the latter) seeded from (seed, epoch, i).
+
+    The augmentation of a sample is then the same whichever worker process draws it and however
+    many there are, which keeps a resumed run exact with persistent worker processes.
+    """
+
+    def __init__(self, ds: Dataset, seed: int):
+        self.ds, self.seed = ds, seed
 
     def __len__(self) -> int:
-        n = len(self.ds)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        return len(self.ds)
 
-    def _batches(self) -> list[list[int]]:
-        """Each global batch's indices, cut to this rank's part (a distributed batch sampler)."""
+    def __getitem__(self, key: tuple[int, int]):
+        import random
+
+        import numpy as np
+
+        i, epoch = key
+        s = sample_seed(self.seed, epoch, i)
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % (2**32))
+        return self.ds[i]
+
+
+class _EpochBatches:
+    """Batch sampler: each global batch's ``(index, epoch)`` keys, cut to this rank's part; the
+    order is a function of (seed, epoch) (a distributed batch sampler with ``set_epoch``)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 rank: int, world: int):
+        self.n, self.bs, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, \
+            drop_last
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def __len__(self) -> int:
+        return self.n // self.bs if self.drop_last else -(-self.n // self.bs)
+
+    def __iter__(self):
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        n = len(self.ds)
-        order = (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)).tolist()
-        out = []
+        order = (torch.randperm(self.n, generator=gen) if self.shuffle
+                 else torch.arange(self.n)).tolist()
         for b in range(len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs]
             part = idx[_shard(len(idx), self.rank, self.world)]
             if part:
-                out.append(part)
-        return out
+                yield [(i, self.epoch) for i in part]
+
+
+class _EpochLoader:
+    """A torch DataLoader over a generic dataset (an ImageFolder tree) whose batches and random
+    augmentation are functions of (seed, epoch), with worker processes that stay alive between
+    epochs, pinned memory on CUDA machines and prefetching."""
+
+    def __init__(self, ds: Dataset, batch_size: int, shuffle: bool, seed: int,
+                 drop_last: bool, num_workers: int, rank: int = 0, world: int = 1):
+        self.sampler = _EpochBatches(len(ds), batch_size, shuffle, seed, drop_last, rank, world)
+        extra = {"persistent_workers": True, "prefetch_factor": PREFETCH} if num_workers else {}
+        self.loader = DataLoader(_Seeded(ds, seed), batch_sampler=self.sampler,
+                                 num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                 **extra)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
     def __iter__(self):
-        return iter(DataLoader(self.ds, batch_sampler=self._batches(), num_workers=self.num_workers))
+        return iter(self.loader)
+
+
+# batches each worker process prepares ahead
+PREFETCH = 4
+
+
+def default_workers(world: int = 1) -> int:
+    """Loader worker processes per training process: the CPU cores shared among the processes
+    on this machine, at most 8 each (JPEG decoding and augmentation scale to about that)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cores or 1) // max(1, world) - 1))
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,

@@ -34,8 +34,7 @@ def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: in
         )
     size = (3, img_size, img_size)
     cfg = {**resolve_data_config({"input_size": size}), **(data_config or {}), "input_size": size}
-    tf = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
-                          is_training=False)
+    tf = create_transform(**_tuples(cfg), is_training=False)
     train_full = datasets.ImageFolder(root / "train", transform=tf)
     test = datasets.ImageFolder(test_dir, transform=tf)
     if train_full.classes != test.classes:
@@ -43,4 +42,24 @@ def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: in
     train_ids, calib_ids = carve(len(train_full), min(calib_size, len(train_full) // 5), seed)
     return Splits(Subset(train_full, train_ids.tolist()), Subset(train_full, calib_ids.tolist()),
                   test, num_classes=len(train_full.classes), in_chans=3, img_size=img_size,
-                  name=f"imagefolder:{root}")
+                  name=f"imagefolder:{root}", data_config=cfg)
+
+
+def _tuples(cfg: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+
+def training_view(train: Subset, data_config: dict, *, rand_augment: str = "",
+                  random_erasing: float = 0.0) -> Subset:
+    """The same training images through timm's training transform (random resized crop, flip,
+    RandAugment ``rand_augment``, random erasing with probability ``random_erasing``; the
+    model's interpolation, mean and std), as a new dataset; ``train`` is left as it is."""
+    from timm.data import create_transform
+    from torchvision import datasets
+
+    base = train.dataset
+    cfg = {k: v for k, v in _tuples(data_config).items() if k not in ("crop_pct", "crop_mode")}
+    tf = create_transform(**cfg, is_training=True, auto_augment=rand_augment or None,
+                          re_prob=random_erasing)
+    view = datasets.ImageFolder(base.root, transform=tf)
+    return Subset(view, train.indices)

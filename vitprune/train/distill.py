@@ -20,7 +20,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     Args:
         student: student logits (B, classes).
         teacher: teacher logits (B, classes); no gradient flows into them.
-        labels: true classes (B,); needed when ``alpha < 1``.
+        labels: true classes (B,), or soft targets (B, classes) of mixed images; needed when
+            ``alpha < 1``.
         alpha: weight of the distillation term in [0, 1].
         temperature: softening temperature T > 0 (soft distillation only).
         label_smoothing: applied to the label cross-entropy term.
@@ -40,7 +41,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     if labels is None:
         raise ConfigError("labels", "are needed when alpha < 1 (the label term has weight "
                           "1 - alpha); pass them, or set alpha to 1")
-    ce = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    # soft targets (B, classes) from Mixup/CutMix carry their own smoothing
+    smoothing = 0.0 if labels.ndim == 2 else label_smoothing
+    ce = F.cross_entropy(student, labels.float() if labels.ndim == 2 else labels,
+                         label_smoothing=smoothing)
     return (1.0 - alpha) * ce + alpha * distill
 
 

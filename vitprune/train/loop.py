@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import dist, fsutil
-from ..data import Splits, make_loader
+from ..data import Splits, make_loader, training_set
 from ..data.base import epoch_seed
 from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, require
 from ..progress import min_interval
@@ -44,7 +45,25 @@ class TrainConfig:
         "help": "linear warm-up, in epochs, before the cosine decay"})
     label_smoothing: float = field(default=0.1, metadata={"help": "of the label cross-entropy"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: none)"})
-    augment: bool = field(default=True, metadata={"help": "random shifts and flips"})
+    augment: bool = field(default=True, metadata={
+        "help": "random augmentation: shifts and flips for in-memory sets; for imagefolder "
+                "data timm's training transform (random resized crop, flip, and --rand-augment "
+                "/ --random-erasing when set)"})
+    recipe: str = field(default="small", metadata={
+        "help": "named settings the other options start from: small (this tool's recipe for "
+                "small data such as Fashion-MNIST) or deit (DeiT's: RandAugment, random "
+                "erasing, Mixup 0.8 / CutMix 1.0 with soft targets, label smoothing 0.1)",
+        "choices": ("small", "deit")})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off); soft targets"})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (0: off); soft targets"})
+    rand_augment: str = field(default="", metadata={
+        "help": "timm RandAugment policy for imagefolder data, e.g. rand-m9-mstd0.5-inc1 "
+                "('': none)"})
+    random_erasing: float = field(default=0.0, metadata={
+        "help": "random erasing probability for imagefolder data"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "keep an exponential moving average of the weights with this decay (e.g. "
+                "0.9998; 0: off); the saved model is the average"})
     seed: int = field(default=0, metadata={
         "help": "seeds the data order, augmentation, dropout and a model built by name"})
     max_steps_per_epoch: int | None = field(default=None, metadata={
@@ -79,6 +98,39 @@ class TrainConfig:
         for name in ("augment", "kd_hard"):
             v = getattr(self, name)
             require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
+                f"{self.recipe!r}")
+        for name in ("mixup", "cutmix"):
+            v = getattr(self, name)
+            require(is_number(v) and v >= 0, name, f"must be >= 0, got {v!r}")
+        require(is_number(self.random_erasing) and 0 <= self.random_erasing <= 1,
+                "random_erasing", f"must be in [0, 1], got {self.random_erasing!r}")
+        require(isinstance(self.rand_augment, str) and (not self.rand_augment or
+                                                        self.rand_augment.startswith("rand")),
+                "rand_augment", f"must be a timm RandAugment policy (rand-m9-mstd0.5-inc1) or "
+                f"'', got {self.rand_augment!r}")
+        require(is_number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay",
+                f"must be in [0, 1), got {self.ema_decay!r}")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (Mixup or CutMix): the targets are then soft."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    def with_recipe(self, name: str, **overrides) -> TrainConfig:
+        """This configuration with recipe ``name``'s settings, then ``overrides``, applied."""
+        require(name in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got {name!r}")
+        return replace(self, **{**RECIPES[name], "recipe": name, **overrides})
+
+
+# Named recipes: what --recipe sets before the other options. "small" is this tool's own for
+# small data held in memory (Fashion-MNIST): its settings are TrainConfig's defaults and FINETUNE.
+# "deit" is DeiT's (Touvron et al. 2021) regularisation for ImageNet-scale fine-tuning.
+RECIPES: dict[str, dict] = {
+    "small": {"mixup": 0.0, "cutmix": 0.0, "rand_augment": "", "random_erasing": 0.0},
+    "deit": {"augment": True, "mixup": 0.8, "cutmix": 1.0, "rand_augment": "rand-m9-mstd0.5-inc1",
+             "random_erasing": 0.25, "label_smoothing": 0.1},
+}
 
 
 # The fine-tuning recipe of a pruned model (finetune, compress and the benchmarks): no
@@ -168,9 +220,16 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     state = _check_out(out, resume)
     model.to(device)
     rank, world = dist.rank(), dist.world()
-    loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         augment=cfg.augment, drop_last=True, rank=rank, world=world)
-    calib = make_loader(splits.calib, EVAL_BATCH, rank=rank, world=world)
+    if cfg.mixes and (cfg.batch_size // world) % 2:
+        raise ConfigError("batch_size", f"must give each of the {world} process(es) an even "
+                          f"batch when mixing images (Mixup/CutMix pair them), got {cfg.batch_size}")
+    train_ds = training_set(splits, augment=cfg.augment, rand_augment=cfg.rand_augment,
+                            random_erasing=cfg.random_erasing)
+    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                         augment=cfg.augment, drop_last=True, rank=rank, world=world,
+                         num_workers=splits.workers)
+    calib = make_loader(splits.calib, EVAL_BATCH, rank=rank, world=world,
+                        num_workers=splits.workers)
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
     total = steps * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -178,6 +237,12 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         opt, lambda s: warmup_cosine(s, total, int(cfg.warmup_epochs * steps)))
     if loss_fn is None:
         loss_fn = _default_loss(cfg, teacher, device)
+    mix = _mixer(cfg, splits.num_classes)
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
 
     history, start = [], 0
     if state is not None:
@@ -191,6 +256,8 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], json.loads(state["history"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -198,6 +265,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
 
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # dropout / drop-path
+        np.random.seed(epoch_seed(cfg.seed, epoch, rank) % 2**32)  # timm's Mixup draws here
         loader.set_epoch(epoch)
         net.train()
         t0, loss_sum = time.perf_counter(), 0.0
@@ -207,7 +275,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if mix is not None:
+                x, y = mix(x, y)  # mixed images, soft targets (B, classes), smoothing included
             with _autocast(device, amp):
                 loss = loss_fn(net(x), y, x)
             opt.zero_grad(set_to_none=True)
@@ -216,12 +286,14 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model, step=epoch * steps + step)
             loss_sum += loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", refresh=False)
         bar.close()
         loss_sum = dist.sum_([loss_sum], device)[0] / world
-        val = evaluate(model, calib, device)
+        val = evaluate(model if ema is None else ema.module, calib, device)
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "calib_top1": val["top1"],
                "calib_loss": val["loss"], "seconds": time.perf_counter() - t0}
         history.append(rec)
@@ -232,9 +304,12 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
                 "config": dataclasses.asdict(cfg), "epoch": epoch + 1,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": json.dumps(history),
+                **({"ema": ema.module.state_dict()} if ema is not None else {}),
             })
             fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
         dist.barrier()
+    if ema is not None:  # the weights a run with weight averaging hands over are the average
+        model.load_state_dict(ema.module.state_dict())
     return history
 
 
@@ -245,5 +320,17 @@ def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str
                               "or set kd_alpha to 0")
         return Distiller(teacher.to(device), alpha=cfg.kd_alpha, temperature=cfg.kd_temperature,
                          hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing)
+    # soft targets (mixed batches) already carry the smoothing
     return lambda logits, y, x: F.cross_entropy(  # noqa: E731
-        logits.float(), y, label_smoothing=cfg.label_smoothing)
+        logits.float(), y, label_smoothing=0.0 if y.ndim == 2 else cfg.label_smoothing)
+
+
+def _mixer(cfg: TrainConfig, num_classes: int):
+    """timm's ``Mixup`` (Mixup and/or CutMix, per batch, label smoothing in the soft targets), or
+    None when the recipe does not mix."""
+    if not cfg.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                 label_smoothing=cfg.label_smoothing, num_classes=num_classes)

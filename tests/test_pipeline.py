@@ -153,3 +153,26 @@ def test_a_budget_one_dimension_cannot_meet_is_refused(tiny_vit):
     check_budget(tiny_vit, 0.4, max_ratio=0.9)  # all three dimensions reach it
     with pytest.raises(BudgetError):
         check_budget(tiny_vit, 0.4, max_ratio=0.9, dims=("heads",))  # attention is not 60% of the MACs
+
+
+def test_scoring_uses_every_image_it_is_asked_for(monkeypatch):
+    """score_images above the criteria's own default (256) must reach them, not be capped."""
+    import vitprune.scoring.criteria as criteria
+    from vitprune.data import load_splits
+    from vitprune.models import build_model
+    from vitprune.pipeline import scored
+
+    splits = load_splits("synthetic", calib_size=400)
+    seen = []
+    real = criteria.collect
+
+    def spy(model, loader, shape, **kw):
+        got = real(model, loader, shape, **kw)
+        seen.append(got.n)
+        return got
+
+    monkeypatch.setattr(criteria, "collect", spy)
+    torch.manual_seed(0)
+    _, meta = scored(build_model("fmnist_vit_tiny").eval(), splits, "hsic", n_images=300)
+    assert seen and set(seen) == {300}
+    assert meta["options"]["max_images"] == 300

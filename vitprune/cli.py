@@ -194,8 +194,12 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(**values(args, TrainConfig))
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    return finetune_model(args.student, args.teacher, _splits(data), cfg, args.out,
-                          teacher_checkpoint=args.teacher_checkpoint, resume=args.resume,
+    from .models import ModelSource
+
+    teacher = ModelSource(args.teacher, args.teacher_checkpoint, args.teacher_pretrained)
+    teacher.check()
+    return finetune_model(args.student, teacher, _splits(data, args.student), cfg, args.out,
+                          resume=args.resume,
                           device=device, progress=not args.quiet, command=_command(args))
 
 
@@ -359,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="a pruned model directory")
     p.add_argument("--teacher", required=True, help="the dense model: a saved directory or a name")
     p.add_argument("--teacher-checkpoint", help="weights for a teacher given by name")
+    p.add_argument("--teacher-pretrained", action="store_true",
+                   help="timm's published weights for a teacher given by name")
     _common(p)
     add_fields(p, TrainConfig, FINETUNE)
     _out(p, "model directory to create (with the run's checkpoint)",

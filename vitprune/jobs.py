@@ -68,19 +68,20 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
             "epochs": len(history), "wall_seconds": round(wall, 1)}
 
 
-def finetune_model(student: str | Path, teacher: str | Path, splits: Splits, cfg: TrainConfig,
+def finetune_model(student: str | Path, teacher: str | Path | ModelSource, splits: Splits, cfg: TrainConfig,
                    out: str | Path, *, teacher_checkpoint: str | Path | None = None,
                    resume: bool = False, device: str = "cpu", progress: bool = True,
                    command: str = "") -> dict[str, Any]:
     """Fine-tune the saved model ``student`` by distillation from ``teacher``; save it as the
     model directory ``out``."""
     net, arch, plan = resolve_model(str(student))
-    dense, _ = load_dense(teacher, splits, teacher_checkpoint, verb="distil from")
+    teacher = ModelSource.of(teacher, teacher_checkpoint)
+    dense, _ = load_dense(teacher, splits, verb="distil from")
     check_pair(net, dense)  # before the output is claimed
     require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
-    settings = {"student": model_id(student), "teacher": model_id(teacher, teacher_checkpoint),
+    settings = {"student": model_id(student), "teacher": model_id(teacher),
                 "data": splits.name, "config": dataclasses.asdict(cfg)}
-    with RunDir.claim(out, "finetune", settings, inputs=[student, teacher, teacher_checkpoint],
+    with RunDir.claim(out, "finetune", settings, inputs=[student, *teacher.inputs()],
                       resume=resume) as run:
         t0 = time.perf_counter()
         history = finetune(net, dense, splits, cfg, run.path, resume=resume, device=device,
@@ -89,7 +90,7 @@ def finetune_model(student: str | Path, teacher: str | Path, splits: Splits, cfg
         test = test_metrics(net, splits, device)
         if dist.is_main():
             save(run.path, net.cpu(), arch, plan=plan, meta={
-                "finetuned": {"command": command, "teacher": str(teacher),
+                "finetuned": {"command": command, "teacher": teacher.id(),
                               "student": str(student), "history": history,
                               "test_top1": test["test_top1"],
                               "wall_seconds_this_run": round(wall, 1)}})

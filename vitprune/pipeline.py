@@ -126,6 +126,8 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
         (scores, meta): one :class:`BlockScores` per block, and the criterion's settings.
     """
     crit = get_criterion(criterion, **options)
+    if hasattr(crit, "max_images") and "max_images" not in options:
+        crit = dataclasses.replace(crit, max_images=n_images)  # its own default is 256
     batches = calibration_batches(splits, n_images, batch_size=min(64, n_images))
     return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name}
 

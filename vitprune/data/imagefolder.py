@@ -45,6 +45,34 @@ def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: in
                   name=f"imagefolder:{root}", data_config=cfg)
 
 
+def _keep_bits(img, bits_to_keep: int, **_):
+    """Posterize that keeps 0 bits as a black image, as Pillow did before version 11.
+
+    timm's increasing posterize keeps 4 - int(4 * magnitude / 10) bits, 0 at magnitude 10,
+    which current Pillow refuses (ValueError); with mstd0.5 noise around m9 about 2% of the
+    posterize draws reach 10.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _pillow_safe(tf):
+    """``tf`` with its RandAugment's posterize ops able to keep 0 bits (this object only)."""
+    from timm.data.auto_augment import RandAugment
+
+    for t in getattr(tf, "transforms", ()):
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _keep_bits
+    return tf
+
+
 def _tuples(cfg: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
@@ -59,7 +87,7 @@ def training_view(train: Subset, data_config: dict, *, rand_augment: str = "",
 
     base = train.dataset
     cfg = {k: v for k, v in _tuples(data_config).items() if k not in ("crop_pct", "crop_mode")}
-    tf = create_transform(**cfg, is_training=True, auto_augment=rand_augment or None,
-                          re_prob=random_erasing)
+    tf = _pillow_safe(create_transform(**cfg, is_training=True, auto_augment=rand_augment or None,
+                                       re_prob=random_erasing))
     view = datasets.ImageFolder(base.root, transform=tf)
     return Subset(view, train.indices)

@@ -70,7 +70,7 @@ def main() -> int:
                 "--budget", "0.6", "--recipe", "deit", "--device", "cuda",
                 "--score-images", "1024", "--calib-size", "1000", "--calib-images", "1000",
                 "--trials", "24", "--init", "10", "--epochs", "1", "--max-steps-per-epoch",
-                str(args.steps), "--batch-size", str(args.batch), "--bench-batches", "1", "256"]
+                str(args.steps), "--batch-size", str(args.batch), "--bench-batches", "1", "32"]
     runs = {
         "single process": [sys.executable, "-m", "vitprune", "compress", *settings],
         "torchrun --nproc_per_node 1": [sys.executable, "-m", "torch.distributed.run",

@@ -201,3 +201,21 @@ def test_a_clip_vit_sees_images_normalised_with_clips_mean_and_std(tmp_path):
     assert not torch.allclose(x0.mean(dim=(1, 2)), expected, atol=1e-3)
     assert source_data_config("deit_tiny_patch16_224")["mean"] == list(IMAGENET_DEFAULT_MEAN)
     assert source_data_config("fmnist_vit_tiny") is None  # its dataset brings its own
+
+
+def test_non_square_image_folders_train_a_non_square_model(tmp_path):
+    from vitprune.cli import main
+    from vitprune.io.model_dir import read_config
+
+    _grey_tree(tmp_path / "data")
+    out = tmp_path / "m"
+    argv = ["train", "--model", "deit_tiny_patch16_224", "--model-args", "depth=1",
+            "--data", "imagefolder", "--data-dir", str(tmp_path / "data"), "--img-size", "32", "48",
+            "--calib-size", "2", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    cfg = read_config(out)
+    assert cfg["arch"]["kwargs"]["img_size"] == [32, 48]
+    assert cfg["data_config"]["input_size"] == [3, 32, 48]
+    s = load_splits("imagefolder", tmp_path / "data", img_size=(32, 48), calib_size=2)
+    assert s.test[0][0].shape == (3, 32, 48)

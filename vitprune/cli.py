@@ -168,7 +168,7 @@ def _splits(cfg: DataConfig, model=None):
     from .pipeline import source_data_config
 
     dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
-    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.img_size,
+    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.size,
                        seed=cfg.split_seed, data_config=dc, workers=cfg.workers)
 
 

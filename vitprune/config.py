@@ -65,20 +65,29 @@ class DataConfig:
         "help": "images carved from the training split as the calibration split, used by "
                 "scoring and search and never for training (default 5000 / 1000 / 128 for "
                 "fashion-mnist / imagefolder / synthetic)"})
-    img_size: int = field(default=224, metadata={"help": "image size of imagefolder data"})
+    img_size: tuple[int, ...] = field(default=(224,), metadata={
+        "help": "input size for imagefolder data: one value (square) or H W", "metavar": "SIZE"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/calibration carve"})
     workers: int | None = field(default=None, metadata={
         "help": "loader worker processes per training process for imagefolder data (default: "
                 "the CPU cores shared among this machine's processes, at most 8; 0: load in "
                 "the main process)"})
 
+    @property
+    def size(self) -> int | tuple[int, int]:
+        """The input size as timm takes it: an int (square) or (height, width)."""
+        return self.img_size[0] if len(self.img_size) == 1 else (self.img_size[0],
+                                                                  self.img_size[1])
+
     def __post_init__(self) -> None:
         require(self.data in DATASETS, "data", f"must be one of {', '.join(DATASETS)}, got "
                 f"{self.data!r}")
         c = self.calib_size
         require(c is None or (is_int(c) and c >= 1), "calib_size", f"must be >= 1, got {c!r}")
-        require(is_int(self.img_size) and self.img_size >= 1, "img_size",
-                f"must be >= 1, got {self.img_size!r}")
+        size = (self.img_size,) if is_int(self.img_size) else tuple(self.img_size)
+        require(len(size) in (1, 2) and all(is_int(v) and v >= 1 for v in size), "img_size",
+                f"takes one size or two (height width) >= 1, got {self.img_size!r}")
+        object.__setattr__(self, "img_size", size)
         require(is_int(self.split_seed), "split_seed", f"must be an integer, got {self.split_seed!r}")
         w = self.workers
         require(w is None or (is_int(w) and w >= 0), "workers", f"must be >= 0, got {w!r}")

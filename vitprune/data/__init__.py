@@ -13,7 +13,7 @@ DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
 def load_splits(name: str, data_dir: str | Path | None = None, *, calib_size: int | None = None,
-                img_size: int = 224, seed: int = 0, data_config: dict | None = None,
+                img_size: int | tuple[int, int] = 224, seed: int = 0, data_config: dict | None = None,
                 workers: int | None = None) -> Splits:
     """Load a dataset by name as deterministic train / calibration / test splits.
 
@@ -22,7 +22,7 @@ def load_splits(name: str, data_dir: str | Path | None = None, *, calib_size: in
         data_dir: where the files are (Fashion-MNIST: defaults to the Debian package's location;
             ImageFolder: required).
         calib_size: images carved from train for scoring and search (default 5000 / 1000 / 128).
-        img_size: resize target for ImageFolder images.
+        img_size: input size for ImageFolder images: an int (square) or (height, width).
         seed: seed of the train/calibration carve.
         data_config: the model's preprocessing for ImageFolder images (see
             ``vitprune.data.imagefolder.load``); the in-memory datasets have their own.

@@ -65,7 +65,7 @@ class Splits:
     test: Dataset
     num_classes: int
     in_chans: int
-    img_size: int
+    img_size: int | tuple[int, int]  # an int: square
     name: str
     workers: int = 0  # loader worker processes for sets read from disk (in-memory sets: none)
     # how the model wants its images (ImageFolder sets: the training transform is built from it)

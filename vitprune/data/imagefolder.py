@@ -10,7 +10,7 @@ from ..errors import DataError
 from .base import Splits, carve
 
 
-def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: int = 0, *,
+def load(root: str | Path, img_size: int | tuple[int, int] = 224, calib_size: int = 1000, seed: int = 0, *,
          data_config: dict | None = None) -> Splits:
     """Splits of an ImageFolder tree, prepared as the model expects.
 
@@ -32,7 +32,8 @@ def load(root: str | Path, img_size: int = 224, calib_size: int = 1000, seed: in
             f"{root} is not an ImageFolder tree: expected {root}/train/<class>/... and "
             f"{root}/val/<class>/... (or test/). Arrange the images that way or use --data fashion-mnist."
         )
-    size = (3, img_size, img_size)
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    size = (3, h, w)
     cfg = {**resolve_data_config({"input_size": size}), **(data_config or {}), "input_size": size}
     tf = create_transform(**_tuples(cfg), is_training=False)
     train_full = datasets.ImageFolder(root / "train", transform=tf)

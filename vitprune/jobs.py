@@ -232,9 +232,12 @@ def info_model(model: str | Path | ModelSource, *,
     src = dataclasses.replace(ModelSource.of(model), pretrained=False)  # the shape is the same
     src.check()
     net, _ = planned_model(src, img_size=img_size)
-    arch, plan = (ArchSpec.from_dict(read_config(src.name)["arch"]),
-                  read_config(src.name).get("plan")) if src.is_dir else \
-        (ArchSpec(src.name, {**src.args, **({"img_size": img_size} if img_size else {})}), None)
+    if src.is_dir:
+        record = read_config(src.name)
+        arch, plan = ArchSpec.from_dict(record["arch"]), record.get("plan")
+    else:
+        arch = ArchSpec(src.name, {**src.args, **({"img_size": img_size} if img_size else {})})
+        plan = None
     shape = vit_shape(net)
     cost = macs(shape)
     return {

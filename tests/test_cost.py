@@ -66,9 +66,11 @@ def _plan(shape: cost.VitShape, stages: tuple[int, ...] = ()) -> PrunePlan:
 
 def _measured_macs(model: torch.nn.Module, img: int) -> int:
     """MACs of one image counted by torch (2 FLOPs per MAC), unfused attention so it sees it."""
-    for b in model.blocks:
-        b.attn.fused_attn = False  # FlopCounterMode does not see CPU SDPA
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False  # FlopCounterMode does not see CPU SDPA (blocks, attention pool)
     counter = FlopCounterMode(display=False)
+    model.requires_grad_(False)  # its module tracker trips on a parameter fed to a module as input
     with counter, torch.no_grad():
         model.eval()(torch.randn(1, 3, img, img))
     return counter.get_total_flops() // 2
@@ -90,3 +92,35 @@ def test_analytic_macs_match_measured_for_a_pruned_plan_with_token_stages():
     assert abs(measured - analytic) / analytic < 0.01
     # the cut is large enough that a cost model ignoring tokens (or heads) would be off by >1%
     assert analytic < 0.6 * cost.macs(vit_shape(model)).total
+
+
+def test_an_attention_pool_head_is_counted_dense_and_pruned():
+    """global_pool='map' (SigLIP-style): the pool is not pruned, but it is counted, and its
+    cost follows the tokens the token stages leave."""
+    torch.manual_seed(0)
+    model = build_model("vit_base_patch16_siglip_224", depth=4, num_classes=10)
+    shape = vit_shape(model)
+    assert shape.pool is not None and shape.pool.latent_len == 1
+    assert cost.params(shape) == sum(p.numel() for p in model.parameters())
+    dense = cost.macs(shape)
+    assert dense.pool > 0.03 * dense.total  # large enough that leaving it out would show
+    assert abs(_measured_macs(model, 224) - dense.total) / dense.total < 0.01
+    plan = _plan(shape, stages=(1, 2))
+    small = cost.macs(planned_shape(shape, plan))
+    assert small.pool < dense.pool  # fewer tokens reach the pool
+    measured = _measured_macs(prune(model, plan), 224)
+    assert abs(measured - small.total) / small.total < 0.01
+    assert cost.params(planned_shape(shape, plan)) == sum(
+        p.numel() for p in prune(model, plan).parameters())
+
+
+def test_shapes_without_a_pool_describe_themselves_as_before():
+    """Search trial files are fingerprinted by the shape's repr: models without an attention
+    pool must keep theirs (so interrupted searches resume), models with one must differ."""
+    plain = vit_shape(_meta("deit_tiny_patch16_224"))
+    assert "pool" not in repr(plain) and plain.pool is None
+    from vitprune.search.space import SearchSpace
+
+    pooled = vit_shape(_meta("vit_base_patch16_siglip_224", depth=2))
+    assert "pool=PoolShape" in SearchSpace(pooled).describe()["shape"]
+    assert "pool" not in SearchSpace(plain).describe()["shape"]

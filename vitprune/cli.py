@@ -286,7 +286,8 @@ def cmd_cost(args: argparse.Namespace) -> dict:
     c = macs(shape)
     return {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
             "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
-            "gmacs_mlp": c.mlp / 1e9, "params_m": params(shape) / 1e6,
+            "gmacs_mlp": c.mlp / 1e9, "gmacs_attention_pool": c.pool / 1e9,
+            "params_m": params(shape) / 1e6,
             "macs_convention": MACS_CONVENTION}
 
 

@@ -9,11 +9,14 @@ entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects toke
 
     attention = 4 * N_in * C * (h*d) + 2 * N_in**2 * (h*d)
     mlp       = 2 * N_out * C * D
+
+An attention-pooling head (``global_pool='map'``: ``L`` latent queries over the ``N`` tokens
+leaving the last block, MLP width ``M``) adds ``2*L*C*C + 2*N*C*C + 2*L*N*C + 2*L*C*M``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,25 @@ class BlockShape:
 
 
 @dataclass(frozen=True)
+class PoolShape:
+    """An attention-pooling head (timm's ``AttentionPoolLatent``, ``global_pool='map'``): latent
+    queries attend over every token leaving the last block, then an MLP. It is never pruned,
+    but its cost grows with the tokens it pools.
+
+    Attributes:
+        latent_len: latent queries (usually 1).
+        mlp_hidden: its MLP's hidden units (0: no MLP).
+        params: its parameters (counted from the module).
+    """
+
+    latent_len: int
+    mlp_hidden: int
+    params: int
+
+
+@dataclass(frozen=True)
 class VitShape:
-    """A whole ViT: embedding, blocks and classifier(s)."""
+    """A whole ViT: embedding, blocks, an optional attention pool, and classifier(s)."""
 
     embed_dim: int
     num_patches: int
@@ -47,6 +67,8 @@ class VitShape:
     num_classes: int
     num_heads_out: int  # classifier heads: 1, or 2 for distilled DeiT
     blocks: tuple[BlockShape, ...]
+    # not in the repr, so that searches fingerprinted before pools were counted still resume
+    pool: PoolShape | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -57,10 +79,11 @@ class Cost:
     attention: int
     mlp: int
     head: int
+    pool: int = 0  # an attention-pooling head, where the model has one
 
     @property
     def total(self) -> int:
-        return self.patch_embed + self.attention + self.mlp + self.head
+        return self.patch_embed + self.attention + self.mlp + self.pool + self.head
 
     @property
     def blocks(self) -> int:
@@ -92,7 +115,19 @@ def macs(shape: VitShape) -> Cost:
         attention=attn,
         mlp=mlp,
         head=shape.num_heads_out * C * shape.num_classes,
+        pool=pool_macs(shape),
     )
+
+
+def pool_macs(shape: VitShape) -> int:
+    """MACs of the attention-pooling head (0 without one): query and output projections of the
+    latents, key/value projection of every pooled token, attention, MLP."""
+    p = shape.pool
+    if p is None:
+        return 0
+    C, L = shape.embed_dim, p.latent_len
+    n = token_counts(shape)[-1][1] if shape.blocks else shape.num_prefix + shape.num_patches
+    return 2 * L * C * C + 2 * n * C * C + 2 * L * n * C + 2 * L * C * p.mlp_hidden
 
 
 def params(shape: VitShape) -> int:
@@ -102,8 +137,9 @@ def params(shape: VitShape) -> int:
     pruned: patch embedding with bias, class/distillation/register tokens, a position embedding
     that covers the prefix tokens too, ``qkv_bias=True``, a final LayerNorm (``norm`` or
     ``fc_norm``) and one or two linear classifiers. Not counted (a model with them has more):
-    layer scale (``init_values``), q/k norms (``qk_norm``), attention pooling
-    (``global_pool='map'``), a pre-norm. A model with ``no_embed_class=True`` (e.g.
+    layer scale (``init_values``), q/k norms (``qk_norm``), a pre-norm. An attention-pooling
+    head (``global_pool='map'``) is counted from its module (:class:`PoolShape`). A model with
+    ``no_embed_class=True`` (e.g.
     ``vit_base_patch16_reg4_gap_256``) has ``num_prefix * embed_dim`` fewer (no position
     embedding for prefix tokens), one with ``qkv_bias=False`` ``3 * h * d`` fewer per block.
     Token selection adds no parameters.
@@ -118,4 +154,4 @@ def params(shape: VitShape) -> int:
         blocks += C * 3 * a + 3 * a + a * C + C  # qkv (with bias), proj
         blocks += C * D + D + D * C + C  # fc1, fc2
     head = 2 * C + shape.num_heads_out * (C * shape.num_classes + shape.num_classes)
-    return embed + blocks + head
+    return embed + blocks + head + (shape.pool.params if shape.pool else 0)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from timm.layers import Attention, Mlp
+from timm.layers import Attention, AttentionPoolLatent, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..cost import BlockShape, VitShape
+from ..cost import BlockShape, PoolShape, VitShape
 from ..errors import ModelError
 from ..models import check_supported
 from ..plan import TokenStage, apply_token_stages
@@ -49,9 +49,22 @@ def vit_shape(model: VisionTransformer) -> VitShape:
         num_classes=model.num_classes,
         num_heads_out=num_heads_out,
         blocks=blocks,
+        pool=_pool_shape(getattr(model, "attn_pool", None)),
     )
     stages = [_at_block(s, i) for i, b in enumerate(model.blocks) if (s := token_stage(b))]
     return apply_token_stages(shape, stages) if stages else shape
+
+
+def _pool_shape(pool: nn.Module | None) -> PoolShape | None:
+    """The :class:`PoolShape` of timm's ``AttentionPoolLatent`` (None: no attention pool)."""
+    if pool is None:
+        return None
+    if not isinstance(pool, AttentionPoolLatent) or pool.latent_dim != pool.q.in_features:
+        raise ModelError(f"attention pool {type(pool).__name__} of this shape is not one vitprune "
+                         "can count; use global_pool='token' or 'avg'")
+    mlp = pool.mlp.fc1.out_features if getattr(pool, "mlp", None) is not None else 0
+    return PoolShape(latent_len=pool.latent_len, mlp_hidden=mlp,
+                     params=sum(p.numel() for p in pool.parameters()))
 
 
 def input_shape(model: VisionTransformer) -> tuple[int, int, int]:

@@ -319,7 +319,8 @@ class SearchSpace:
     def describe(self) -> dict:
         """A JSON-ready description, used to tell one search's trials file from another's."""
         return {
-            "shape": repr(self.shape), "head_bounds": list(self.head_bounds),
+            "shape": repr(self.shape) + (f" pool={self.shape.pool!r}" if self.shape.pool else ""),
+            "head_bounds": list(self.head_bounds),
             "neuron_bounds": list(self.neuron_bounds), "token_bounds": list(self.token_bounds),
             "token_blocks": list(self.token_blocks), "neuron_multiple": self.neuron_multiple,
             "fuse": self.fuse,

@@ -127,11 +127,8 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
 def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Score every head and neuron of ``model``; write the scores to the new file ``out``."""
-    out = Path(out)
-    if out.exists():
-        raise OutputError(f"{out} exists; score never writes over a file: choose a new --out")
     src = ModelSource.of(model, checkpoint)
-    check_inputs(out, [Path(p) for p in src.inputs() if p is not None])
+    out = _new_file(out, src.inputs(), "score")
     dense, _ = load_dense(src, splits, verb="score")
     scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
     return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,
@@ -154,6 +151,17 @@ def prune_model(model: str | Path | ModelSource, plan_path: str | Path, out: str
     dense_macs, small_macs = macs(vit_shape(net)).total, macs(vit_shape(small)).total
     return {"out": str(out), "gmacs_dense": dense_macs / 1e9, "gmacs_pruned": small_macs / 1e9,
             "macs_kept": small_macs / dense_macs, "params_m_pruned": params(vit_shape(small)) / 1e6}
+
+
+def _new_file(out: str | Path, inputs: list, verb: str) -> Path:
+    """``out`` as a file this command may create: new, not one of its ``inputs`` nor inside one,
+    and writable; checked before any work (the final write is exclusive too)."""
+    out = Path(out)
+    if out.exists():
+        raise OutputError(f"{out} exists; {verb} never writes over a file: choose a new --out")
+    check_inputs(out, [Path(p) for p in inputs if p is not None])
+    fsutil.check_writable(out)
+    return out
 
 
 def _file_id(path: str | Path) -> str:
@@ -189,13 +197,9 @@ def export_model(model: str | Path | ModelSource, out: str | Path, *, fmt: str =
     check_settings(fmt, opset)
     require(is_int(batch) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
     require_onnx()
-    out = Path(out)
-    if out.exists():
-        raise OutputError(f"{out} exists; export never writes over a file: choose a new --out")
     src = ModelSource.of(model, checkpoint)
     src.check()
-    check_inputs(out, [Path(p) for p in (*src.inputs(), plan) if p is not None])
-    fsutil.check_writable(out)
+    out = _new_file(out, [*src.inputs(), plan], "export")
     net, _ = planned_model(src, plan=plan, img_size=img_size)
     res = export_onnx(net, input_shape(net), out, opset=opset, dynamic_batch=dynamic_batch,
                       batch=batch, int8=int8)

@@ -93,13 +93,13 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], out: 
     record: dict[str, Any] = {}
 
     def write(path: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
-            fp32 = Path(tmp) / "model.onnx"
-            _export(model, input_shape, fp32, opset, dynamic_batch, batch)
-            if int8:
+        if int8:  # quantized from a float32 export kept aside
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
+                fp32 = Path(tmp) / "model.onnx"
+                _export(model, input_shape, fp32, opset, dynamic_batch, batch)
                 _quantize(fp32, path, per_channel)
-            else:
-                path.write_bytes(fp32.read_bytes())
+        else:
+            _export(model, input_shape, path, opset, dynamic_batch, batch)
         record.update(check(model, path, input_shape, batches, int8))
 
     fsutil.atomic_write(out, write, exclusive=True)

@@ -10,7 +10,7 @@ PKG = Path(vitprune.__file__).parent
 # lower number = lower layer
 LAYER = {
     "errors": 0, "version": 0, "fsutil": 1, "cost": 1, "dist": 1, "progress": 1, "plan": 2,
-    "models": 3, "adapters": 4,
+    "adapters": 3, "models": 4,
     "scoring": 5, "surgery": 5, "search": 5, "data": 5,
     "train": 6, "io": 6, "speed": 6, "report": 6,
     "rundir": 7, "config": 7, "runtime": 7, "pipeline": 8,
@@ -104,3 +104,60 @@ def test_no_import_circles_inside_a_package():
 
 def test_the_circle_check_finds_a_circle():
     assert _cycles({("a",): {("b",)}, ("b",): {("a",)}, ("c",): set()}) == [[("a",), ("b",), ("a",)]]
+
+
+# What only a model family's adapter may read: the attributes of timm's, T2T-ViT's and Hugging
+# Face's model classes, and the modules that define them.
+FAMILY_ATTRIBUTES = {
+    "attn", "mlp", "qkv", "fc1", "fc2", "proj", "norm1", "norm2", "q_norm", "k_norm",
+    "patch_embed", "cls_token", "dist_token", "num_prefix_tokens", "head_dist", "attn_pool",
+    "pos_embed", "pretrained_cfg", "forward_intermediates", "tokens_to_token", "encoder", "vit",
+    "deit", "layer", "attention", "intermediate", "num_attention_heads",
+}
+# what vitprune's code calls models and blocks (a Cost's .attention or a BlockParts' .proj are
+# vitprune's own fields, so names are checked on these and in chains like ``x.attn.qkv``)
+MODEL_NAMES = {"model", "net", "new", "student", "teacher", "m", "block", "blk", "b", "layer"}
+FAMILY_MODULES = ("timm.layers", "timm.models.vision_transformer", "transformers")
+ALLOWED_TIMM = {"timm.data", "timm.utils", "timm.models"}  # preprocessing, EMA, clean_state_dict
+
+
+def _family_reads(source: str) -> list[str]:
+    """Where ``source`` reads a model family's internals (attribute or import)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            v = node.value
+            on_model = isinstance(v, ast.Name) and v.id in MODEL_NAMES
+            chained = isinstance(v, ast.Attribute) and v.attr in FAMILY_ATTRIBUTES | {"blocks"}
+            if node.attr in FAMILY_ATTRIBUTES and (on_model or chained):
+                found.append(f"line {node.lineno}: .{node.attr}")
+            elif node.attr == "blocks" and on_model:
+                found.append(f"line {node.lineno}: {v.id}.blocks")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""])
+            for name in names:
+                allowed = name.split(".")[:2] in ([*a.split(".")] for a in ALLOWED_TIMM)
+                family = name.startswith(FAMILY_MODULES) or name == "timm"
+                if family or (name.startswith("timm.") and not allowed):
+                    found.append(f"line {node.lineno}: import {name}")
+    return found
+
+
+def test_only_adapters_read_model_family_internals():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        if _module(path)[0] == "adapters":
+            continue
+        bad += [f"{path.relative_to(PKG)} {r}" for r in _family_reads(path.read_text())]
+    assert not bad, ("model-family internals read outside vitprune/adapters (go through the "
+                     "family's adapter):\n" + "\n".join(bad))
+
+
+def test_the_family_check_finds_family_reads():
+    src = ("import timm\nfrom transformers import ViTModel\nfrom timm.data import Mixup\n"
+           "y = model.blocks[0].attn.qkv(x)\nz = shape.blocks + cost.attention\n"
+           "w = block.mlp\nfrom timm.layers import Mlp\n")
+    assert sorted(_family_reads(src)) == sorted([
+        "line 1: import timm", "line 2: import transformers", "line 4: .qkv",
+        "line 4: model.blocks", "line 6: .mlp", "line 7: import timm.layers"])

@@ -126,12 +126,12 @@ def test_a_pickled_program_is_refused_without_suggesting_to_unpickle_it(tmp_path
 def _hub_cache(tmp_path, monkeypatch, reachable: bool = False):
     from huggingface_hub import constants
 
-    import vitprune.models as models
+    from vitprune.adapters import timm_vit
 
     cache = tmp_path / "hub"
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: reachable)
+    monkeypatch.setattr(timm_vit, "hub_reachable", lambda *a, **k: reachable)
     return cache
 
 

@@ -57,6 +57,21 @@ class PoolShape:
 
 
 @dataclass(frozen=True)
+class StemShape:
+    """A tokenizer other than one patch-embedding layer (T2T-ViT's tokens-to-token module),
+    counted as a whole: it is never pruned.
+
+    Attributes:
+        macs: its MACs for one image.
+        params: parameters of everything before the first block (the stem, class and other
+            prefix tokens, a learned position embedding), counted from the model.
+    """
+
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
 class VitShape:
     """A whole ViT: embedding, blocks, an optional attention pool, and classifier(s)."""
 
@@ -69,6 +84,8 @@ class VitShape:
     blocks: tuple[BlockShape, ...]
     # not in the repr, so that searches fingerprinted before pools were counted still resume
     pool: PoolShape | None = field(default=None, repr=False)
+    stem: StemShape | None = field(default=None, repr=False)  # None: one patch-embedding layer
+    qkv_bias: bool = field(default=True, repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,7 +128,8 @@ def macs(shape: VitShape) -> Cost:
         attn += 4 * n_in * C * a + 2 * n_in * n_in * a
         mlp += 2 * n_out * C * b.mlp_hidden
     return Cost(
-        patch_embed=shape.num_patches * shape.patch_macs * C,
+        patch_embed=(shape.stem.macs if shape.stem
+                     else shape.num_patches * shape.patch_macs * C),
         attention=attn,
         mlp=mlp,
         head=shape.num_heads_out * C * shape.num_classes,
@@ -138,7 +156,8 @@ def params(shape: VitShape) -> int:
     that covers the prefix tokens too, ``qkv_bias=True``, a final LayerNorm (``norm`` or
     ``fc_norm``) and one or two linear classifiers. Not counted (a model with them has more):
     layer scale (``init_values``), q/k norms (``qk_norm``), a pre-norm. An attention-pooling
-    head (``global_pool='map'``) is counted from its module (:class:`PoolShape`). A model with
+    head (``global_pool='map'``) is counted from its module (:class:`PoolShape`), a stem other
+    than a patch embedding (T2T-ViT) from its record (:class:`StemShape`). A model with
     ``no_embed_class=True`` (e.g.
     ``vit_base_patch16_reg4_gap_256``) has ``num_prefix * embed_dim`` fewer (no position
     embedding for prefix tokens), one with ``qkv_bias=False`` ``3 * h * d`` fewer per block.
@@ -147,11 +166,13 @@ def params(shape: VitShape) -> int:
     C = shape.embed_dim
     tokens = shape.num_patches + shape.num_prefix
     embed = shape.patch_macs * C + C + shape.num_prefix * C + tokens * C  # conv, prefix, pos
+    if shape.stem:
+        embed = shape.stem.params
     blocks = 0
     for b in shape.blocks:
         a, D = b.heads * b.head_dim, b.mlp_hidden
         blocks += 4 * C  # norm1, norm2 (weight + bias)
-        blocks += C * 3 * a + 3 * a + a * C + C  # qkv (with bias), proj
+        blocks += C * 3 * a + (3 * a if shape.qkv_bias else 0) + a * C + C  # qkv, proj
         blocks += C * D + D + D * C + C  # fc1, fc2
     head = 2 * C + shape.num_heads_out * (C * shape.num_classes + shape.num_classes)
     return embed + blocks + head + (shape.pool.params if shape.pool else 0)

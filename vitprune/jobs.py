@@ -236,9 +236,11 @@ def info_model(model: str | Path | ModelSource, *,
     src = dataclasses.replace(ModelSource.of(model), pretrained=False)  # the shape is the same
     src.check()
     net, _ = planned_model(src, img_size=img_size)
-    if src.is_dir:
+    if src.is_vitprune_dir:
         record = read_config(src.name)
         arch, plan = ArchSpec.from_dict(record["arch"]), record.get("plan")
+    elif src.is_dir:
+        arch, plan = resolve_model(src)[1], None
     else:
         arch = ArchSpec(src.name, {**src.args, **({"img_size": img_size} if img_size else {})})
         plan = None

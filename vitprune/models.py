@@ -1,66 +1,27 @@
 """Build supported Vision Transformers by name, with random weights or from a checkpoint.
 
-Two kinds of names are accepted:
-
-* any timm model name whose class is a ``timm.models.vision_transformer.VisionTransformer``
-  (``deit_small_patch16_224``, ``vit_base_patch16_224``, distilled DeiTs, register-token ViTs ...);
-* the small configurations registered here for 28x28 one-channel input (Fashion-MNIST), used by
-  the demo, the tests and the benchmarks.
-
-A model is described by an :class:`ArchSpec` (name + keyword overrides), which is what vitprune
-saves beside weights so that a model can be rebuilt from JSON alone.
+A name is built by the model family that knows it (:func:`vitprune.adapters.adapter_named`):
+timm ``VisionTransformer`` names and the small configurations registered for Fashion-MNIST
+(``fmnist_vit_d12``), T2T-ViT names (``t2t_vit_14``), and Hugging Face configurations. A model
+is described by an :class:`ArchSpec` (name + keyword arguments), which is what vitprune saves
+beside weights so that a model can be rebuilt from JSON alone.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from . import fsutil
+from .adapters import SMALL_CONFIGS, ArchSpec, adapter_for, adapter_named
 from .errors import ConfigError, ModelError
 
-# Small ViTs for 28x28 grey images. Patch 4 gives 7x7 = 49 patches + 1 class token = 50 tokens.
-SMALL_CONFIGS: dict[str, dict[str, Any]] = {
-    # The demo / benchmark baseline: DeiT-style, depth 12, width 64, four heads of 16, MLP 256.
-    # Width 64 rather than 96 because training on 2 CPU cores is 1.6x faster (246 vs 150 img/s)
-    # and every later stage (search, fine-tuning, ablations) is paid for many times over.
-    "fmnist_vit_d12": dict(
-        img_size=28, patch_size=4, in_chans=1, num_classes=10,
-        embed_dim=64, depth=12, num_heads=4, mlp_ratio=4.0, qkv_bias=True,
-    ),
-    # A very small model for fast tests and the smoke-test demo.
-    "fmnist_vit_tiny": dict(
-        img_size=28, patch_size=7, in_chans=1, num_classes=10,
-        embed_dim=32, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """A buildable architecture: a registered or timm model name plus keyword overrides."""
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kwargs": dict(self.kwargs)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
-            raise ModelError(f"architecture record {d!r} has no model name; the model.json is corrupt")
-        kwargs = d.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise ModelError(f"architecture kwargs must be a JSON object, got {kwargs!r}")
-        return cls(d["name"], kwargs)
+__all__ = ["SMALL_CONFIGS", "ArchSpec", "ModelSource", "available_models", "build_model",
+           "check_supported", "load_weights", "parse_model_args", "read_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +49,14 @@ class ModelSource:
 
     @property
     def is_dir(self) -> bool:
+        """A saved model directory: vitprune's (``model.json``) or a family's own layout (a
+        Hugging Face ``save_pretrained`` directory)."""
         return Path(self.name).is_dir()
+
+    @property
+    def is_vitprune_dir(self) -> bool:
+        """A directory saved by vitprune (it holds ``model.json``)."""
+        return (Path(self.name) / "model.json").is_file()
 
     def inputs(self) -> list[str | None]:
         """The files and directories this source reads (for ``--out`` checks)."""
@@ -142,112 +110,30 @@ def available_models() -> list[str]:
     return sorted(SMALL_CONFIGS)
 
 
-def _unknown(name: str) -> ModelError:
-    pool = available_models() + timm.list_models(["vit_*", "deit*"])
-    close = difflib.get_close_matches(name, pool, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ModelError(
-        f"unknown model '{name}'.{hint} Use one of {', '.join(available_models())}, a timm "
-        "VisionTransformer name (see timm.list_models('deit*')), or a directory saved by vitprune."
-    )
-
-
 def build_model(arch: ArchSpec | str, *, pretrained: bool = False,
-                **overrides: Any) -> VisionTransformer:
-    """Build a model with random weights, or with timm's published ones.
+                **overrides: Any) -> torch.nn.Module:
+    """Build a model with random weights, or with published ones where its family has them.
 
     Args:
         arch: an :class:`ArchSpec` or a model name.
-        pretrained: load timm's published weights for a timm name (see :func:`_published`).
+        pretrained: load the family's published weights (timm: from the Hugging Face cache).
         **overrides: keyword arguments for the model constructor (``num_classes``, ``img_size``,
             ``in_chans`` ...), added to the spec's own.
 
     Raises:
-        ModelError: the name is unknown, names a timm model that is not a VisionTransformer, or
-            its published weights cannot be had.
+        ModelError: no family knows the name, the name is not a ViT vitprune can prune, or its
+            published weights cannot be had.
     """
     spec = ArchSpec(arch) if isinstance(arch, str) else arch
-    kwargs = {**spec.kwargs, **overrides}
-    if spec.name in SMALL_CONFIGS:
-        if pretrained:
-            raise ModelError(f"{spec.name} has no published weights; pass --checkpoint FILE")
-        model = VisionTransformer(**{**SMALL_CONFIGS[spec.name], **kwargs})
-    elif timm.is_model(spec.name):
-        model = _create_timm(spec.name, kwargs, pretrained)
-    else:
-        raise _unknown(spec.name)
+    adapter = adapter_named(spec.name)
+    model = adapter.build(ArchSpec(spec.name, {**spec.kwargs, **overrides}), pretrained)
     check_supported(model, spec.name)
     return model
 
 
-def _create_timm(name: str, kwargs: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
-    """``timm.create_model(name, **kwargs)``; a model that does not take the options is told
-    apart from one that is not a ViT (a ResNet has no ``img_size``) by building it bare."""
-    try:
-        if pretrained:
-            return _published(name, kwargs)
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        with torch.device("meta"):  # no memory, no initialisation: only the class matters
-            bare = timm.create_model(name, pretrained=False)
-        check_supported(bare, name)
-        raise ModelError(f"model {name} does not accept the options {sorted(kwargs)}: {exc}; "
-                         "drop or correct them") from None
-
-
-def _published(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    """``timm.create_model(name, pretrained=True)``: timm's published weights from the Hugging
-    Face hub cache, downloaded if the hub can be reached.
-
-    Without network the hub client retries for about a minute before it gives up; here an
-    unreachable hub (or ``HF_HUB_OFFLINE=1``) makes it read the cache only, so a missing file
-    fails within seconds.
-    """
-    from huggingface_hub import constants
-
-    with torch.device("meta"):
-        bare = timm.create_model(name, pretrained=False)
-    check_supported(bare, name)  # a ResNet is refused as such, before anything is fetched
-    offline = constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT)
-    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, offline
-    try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:  # the hub's errors are OSErrors
-        where = "the hub cannot be reached and they are not" if offline else "they are not"
-        raise ModelError(
-            f"could not get timm's published weights for {name}: {where} in the Hugging Face "
-            f"cache ({constants.HF_HUB_CACHE}; {fsutil.first_line(exc)}). Offline, pass the "
-            "weights as --checkpoint FILE (.safetensors or a state_dict), or fetch them once "
-            "where there is network") from None
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub opens within ``timeout`` seconds (behind a proxy
-    the client's own connection decides: assumed reachable)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def check_supported(model: torch.nn.Module, name: str = "") -> None:
-    """Raise :class:`ModelError` unless ``model`` is a timm VisionTransformer vitprune can prune."""
-    if not isinstance(model, VisionTransformer):
-        raise ModelError(
-            f"model {name or type(model).__name__} is a {type(model).__name__}, not a timm "
-            "VisionTransformer; vitprune prunes ViT/DeiT-style models only (timm's "
-            "VisionTransformer and its subclasses)."
-        )
+    """Raise :class:`ModelError` unless ``model`` belongs to a family vitprune can prune."""
+    adapter_for(model, name)
 
 
 # Where training scripts keep the weights inside a checkpoint, in the order timm's own

@@ -23,7 +23,7 @@ from .data import Splits, make_loader
 from .data.base import TensorImageSet
 from .errors import ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
-from .io.model_dir import read_config
+from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
 from .plan import PrunePlan
 from .scoring import BlockScores, check_scores, get_criterion, load_scores, rankings, save_scores
@@ -43,15 +43,17 @@ def model_id(model: str | Path | ModelSource, checkpoint: str | Path | None = No
     SHA-256 (moving it does not matter, replacing its weights does), a name by the name, the
     checkpoint's file name, ``pretrained`` and its constructor arguments."""
     src = ModelSource.of(model, checkpoint)
-    if src.is_dir:
+    if src.is_vitprune_dir:
         return "sha256:" + str(read_config(src.name)["weights"].get("sha256"))
+    if src.is_dir:
+        return "sha256:" + dir_checksum(src.name)
     return src.id()
 
 
 def lineage(model: str | Path | ModelSource) -> list[dict]:
     """How a saved model directory was made (its training records, oldest first); [] for a name."""
     src = ModelSource.of(model)
-    if not src.is_dir:
+    if not src.is_vitprune_dir:
         return []
     prior = read_config(src.name).get("meta", {})
     return prior.get("lineage", []) + ([prior["trained"]] if "trained" in prior else [])
@@ -65,6 +67,8 @@ def source_data_config(model: str | Path | ModelSource) -> dict | None:
     from .models import SMALL_CONFIGS, build_model
 
     src = ModelSource.of(model)
+    if src.is_dir and not src.is_vitprune_dir:  # a family's own layout: read from the model
+        return data_config(resolve_model(src)[0])
     if src.is_dir:
         cfg = read_config(src.name)
         if cfg.get("data_config"):

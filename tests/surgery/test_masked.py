@@ -9,7 +9,7 @@ from vitprune.adapters import vit_shape
 from vitprune.errors import ModelError, PlanError
 from vitprune.models import build_model
 from vitprune.plan import PrunePlan, TokenStage
-from vitprune.surgery import Masker, TokenSelectBlock, prune
+from vitprune.surgery import Masker, TokenSelecting, prune
 
 
 @pytest.fixture
@@ -45,13 +45,13 @@ def test_changing_only_keep_rates_reuses_the_token_blocks(model):
     masker = Masker(model)
     masker.set(PrunePlan(dense.blocks, (TokenStage(3, 0.5), TokenStage(6, 0.5))))
     first = model.blocks[3]
-    assert isinstance(first, TokenSelectBlock)
+    assert isinstance(first, TokenSelecting)
     masker.set(PrunePlan(dense.blocks, (TokenStage(3, 0.8), TokenStage(9, 0.5))))
     assert model.blocks[3] is first and first.token_stage.keep_rate == 0.8
-    assert not isinstance(model.blocks[6], TokenSelectBlock)  # stage removed: original block back
-    assert isinstance(model.blocks[9], TokenSelectBlock)
+    assert not isinstance(model.blocks[6], TokenSelecting)  # stage removed: original block back
+    assert isinstance(model.blocks[9], TokenSelecting)
     masker.remove()
-    assert not any(isinstance(b, TokenSelectBlock) for b in model.blocks)
+    assert not any(isinstance(b, TokenSelecting) for b in model.blocks)
 
 
 def test_token_scores_use_only_kept_heads(model):

@@ -15,7 +15,7 @@ from vitprune.errors import ModelError, PlanError
 from vitprune.io import load, save
 from vitprune.models import ArchSpec, build_model
 from vitprune.plan import PrunePlan, TokenStage, planned_shape
-from vitprune.surgery import Masker, TokenSelectBlock, prune
+from vitprune.surgery import Masker, TokenSelecting, prune
 
 # (id, timm name, constructor overrides). The three DeiTs run at their native 224; the other
 # families at a smaller image size, which exercises the same code.
@@ -83,7 +83,7 @@ def _assert_smaller(pruned, model, plan: PrunePlan) -> None:
         assert blk.mlp.fc1.bias.shape == (len(bp.neurons),)
         assert blk.mlp.fc2.weight.shape == (C, len(bp.neurons))
     stages = {t.block for t in plan.tokens}
-    assert {i for i, b in enumerate(pruned.blocks) if isinstance(b, TokenSelectBlock)} == stages
+    assert {i for i, b in enumerate(pruned.blocks) if isinstance(b, TokenSelecting)} == stages
     assert set(pruned.state_dict()) == set(model.state_dict())  # same keys, smaller tensors
     assert pruned.training == model.training
 
@@ -156,7 +156,7 @@ def test_token_stages_cannot_be_added_to_a_model_that_selects_tokens(tiny_vit):
     with pytest.raises(PlanError, match="already selects tokens"):
         prune(pruned, staged)
     again = prune(pruned, PrunePlan(tuple(dense.blocks)))  # heads/neurons only: allowed
-    assert isinstance(again.blocks[1], TokenSelectBlock)
+    assert isinstance(again.blocks[1], TokenSelecting)
 
 
 @pytest.mark.parametrize("overrides", [

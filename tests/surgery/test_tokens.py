@@ -8,7 +8,8 @@ from torch import nn
 
 from vitprune.errors import ModelError
 from vitprune.plan import TokenStage
-from vitprune.surgery import TokenSelectBlock, cls_attention, select_tokens
+from vitprune.adapters.timm_vit import TokenSelectBlock
+from vitprune.surgery import cls_attention, select_tokens
 
 B, N, H, D = 2, 11, 3, 8
 
@@ -136,20 +137,19 @@ def test_token_block_refuses_attention_masks(tiny_vit):
 def test_attention_is_timms_forward_and_returns_its_qkv(qk_norm, keep_heads, fused):
     """The token block's attention must compute what timm's Attention does (pruned or not, with
     or without q/k norms); this fails if timm's forward changes under us."""
-    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
 
-    from vitprune.surgery.prune import prune_heads
-    from vitprune.surgery.tokens import attention
+    from vitprune.adapters.timm_vit import TimmViTAdapter, attention
 
     torch.manual_seed(2)
-    attn = Attention(24, num_heads=4, qkv_bias=True, qk_norm=qk_norm,
-                     norm_layer=nn.LayerNorm if qk_norm else None).eval()
+    block = Block(24, num_heads=4, qkv_bias=True, qk_norm=qk_norm).eval()
+    attn = block.attn
     if qk_norm:  # non-trivial norms, so forgetting them would show
         with torch.no_grad():
             attn.q_norm.weight.uniform_(0.5, 2.0)
             attn.k_norm.bias.uniform_(-1.0, 1.0)
     if keep_heads:
-        prune_heads(attn, keep_heads)
+        TimmViTAdapter().prune_block(block, keep_heads, None, attn.head_dim)
     attn.fused_attn = fused
     x = torch.randn(2, 9, 24)
     with torch.no_grad():

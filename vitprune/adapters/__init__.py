@@ -1,5 +1,118 @@
-"""The only code that knows timm's ViT internals (blocks, attention, MLP, prefix tokens)."""
+"""Model families: the only code that knows a family's internals (blocks, attention, MLP,
+prefix tokens, how to build and load it).
 
-from .timm_vit import check_prunable, data_config, input_shape, token_stage, vit_shape
+Each family is one :class:`~vitprune.adapters.base.Adapter` registered here. Everything above
+(scoring, masking, surgery, cost, save/load, the commands) reaches a model through
+:func:`adapter_for` (a model) or :func:`adapter_named` (a model name).
 
-__all__ = ["check_prunable", "data_config", "input_shape", "token_stage", "vit_shape"]
+To add a family: write ``vitprune/adapters/<family>.py`` with an ``Adapter`` subclass (see
+``base.py`` for what it must answer; ``timm_vit.TimmBlocks`` already does the block-level work
+for models built of timm ``Block``s) and add one :func:`register` call below.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from torch import nn
+
+from ..cost import VitShape
+from ..errors import ModelError
+from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, token_stage
+from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
+
+_ADAPTERS: list[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Make ``adapter``'s family known to every command and function."""
+    _ADAPTERS.append(adapter)
+    return adapter
+
+
+register(TimmViTAdapter())
+
+
+def families() -> tuple[Adapter, ...]:
+    """The registered adapters, in the order they are tried."""
+    return tuple(_ADAPTERS)
+
+
+def supported() -> str:
+    """What vitprune accepts, for error messages."""
+    return "; ".join(a.describes for a in _ADAPTERS)
+
+
+def adapter_for(model: nn.Module, name: str = "") -> Adapter:
+    """The adapter of ``model``'s family.
+
+    Raises:
+        ModelError: no registered family handles the model.
+    """
+    for a in _ADAPTERS:
+        if a.handles(model):
+            return a
+    raise ModelError(
+        f"model {name or type(model).__name__} is a {type(model).__name__}, which vitprune "
+        f"cannot prune; supported are ViT/DeiT-style models: {supported()}"
+    )
+
+
+def adapter_named(name: str) -> Adapter:
+    """The adapter whose family builds the model called ``name``.
+
+    Raises:
+        ModelError: no family knows the name (with the closest known names).
+    """
+    for a in _ADAPTERS:
+        if a.knows(name):
+            return a
+    pool = [n for a in _ADAPTERS for n in a.names()]
+    close = difflib.get_close_matches(name, pool, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model '{name}'.{hint} Use {supported()}, or a directory saved by "
+                     "vitprune.")
+
+
+def from_directory(path: Path) -> tuple[nn.Module, ArchSpec] | None:
+    """A model saved in a family's own directory layout (a Hugging Face ``save_pretrained``
+    directory), with its architecture record; None: no family recognises the directory."""
+    for a in _ADAPTERS:
+        found = a.from_directory(path)
+        if found is not None:
+            return found
+    return None
+
+
+def vit_shape(model: nn.Module) -> VitShape:
+    """The :class:`~vitprune.cost.VitShape` of ``model`` as built (dense or physically pruned,
+    token stages included).
+
+    Raises:
+        ModelError: the model is not one vitprune can prune.
+    """
+    return adapter_for(model).shape(model)
+
+
+def check_prunable(model: nn.Module) -> None:
+    """Raise :class:`ModelError` unless ``model`` is one vitprune can prune."""
+    adapter_for(model).check(model)
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of one input image of ``model``."""
+    return adapter_for(model).input_shape(model)
+
+
+def data_config(model: nn.Module) -> dict | None:
+    """How images must be prepared for ``model`` (mean, std, interpolation, crop_pct,
+    crop_mode, input_size), JSON-ready; None where the model does not say."""
+    return adapter_for(model).data_config(model)
+
+
+__all__ = [
+    "SMALL_CONFIGS", "Adapter", "ArchSpec", "BlockParts", "adapter_for", "adapter_named",
+    "check_prunable", "data_config", "families", "from_directory", "head_channels", "input_shape", "register",
+    "slice_linear", "supported", "token_stage", "vit_shape",
+]

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import fsutil
-from ..adapters import data_config
+from ..adapters import adapter_for, data_config, from_directory
 from ..errors import ModelError
 from ..models import ArchSpec, ModelSource, build_model, load_weights, read_state_dict
 from ..plan import PrunePlan
@@ -30,6 +30,15 @@ def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_checksum(d: str | Path) -> str:
+    """SHA-256 over a directory's files (names and contents), for a model saved in a family's
+    own layout: replacing any of its files changes it, moving the directory does not."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(d).iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0" + _sha256(f).encode())
     return h.hexdigest()
 
 
@@ -63,7 +72,8 @@ def read_config(d: str | Path) -> dict[str, Any]:
     d = Path(d)
     cfg_path = d / CONFIG
     if not cfg_path.is_file():
-        raise ModelError(f"{d} is not a vitprune model directory: {CONFIG} is missing")
+        raise ModelError(f"{d} is not a vitprune model directory: {CONFIG} is missing (nor is it "
+                         "a Hugging Face save_pretrained directory: no config.json)")
     return fsutil.read_record(cfg_path, FORMAT, VERSION, lambda why: ModelError(
         f"{why}; the model directory is damaged or not vitprune's: re-save the model"))
 
@@ -86,8 +96,7 @@ def load(d: str | Path, device: str = "cpu") -> torch.nn.Module:
         model = restructure(model, cfg["plan"])  # pruned: rebuild the smaller structure
     load_weights(model, read_state_dict(weights), str(weights))
     if cfg.get("data_config"):  # the saved preprocessing travels with the model
-        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
-                                **cfg["data_config"]}
+        adapter_for(model).set_data_config(model, cfg["data_config"])
     return model.to(device).eval()
 
 
@@ -105,6 +114,10 @@ def resolve_model(name_or_dir: str | ModelSource, checkpoint: str | Path | None 
     """
     src = ModelSource.of(name_or_dir, checkpoint)
     src.check()
+    if src.is_dir and not src.is_vitprune_dir:
+        found = from_directory(Path(src.name))
+        if found is not None:  # a family's own layout (Hugging Face save_pretrained)
+            return found[0].to(device).eval(), found[1], None
     if src.is_dir:
         cfg = read_config(src.name)
         plan = cfg.get("plan")
@@ -113,15 +126,16 @@ def resolve_model(name_or_dir: str | ModelSource, checkpoint: str | Path | None 
     arch = ArchSpec(src.name, {**src.args, **overrides})
     model = build_model(arch, pretrained=src.pretrained)
     if src.checkpoint is not None:
-        load_weights(model, read_state_dict(src.checkpoint), src.checkpoint)
+        sd = adapter_for(model).checkpoint_state_dict(model, read_state_dict(src.checkpoint))
+        load_weights(model, sd, src.checkpoint)
     return model.to(device).eval(), arch, None
 
 
 def resolve_for_data(name_or_dir: str | ModelSource, splits: Any,
                      checkpoint: str | Path | None = None, device: str = "cpu"
                      ) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
-    """:func:`resolve_model`, a timm name built to fit ``splits`` (its classes, channels and
-    image size); registered small configurations and saved directories are taken as they are."""
+    """:func:`resolve_model`, a name built to fit ``splits`` (its classes, channels and image
+    size); registered small configurations and saved directories are taken as they are."""
     from ..models import SMALL_CONFIGS
 
     src = ModelSource.of(name_or_dir, checkpoint)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import check_prunable
+from ..adapters import BlockParts, adapter_for
 from ..cost import VitShape
 from ..errors import DataError, ScoringError
 
@@ -211,7 +211,8 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     labels and mean |activation| of every block.
 
     Args:
-        model: a timm ViT (see :func:`vitprune.adapters.check_prunable`); not modified.
+        model: a model of a supported family (:func:`vitprune.adapters.check_prunable`); not
+            modified.
         loader: yields image batches (B, C, H, W) or (images, labels) pairs; re-iterable.
         shape: ``vit_shape(model)``.
         blocks: blocks whose Gram-ready features to keep.
@@ -226,7 +227,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     Raises:
         DataError: the loader yields no images or malformed batches.
     """
-    check_prunable(model)
+    parts = _parts(model)
     blocks = tuple(sorted(set(blocks)))
     if not statistics and not blocks:
         raise ScoringError("collect() with statistics=False needs at least one block to record")
@@ -235,9 +236,9 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     device = next(model.parameters()).device
     probs, labels, n, handles, fingerprint = [], [], 0, [], 0.0
     try:
-        for i, b in enumerate(model.blocks):
-            handles.append(b.attn.proj.register_forward_pre_hook(rec.proj_hook(i)))
-            handles.append(b.mlp.fc2.register_forward_pre_hook(rec.fc2_hook(i)))
+        for i, p in enumerate(parts):
+            handles.append(p.proj.register_forward_pre_hook(rec.proj_hook(i)))
+            handles.append(p.fc2.register_forward_pre_hook(rec.fc2_hook(i)))
         with eval_mode(model), torch.no_grad():
             for images, y in _limited(loader, max_images, device):
                 try:
@@ -262,6 +263,14 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     return out
 
 
+def _parts(model: nn.Module) -> list[BlockParts]:
+    """Each block's attention output projection and second MLP layer, whose inputs carry the
+    head and neuron features (the family's adapter says where they are)."""
+    adapter = adapter_for(model)
+    adapter.check(model)
+    return [adapter.parts(b) for b in adapter.blocks(model)]
+
+
 def _checksum(images: torch.Tensor, offset: int) -> float:
     """Sum of each image's pixel sum times its position (1-based) in the stream."""
     pos = torch.arange(offset + 1, offset + 1 + images.shape[0], device=images.device)
@@ -284,7 +293,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
     Raises:
         DataError: the loader yields no labels, or no images.
     """
-    check_prunable(model)
+    parts = _parts(model)
     captured: dict[tuple[str, int], torch.Tensor] = {}
     heads = [torch.zeros(b.heads) for b in shape.blocks]
     neurons = [torch.zeros(b.mlp_hidden) for b in shape.blocks]
@@ -296,9 +305,9 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
         return hook
 
     try:
-        for i, b in enumerate(model.blocks):
-            handles.append(b.attn.proj.register_forward_pre_hook(keep(("head", i))))
-            handles.append(b.mlp.fc2.register_forward_pre_hook(keep(("neuron", i))))
+        for i, p in enumerate(parts):
+            handles.append(p.proj.register_forward_pre_hook(keep(("head", i))))
+            handles.append(p.fc2.register_forward_pre_hook(keep(("neuron", i))))
         with eval_mode(model), torch.enable_grad():
             for images, y in _limited(loader, max_images, device):
                 if y is None:

@@ -20,7 +20,7 @@ Scores become a plan in the pipeline (scoring may not import search)::
 Tokens have no HSIC score here: HSIC measures dependence across the n calibration images, so a
 token score from it is a statistic of a token *position* over a dataset (the authors smoothed it
 with an EMA over batches), not something computable for one image at inference time. Token
-selection stays per image, by class-token attention (``vitprune.surgery.tokens``).
+selection stays per image, by class-token attention (``vitprune.adapters.tokens``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import fsutil
-from ..adapters import check_prunable, vit_shape
+from ..adapters import BlockParts, adapter_for, check_prunable, vit_shape
 from ..cost import VitShape
 from ..errors import ScoringError
 from .collect import Collected, collect, collect_taylor, feature_groups
@@ -300,20 +300,20 @@ class MagnitudeCriterion(Criterion):
             raise ScoringError(f"magnitude criterion takes p=1 or p=2, got {self.p}")
 
     def __call__(self, model: nn.Module, loader: Iterable | None = None) -> list[BlockScores]:
-        check_prunable(model)
-        shape = vit_shape(model)
-        return [self.block(b, s.heads, s.head_dim) for b, s in zip(model.blocks, shape.blocks)]
+        adapter = adapter_for(model)
+        shape = adapter.shape(model)
+        return [self.block(adapter.parts(b), s.heads, s.head_dim)
+                for b, s in zip(adapter.blocks(model), shape.blocks)]
 
     def _norm(self, w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         w = w.detach().double()
         return w.abs().sum(dim=dims) if self.p == 1 else w.pow(2).sum(dim=dims)
 
-    def block(self, block: nn.Module, h: int, d: int) -> BlockScores:
-        qkv = block.attn.qkv.weight.reshape(3, h, d, -1)  # rows: (q|k|v, head, channel)
-        proj = block.attn.proj.weight.reshape(-1, h, d)  # columns: (head, channel)
+    def block(self, parts: BlockParts, h: int, d: int) -> BlockScores:
+        qkv = parts.qkv_weight(h, d)  # (q|k|v, head, channel, input)
+        proj = parts.proj.weight.reshape(-1, h, d)  # columns: (head, channel)
         heads = self._norm(qkv, (0, 2, 3)) + self._norm(proj, (0, 2))
-        neurons = (self._norm(block.mlp.fc1.weight, (1,))
-                   + self._norm(block.mlp.fc2.weight, (0,)))
+        neurons = self._norm(parts.fc1.weight, (1,)) + self._norm(parts.fc2.weight, (0,))
         if self.p == 2:  # one norm over all the component's weights, not a sum of norms
             heads, neurons = heads.sqrt(), neurons.sqrt()
         return BlockScores(heads, neurons)

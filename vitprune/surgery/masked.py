@@ -1,10 +1,10 @@
 """Masked execution: run a plan on the dense model in place, without rebuilding it.
 
 The search evaluates hundreds of plans on one model; :class:`Masker` makes each switch cheap.
-Heads are masked by zeroing their channels at the input of ``attn.proj``, neurons by zeroing
-their channels at the input of ``mlp.fc2``: exactly what removing those rows/columns computes.
-Token stages swap in :class:`~vitprune.surgery.tokens.TokenSelectBlock`s that score tokens with
-the kept heads only.
+Heads are masked by zeroing their channels at the input of the attention's output projection,
+neurons by zeroing their channels at the input of the MLP's second layer (the family's adapter
+says where those are): exactly what removing those rows/columns computes. Token stages swap in
+the family's token-selecting blocks, which score tokens with the kept heads only.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..adapters import check_prunable, token_stage, vit_shape
+from ..adapters import adapter_for, head_channels, token_stage
 from ..errors import ModelError
 from ..plan import PrunePlan, TokenStage
-from .prune import as_plan, head_channels
-from .tokens import TokenSelectBlock
+from .prune import as_plan
 
 
 class Masker:
@@ -35,28 +33,30 @@ class Masker:
         masker.remove()
     """
 
-    def __init__(self, model: VisionTransformer) -> None:
+    def __init__(self, model: nn.Module) -> None:
         """Install the (inactive) mask hooks on ``model``.
 
         Raises:
             ModelError: unsupported blocks, or the model already selects tokens.
         """
-        check_prunable(model)
-        if any(token_stage(b) is not None for b in model.blocks):
+        self.adapter = adapter_for(model)
+        self.adapter.check(model)
+        if any(token_stage(b) is not None for b in self.adapter.blocks(model)):
             raise ModelError("Masker needs a model without token stages; mask the dense model")
         self.model = model
-        self.shape = vit_shape(model)
-        self._blocks = list(model.blocks)  # the original block objects, restored by clear()
+        self.shape = self.adapter.shape(model)
+        self._blocks = list(self.adapter.blocks(model))  # originals, restored by clear()
+        self._parts = [self.adapter.parts(b) for b in self._blocks]
         n = len(self._blocks)
         self._head_masks: list[torch.Tensor | None] = [None] * n
         self._neuron_masks: list[torch.Tensor | None] = [None] * n
         self._head_weights: list[torch.Tensor | None] = [None] * n
-        self._stages: dict[int, TokenSelectBlock] = {}
+        self._stages: dict[int, nn.Module] = {}
         self._handles = []
-        for i, b in enumerate(self._blocks):
+        for i, p in enumerate(self._parts):
             self._handles += [
-                b.attn.proj.register_forward_pre_hook(_mask_hook(self._head_masks, i)),
-                b.mlp.fc2.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
+                p.proj.register_forward_pre_hook(_mask_hook(self._head_masks, i)),
+                p.fc2.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
             ]
         self._removed = False
 
@@ -71,7 +71,7 @@ class Masker:
         plan = as_plan(plan)
         plan.validate(self.shape)
         for i, (bp, bs) in enumerate(zip(plan.blocks, self.shape.blocks)):
-            dev = self._blocks[i].attn.proj.weight.device
+            dev = self._parts[i].proj.weight.device
             if len(bp.heads) == bs.heads:  # None: the hook passes the input through untouched
                 self._head_masks[i] = self._head_weights[i] = None
             else:
@@ -110,15 +110,13 @@ class Masker:
     def _set_stages(self, stages: tuple[TokenStage, ...]) -> None:
         wanted = {t.block: t for t in stages}
         for i in [i for i in self._stages if i not in wanted]:
-            self.model.blocks[i] = self._blocks[i]
+            self.adapter.set_block(self.model, i, self._blocks[i])
             del self._stages[i]
         for i, stage in wanted.items():
             tb = self._stages.get(i)
             if tb is None:  # only a new stage position costs a module swap
-                orig = self._blocks[i]
-                tb = TokenSelectBlock(orig, stage, self.model.num_prefix_tokens,
-                                      self.model.cls_token is not None).train(orig.training)
-                self.model.blocks[i] = tb
+                tb = self.adapter.token_block(self.model, i, stage)
+                self.adapter.set_block(self.model, i, tb)
                 self._stages[i] = tb
             tb.token_stage = stage
             tb.head_weights = self._head_weights[i]

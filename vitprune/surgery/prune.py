@@ -1,25 +1,23 @@
-"""Physical pruning: a new, smaller timm ViT that computes what the plan's masks compute.
+"""Physical pruning: a new, smaller model of the same family that computes what the plan's
+masks compute.
 
-Heads: the kept heads' rows of the q, k and v thirds of ``attn.qkv`` (and bias), the matching
-input columns of ``attn.proj``. Neurons: rows of ``mlp.fc1`` (and bias), columns of ``mlp.fc2``.
-Every pruned block stays an ordinary timm ``Attention``/``Mlp`` with fewer heads/units; token
-stages become :class:`~vitprune.surgery.tokens.TokenSelectBlock`.
+Heads: the kept heads' rows of the query, key and value layers (and bias), the matching input
+columns of the attention's output projection. Neurons: rows of the MLP's first layer (and bias),
+columns of its second. The family's adapter says where those layers are
+(:meth:`~vitprune.adapters.base.Adapter.parts`); every pruned block stays an ordinary block of
+its family with fewer heads/units, and token stages become the family's token-selecting block.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..adapters import check_prunable, vit_shape
+from ..adapters import adapter_for
 from ..errors import ModelError, PlanError
 from ..plan import PrunePlan
-from .tokens import TokenSelectBlock
 
 
 def as_plan(plan: PrunePlan | dict[str, Any]) -> PrunePlan:
@@ -31,112 +29,42 @@ def as_plan(plan: PrunePlan | dict[str, Any]) -> PrunePlan:
     raise PlanError(f"expected a PrunePlan or its dict record, got {type(plan).__name__}")
 
 
-def prune(model: VisionTransformer, plan: PrunePlan | dict[str, Any]) -> VisionTransformer:
+def prune(model: nn.Module, plan: PrunePlan | dict[str, Any]) -> nn.Module:
     """A pruned copy of ``model``; ``model`` itself is left untouched.
 
     Args:
-        model: a timm VisionTransformer (dense, or pruned without token stages when ``plan``
-            has token stages).
+        model: a model of a supported family (dense, or pruned without token stages when
+            ``plan`` has token stages).
         plan: what to keep; head and neuron ids refer to ``model``'s current blocks.
 
     Returns:
-        A new model with smaller ``qkv``/``proj``/``fc1``/``fc2`` layers and token-selecting
-        blocks at the plan's stages, in the same train/eval mode as ``model``.
+        A new model with smaller attention and MLP layers and token-selecting blocks at the
+        plan's stages, in the same train/eval mode as ``model``.
 
     Raises:
         ModelError: the model has a block vitprune cannot prune, or hooks (remove a Masker first).
         PlanError: the plan does not fit the model.
     """
-    check_prunable(model)
+    adapter = adapter_for(model)
+    adapter.check(model)
     plan = as_plan(plan)
     _refuse_hooks(model)
-    shape = vit_shape(model)
+    shape = adapter.shape(model)
     plan.validate(shape)
     new = copy.deepcopy(model)
-    for blk, bp, bs in zip(new.blocks, plan.blocks, shape.blocks):
-        if len(bp.heads) < bs.heads:
-            prune_heads(blk.attn, bp.heads)
-        if len(bp.neurons) < bs.mlp_hidden:
-            prune_neurons(blk.mlp, bp.neurons)
+    for blk, bp, bs in zip(adapter.blocks(new), plan.blocks, shape.blocks):
+        adapter.prune_block(blk, bp.heads if len(bp.heads) < bs.heads else None,
+                            bp.neurons if len(bp.neurons) < bs.mlp_hidden else None, bs.head_dim)
     for stage in plan.tokens:
-        old = new.blocks[stage.block]
-        tb = TokenSelectBlock(old, stage, new.num_prefix_tokens, new.cls_token is not None)
-        new.blocks[stage.block] = tb.train(old.training)
+        adapter.set_block(new, stage.block, adapter.token_block(new, stage.block, stage))
     if plan.tokens:
-        refuse_feature_maps(new, [s.block for s in plan.tokens])
+        adapter.after_token_stages(new, [s.block for s in plan.tokens])
     return new
 
 
-def refuse_feature_maps(model: VisionTransformer, stages: Sequence[int]) -> None:
-    """Make ``model.forward_intermediates`` (and so ``get_intermediate_layers``) raise a
-    :class:`ModelError` that says why, instead of timm's raw reshape error.
-
-    After a token stage the tokens no longer form the patch grid, so there are no feature maps
-    to return. The method is replaced on this instance only; the class and every other model
-    are untouched, and ``forward`` / ``forward_features`` are unaffected.
-    """
-    blocks = ", ".join(str(b) for b in stages)
-
-    def forward_intermediates(*_args: Any, **_kwargs: Any) -> Any:
-        raise ModelError(
-            f"this pruned model selects tokens in block(s) {blocks}: after that the tokens no "
-            "longer form the patch grid, so timm's feature-map helpers (forward_intermediates, "
-            "get_intermediate_layers) have nothing to return. Use forward / forward_features, or "
-            "prune with a plan without token stages for dense-prediction backbones"
-        )
-
-    model.forward_intermediates = forward_intermediates
-
-
-def restructure(model: VisionTransformer, plan: PrunePlan | dict[str, Any]) -> VisionTransformer:
+def restructure(model: nn.Module, plan: PrunePlan | dict[str, Any]) -> nn.Module:
     """The structure of ``prune(model, plan)``, to load a pruned model's saved weights into."""
     return prune(model, plan)
-
-
-def prune_heads(attn: nn.Module, heads: Sequence[int]) -> None:
-    """Keep only ``heads`` of a timm ``Attention``, in place.
-
-    timm's forward reshapes ``qkv`` with ``num_heads``/``head_dim`` and merges heads back with
-    ``attn_dim``, so those two attributes change with the layers; ``head_dim`` and ``scale`` do not.
-    """
-    d, a = attn.head_dim, attn.attn_dim
-    ch = head_channels(heads, d, attn.qkv.weight.device)  # kept channels within q (or k, or v)
-    rows = torch.cat([ch + part * a for part in range(3)])
-    attn.qkv = sliced_linear(attn.qkv, rows=rows)
-    attn.proj = sliced_linear(attn.proj, cols=ch)
-    attn.num_heads = len(heads)
-    attn.attn_dim = len(heads) * d
-
-
-def prune_neurons(mlp: nn.Module, neurons: Sequence[int]) -> None:
-    """Keep only hidden units ``neurons`` of a timm ``Mlp``, in place."""
-    idx = torch.as_tensor(neurons, dtype=torch.long, device=mlp.fc1.weight.device)
-    mlp.fc1 = sliced_linear(mlp.fc1, rows=idx)
-    mlp.fc2 = sliced_linear(mlp.fc2, cols=idx)
-
-
-def head_channels(heads: Sequence[int], head_dim: int,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """(len(heads) * head_dim,) channel ids of ``heads`` in a (heads * head_dim) feature axis."""
-    h = torch.as_tensor(heads, dtype=torch.long, device=device)
-    return (h[:, None] * head_dim + torch.arange(head_dim, device=device)).flatten()
-
-
-def sliced_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
-                  cols: torch.Tensor | None = None) -> nn.Linear:
-    """A new ``nn.Linear`` holding ``lin``'s weight rows (outputs) and columns (inputs) given."""
-    w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
-    if rows is not None:
-        w = w.index_select(0, rows)
-        b = None if b is None else b.index_select(0, rows)
-    if cols is not None:
-        w = w.index_select(1, cols)
-    # Built on the meta device: the weights are replaced at once, so skip the random init.
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
-    new.weight = nn.Parameter(w.clone(), requires_grad=lin.weight.requires_grad)
-    if b is not None:
-        new.bias = nn.Parameter(b.clone(), requires_grad=lin.bias.requires_grad)
-    return new.train(lin.training)
 
 
 def _refuse_hooks(model: nn.Module) -> None:

@@ -1,16 +1,15 @@
 """Token selection (EViT-style): keep the most attended patch tokens, fuse the rest into one.
 
-The algorithm is two pure tensor functions, :func:`cls_attention` and :func:`select_tokens`;
-:class:`TokenSelectBlock` is the thin module that runs them inside a timm ``Block``.
+The algorithm is two pure tensor functions, :func:`cls_attention` and :func:`select_tokens`.
+:class:`TokenSelecting` is the base of each family's token-selecting block: it holds the stage
+and runs the two functions; the family's block computes attention and hands over ``qkv``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
 from ..plan import TokenStage, kept_tokens
 
 
@@ -92,47 +91,12 @@ def select_tokens(
     return torch.cat(parts, dim=1)
 
 
-def attention(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm ``Attention`` forward that also returns its ``qkv`` projection, which selection scores
-    tokens by.
+class TokenSelecting(nn.Module):
+    """Base of a family's token-selecting block: the stage and the selection step.
 
-    It computes what ``attn(x)`` computes for the attention vitprune prunes (plain ``Attention``
-    without output norm or gate, which ``check_prunable`` guarantees); a test holds it to timm's
-    own forward. Returning ``qkv`` here, instead of catching it with a forward hook, keeps the
-    block one graph for ``torch.compile`` and exporters.
-
-    Args:
-        attn: a timm ``Attention``.
-        x: (B, N, C) normalised tokens.
-
-    Returns:
-        ((B, N, C) attention output, (B, N, 3 * heads * head_dim) ``qkv`` output).
-    """
-    B, N, _ = x.shape
-    qkv = attn.qkv(x)
-    q, k, v = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)  # (B, h, N, d) each, y too
-    if attn.fused_attn:
-        drop = attn.attn_drop.p if attn.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
-    else:  # timm's explicit path, which counters of operations (and some exporters) can see
-        y = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-    y = attn.norm(y.transpose(1, 2).reshape(B, N, attn.attn_dim))
-    return attn.proj_drop(attn.proj(y)), qkv
-
-
-# The parts of a timm Block, adopted under the same names so state_dict keys do not change.
-BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-
-
-class TokenSelectBlock(nn.Module):
-    """A timm ``Block`` that selects tokens between its attention and its MLP.
-
-    It adopts the block's submodules (same objects, same attribute names), so
-    ``blocks.3.attn.qkv.weight`` and friends keep their keys, and runs timm's two residual lines
-    with :func:`select_tokens` in between. Attention runs through :func:`attention`, timm's
-    computation that also hands back the ``qkv`` output the class-token attention is computed
-    from: no hooks, so the block compiles and exports as one graph.
+    A subclass adopts the block's submodules under their own names (so state_dict keys do not
+    change), computes attention itself so that it has the ``qkv`` output at hand (no hooks: the
+    block compiles and exports as one graph) and calls :meth:`select` between attention and MLP.
 
     Attributes:
         token_stage: the :class:`~vitprune.plan.TokenStage` this block runs.
@@ -142,39 +106,31 @@ class TokenSelectBlock(nn.Module):
             only kept heads), or None; a non-persistent buffer.
     """
 
-    def __init__(self, block: nn.Module, stage: TokenStage, num_prefix: int,
-                 has_class_token: bool) -> None:
+    def __init__(self, stage: TokenStage, num_prefix: int, has_class_token: bool) -> None:
         super().__init__()
-        for name in BLOCK_PARTS:
-            setattr(self, name, getattr(block, name))
         self.token_stage = stage
         self.num_prefix = num_prefix
         self.has_class_token = has_class_token
         self.register_buffer("head_weights", None, persistent=False)
 
+    def adopt(self, block: nn.Module, names: tuple[str, ...]) -> None:
+        """Hold ``block``'s submodules ``names`` (the same objects) under the same names."""
+        for name in names:
+            setattr(self, name, getattr(block, name))
+
     def extra_repr(self) -> str:
         s = self.token_stage
         return f"keep_rate={s.keep_rate}, fuse={s.fuse}, num_prefix={self.num_prefix}"
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
-        """(B, N, C) -> (B, N', C) with N' = prefix + kept (+ 1 fused) tokens."""
-        if attn_mask is not None or is_causal:
-            raise ModelError(
-                "a token-selecting block cannot take an attention mask or causal attention: the "
-                "mask would no longer match the tokens; run the model without attn_mask"
-            )
-        y, qkv = attention(self.attn, self.norm1(x))
-        x = x + self.drop_path1(self.ls1(y))
-        x = self._select(x, qkv)
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-    def _select(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, qkv: torch.Tensor, num_heads: int, head_dim: int,
+               scale: float, q_norm: nn.Module | None = None,
+               k_norm: nn.Module | None = None) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, N', C) kept (+ fused) tokens, scored from ``qkv``
+        ((B, N, 3 * num_heads * head_dim), laid out (3, heads, head_dim))."""
         n = x.shape[1] - self.num_prefix
         keep = kept_tokens(n, self.token_stage.keep_rate)
         if keep >= n:
             return x
-        a = self.attn
-        scores = cls_attention(qkv, a.num_heads, a.head_dim, a.scale, a.q_norm, a.k_norm,
+        scores = cls_attention(qkv, num_heads, head_dim, scale, q_norm, k_norm,
                                self.head_weights, has_class_token=self.has_class_token)
         return select_tokens(x, scores, self.num_prefix, keep, self.token_stage.fuse)

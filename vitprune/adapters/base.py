@@ -1,0 +1,231 @@
+"""The adapter interface: what vitprune needs from a family of ViT models.
+
+Scoring, masking, surgery, token stages, cost and save/load work on any model through the
+:class:`Adapter` registered for its family (:func:`vitprune.adapters.adapter_for`). An adapter is
+the only code that reads the family's attributes; everything above it sees
+
+* the model's :class:`~vitprune.cost.VitShape` (:meth:`Adapter.shape`);
+* its transformer blocks, in order (:meth:`Adapter.blocks`, :meth:`Adapter.set_block`);
+* in each block, the linear layers that pruning slices (:class:`BlockParts`);
+* a token-selecting replacement for a block (:meth:`Adapter.token_block`);
+* how to build a model of the family from a JSON-ready :class:`ArchSpec` record.
+
+A new family is one module under ``vitprune/adapters/`` holding an :class:`Adapter` subclass
+plus one :func:`vitprune.adapters.register` call in ``vitprune/adapters/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cost import VitShape
+from ..errors import ModelError
+from ..plan import TokenStage
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A buildable architecture, JSON-ready: a family's model name plus keyword arguments.
+
+    ``name`` is what a family's :meth:`Adapter.knows` accepts (a timm name, ``t2t_vit_14``,
+    ``transformers`` ...); ``kwargs`` are constructor arguments (for Hugging Face: the config).
+    It is what vitprune saves beside weights, so that a model is rebuilt from JSON alone.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ModelError(f"architecture record {d!r} has no model name; the model.json is "
+                             "corrupt")
+        kwargs = d.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ModelError(f"architecture kwargs must be a JSON object, got {kwargs!r}")
+        return cls(d["name"], kwargs)
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The linear layers of one block that head and neuron pruning slice.
+
+    Attributes:
+        qkv: the layers that compute queries, keys and values: one fused layer whose outputs
+            are laid out (3, heads, head_dim) (timm), or three layers (q, k, v) whose outputs
+            are each (heads, head_dim) (Hugging Face).
+        proj: the attention's output projection; its inputs are (heads, head_dim).
+        fc1: the MLP's first layer (outputs: hidden neurons).
+        fc2: the MLP's second layer (inputs: hidden neurons).
+    """
+
+    qkv: tuple[nn.Linear, ...]
+    proj: nn.Linear
+    fc1: nn.Linear
+    fc2: nn.Linear
+
+    def qkv_weight(self, heads: int, head_dim: int) -> torch.Tensor:
+        """(3, heads, head_dim, C) weights of q, k and v, whichever layout the block keeps."""
+        if len(self.qkv) == 1:
+            return self.qkv[0].weight.reshape(3, heads, head_dim, -1)
+        return torch.stack([lin.weight.reshape(heads, head_dim, -1) for lin in self.qkv])
+
+
+class Adapter(ABC):
+    """One family of ViT models (timm ``VisionTransformer``, T2T-ViT, Hugging Face ViT/DeiT).
+
+    Subclasses implement the abstract methods; the block-level slicing is shared
+    (:meth:`prune_block`) and needs only :meth:`parts` and :meth:`set_heads`.
+    """
+
+    #: short family name used in messages and records ("timm", "t2t", "hf")
+    family: str = ""
+    #: what the family accepts, for error messages ("timm VisionTransformer names ...")
+    describes: str = ""
+
+    # ---- recognising and building models -------------------------------------------------
+    @abstractmethod
+    def handles(self, model: nn.Module) -> bool:
+        """Whether ``model`` belongs to this family (an ``isinstance`` test, never a name)."""
+
+    @abstractmethod
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model name (an :attr:`ArchSpec.name`) this family builds."""
+
+    @abstractmethod
+    def build(self, arch: ArchSpec, pretrained: bool = False) -> nn.Module:
+        """A dense model of ``arch`` with random weights (or published ones with
+        ``pretrained``, where the family offers them).
+
+        Raises:
+            ModelError: the arguments do not fit, or published weights cannot be had.
+        """
+
+    def names(self) -> list[str]:
+        """Names to suggest in an 'unknown model' message."""
+        return []
+
+    def from_directory(self, path: Path) -> tuple[nn.Module, ArchSpec] | None:
+        """A model saved in the family's own directory layout (e.g. a Hugging Face
+        ``save_pretrained`` directory), with its architecture record; None: not this family's.
+        """
+        return None
+
+    def checkpoint_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]
+                              ) -> dict[str, torch.Tensor]:
+        """``state_dict`` from a checkpoint file, with keys as ``model`` names them (a family
+        whose published checkpoints use other names maps them here)."""
+        return state_dict
+
+    # ---- reading a model -----------------------------------------------------------------
+    @abstractmethod
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`~vitprune.errors.ModelError` unless every block can be pruned."""
+
+    @abstractmethod
+    def shape(self, model: nn.Module) -> VitShape:
+        """The model's shape as built (dense or pruned, token stages included)."""
+
+    @abstractmethod
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        """The transformer blocks, in order."""
+
+    @abstractmethod
+    def set_block(self, model: nn.Module, index: int, block: nn.Module) -> None:
+        """Put ``block`` at position ``index`` (token stages swap blocks in and out)."""
+
+    @abstractmethod
+    def parts(self, block: nn.Module) -> BlockParts:
+        """The linear layers of ``block`` that pruning slices."""
+
+    @abstractmethod
+    def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+
+    def data_config(self, model: nn.Module) -> dict | None:
+        """How images must be prepared (mean, std, interpolation, crop_pct, crop_mode,
+        input_size), JSON-ready; None: the model does not say."""
+        return None
+
+    def set_data_config(self, model: nn.Module, config: dict) -> None:
+        """Attach a saved data config to ``model`` so :meth:`data_config` returns it (a
+        family without one ignores it)."""
+        return None
+
+    # ---- changing a model ----------------------------------------------------------------
+    @abstractmethod
+    def set_heads(self, block: nn.Module, heads: int) -> None:
+        """Tell ``block``'s attention it now has ``heads`` heads (its layers are sliced)."""
+
+    @abstractmethod
+    def token_block(self, model: nn.Module, index: int, stage: TokenStage) -> nn.Module:
+        """A block that runs block ``index`` of ``model`` (same submodules, same state_dict
+        keys) and selects tokens after its attention as ``stage`` says.
+
+        The returned module has a ``token_stage`` attribute (:func:`token_stage` reads it) and a
+        non-persistent ``head_weights`` buffer (None, or (heads,) weights of the heads in the
+        token score; masked execution sets it).
+        """
+
+    def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
+        """Adjust a model that selects tokens at blocks ``stages`` (e.g. refuse helpers that
+        assume the patch grid). Called once by surgery; nothing to do by default."""
+        return None
+
+    def prune_block(self, block: nn.Module, heads: Sequence[int] | None,
+                    neurons: Sequence[int] | None, head_dim: int) -> None:
+        """Keep only ``heads`` and ``neurons`` of ``block``, in place (None: keep all)."""
+        p = self.parts(block)
+        if heads is not None:
+            ch = head_channels(heads, head_dim, p.proj.weight.device)
+            if len(p.qkv) == 1:
+                per = p.qkv[0].out_features // 3
+                slice_linear(p.qkv[0], rows=torch.cat([ch + part * per for part in range(3)]))
+            else:
+                for lin in p.qkv:
+                    slice_linear(lin, rows=ch)
+            slice_linear(p.proj, cols=ch)
+            self.set_heads(block, len(heads))
+        if neurons is not None:
+            idx = torch.as_tensor(neurons, dtype=torch.long, device=p.fc1.weight.device)
+            slice_linear(p.fc1, rows=idx)
+            slice_linear(p.fc2, cols=idx)
+
+
+def token_stage(block: nn.Module) -> TokenStage | None:
+    """The token stage a block runs (its ``token_stage`` attribute), or None."""
+    stage = getattr(block, "token_stage", None)
+    return stage if isinstance(stage, TokenStage) else None
+
+
+def head_channels(heads: Sequence[int], head_dim: int,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """(len(heads) * head_dim,) channel ids of ``heads`` in a (heads * head_dim) feature axis."""
+    h = torch.as_tensor(heads, dtype=torch.long, device=device)
+    return (h[:, None] * head_dim + torch.arange(head_dim, device=device)).flatten()
+
+
+def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
+                 cols: torch.Tensor | None = None) -> None:
+    """Keep only ``rows`` (outputs) and ``cols`` (inputs) of ``lin``, in place: the module
+    object stays, so every reference to it (a parent's attribute, a hook) still holds."""
+    w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+    if rows is not None:
+        w = w.index_select(0, rows)
+        b = None if b is None else b.index_select(0, rows)
+    if cols is not None:
+        w = w.index_select(1, cols)
+    lin.weight = nn.Parameter(w.clone(), requires_grad=lin.weight.requires_grad)
+    if b is not None:
+        lin.bias = nn.Parameter(b.clone(), requires_grad=lin.bias.requires_grad)
+    lin.out_features, lin.in_features = w.shape

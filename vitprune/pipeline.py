@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .adapters import input_shape, vit_shape
+from .adapters import input_shape, logits_module, vit_shape
 from .config import SearchSettings, parse_budget
 from .cost import macs, params
 from .data import Splits, make_loader
@@ -163,13 +163,13 @@ class MaskedAccuracy:
                  objective: str = "top1"):
         require(objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got "
                 f"{objective!r}")
-        self.model = model.eval()
+        self.model = logits_module(model).eval()
         self.batches = batches
         self.objective = objective
         self.dense = None
         if objective == "kl":  # the dense model's log-probabilities, computed once
             with torch.inference_mode():
-                self.dense = [model(x).float().log_softmax(-1) for x, _ in batches]
+                self.dense = [self.model(x).float().log_softmax(-1) for x, _ in batches]
         self.masker = Masker(model)
 
     def _counts(self, plan: PrunePlan) -> list[float]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters import logits_module
 from .errors import ConfigError
 from .io.export import export_onnx, ort_runner, require_onnx
 
@@ -63,7 +64,7 @@ def runner(model: nn.Module, runtime: str, input_shape: tuple[int, int, int], ba
         ConfigError: see :func:`check_runtime`.
     """
     check_runtime(runtime, int8, device)
-    model = model.eval()
+    model = logits_module(model).eval()
     if runtime == "eager":
         yield quantize_eager(model) if int8 else model.to(device)
     elif runtime == "compile":

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from vitprune.adapters.timm_vit import TokenSelectBlock
 from vitprune.errors import ModelError
 from vitprune.plan import TokenStage
-from vitprune.adapters.timm_vit import TokenSelectBlock
 from vitprune.surgery import cls_attention, select_tokens
 
 B, N, H, D = 2, 11, 3, 8

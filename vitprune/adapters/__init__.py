@@ -85,6 +85,16 @@ def from_directory(path: Path) -> tuple[nn.Module, ArchSpec] | None:
     return None
 
 
+def logits_module(model: nn.Module) -> nn.Module:
+    """``model`` as a module whose forward returns the logits tensor (see
+    :meth:`~vitprune.adapters.base.Adapter.logits_module`); a model of no registered family is
+    returned as it is."""
+    for a in _ADAPTERS:
+        if a.handles(model):
+            return a.logits_module(model)
+    return model
+
+
 def vit_shape(model: nn.Module) -> VitShape:
     """The :class:`~vitprune.cost.VitShape` of ``model`` as built (dense or physically pruned,
     token stages included).
@@ -113,6 +123,6 @@ def data_config(model: nn.Module) -> dict | None:
 
 __all__ = [
     "SMALL_CONFIGS", "Adapter", "ArchSpec", "BlockParts", "adapter_for", "adapter_named",
-    "check_prunable", "data_config", "families", "from_directory", "head_channels", "input_shape", "register",
-    "slice_linear", "supported", "token_stage", "vit_shape",
+    "check_prunable", "data_config", "families", "from_directory", "head_channels", "input_shape",
+    "logits_module", "register", "slice_linear", "supported", "token_stage", "vit_shape",
 ]

@@ -152,6 +152,12 @@ class Adapter(ABC):
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
         """(C, H, W) of one input image."""
 
+    def logits_module(self, model: nn.Module) -> nn.Module:
+        """A module whose ``forward(images)`` returns the (B, classes) logits tensor: ``model``
+        itself where its forward does (timm), else a thin wrapper sharing its parameters (a
+        Hugging Face model returns an output object). Used to run, train, time and export."""
+        return model
+
     def data_config(self, model: nn.Module) -> dict | None:
         """How images must be prepared (mean, std, interpolation, crop_pct, crop_mode,
         input_size), JSON-ready; None: the model does not say."""

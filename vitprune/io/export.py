@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .. import fsutil
+from ..adapters import logits_module
 from ..errors import ConfigError, DependencyError, ModelError, OutputError
 
 FORMATS = ("onnx",)
@@ -84,7 +85,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], out: 
     out = Path(out)
     if out.exists():
         raise OutputError(f"{out} exists; export never writes over a file: choose a new --out")
-    model = model.float().cpu().eval()
+    model = logits_module(model).float().cpu().eval()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if nbytes > MAX_SINGLE_FILE_BYTES:
         raise ModelError(f"the model has {nbytes / 1e9:.1f} GB of weights; vitprune exports one "

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import BlockParts, adapter_for
+from ..adapters import BlockParts, adapter_for, logits_module
 from ..cost import VitShape
 from ..errors import DataError, ScoringError
 
@@ -242,7 +242,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         with eval_mode(model), torch.no_grad():
             for images, y in _limited(loader, max_images, device):
                 try:
-                    logits = model(images)
+                    logits = logits_module(model)(images)
                 except _StopForward:
                     logits = None
                 if logits is not None:
@@ -314,7 +314,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
                     raise DataError(
                         "the Taylor criterion needs labels: the loader yields images only")
                 captured.clear()
-                logits = model(images.detach().requires_grad_(True)).float()
+                logits = logits_module(model)(images.detach().requires_grad_(True)).float()
                 # sum, not mean: each image's activations get that image's own loss gradient
                 loss = F.cross_entropy(logits, y.long(), reduction="sum")
                 keys = list(captured)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..adapters import logits_module
 from ..errors import ConfigError, require
 
 
@@ -59,7 +60,7 @@ class Distiller:
 
     def __init__(self, teacher: torch.nn.Module, *, alpha: float, temperature: float,
                  hard: bool = False, label_smoothing: float = 0.0):
-        self.teacher = teacher.eval()
+        self.teacher = logits_module(teacher).eval()
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
         self.label_smoothing = label_smoothing
 

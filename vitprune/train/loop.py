@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import dist, fsutil
+from ..adapters import logits_module
 from ..data import Splits, make_loader, training_set
 from ..data.base import epoch_seed
 from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, require
@@ -150,7 +151,7 @@ def evaluate(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
 
     Under torchrun each rank passes its part of the data; the sums are added over ranks.
     """
-    model.eval()
+    model = logits_module(model).eval()
     correct = total = 0
     loss_sum = 0.0
     for i, (x, y) in enumerate(loader):
@@ -258,10 +259,10 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         start, history = state["epoch"], json.loads(state["history"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-    net = model
+    net = logits_module(model)  # shares model's parameters; its forward returns logits
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
+            net, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
 
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # dropout / drop-path

@@ -34,8 +34,15 @@ def sharpen(model: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
     could then flip a selection. Trained ViTs attend sharply; this makes the random ones do too,
     so the comparison tests the arithmetic, not luck.
     """
+    from vitprune.adapters import adapter_for
+
+    adapter = adapter_for(model)
     with torch.no_grad():
-        for b in model.blocks:
-            two_thirds = 2 * b.attn.attn_dim
-            b.attn.qkv.weight[:two_thirds] *= factor
+        for b in adapter.blocks(model):
+            qkv = adapter.parts(b).qkv
+            if len(qkv) == 1:  # fused (q | k | v) rows
+                qkv[0].weight[: 2 * qkv[0].out_features // 3] *= factor
+            else:
+                qkv[0].weight *= factor
+                qkv[1].weight *= factor
     return model

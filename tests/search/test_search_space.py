@@ -34,6 +34,22 @@ def test_batch_macs_equals_plan_macs(d12_shape, kwargs):
     assert fast.tolist() == exact
 
 
+def test_batch_macs_counts_a_stem_and_an_attention_pool(d12_shape):
+    """A T2T-ViT's tokens-to-token stem and a SigLIP-style attention pool are part of the cost
+    the budget sees: the fast count must include them exactly as the plan count does."""
+    from dataclasses import replace
+
+    from vitprune.cost import PoolShape, StemShape
+
+    shape = replace(d12_shape, stem=StemShape(macs=1_234_567, params=1000),
+                    pool=PoolShape(latent_len=1, mlp_hidden=256, params=5000))
+    space = SearchSpace(shape)
+    X = _tricky_points(space, 100, seed=7)
+    assert space.batch_macs(X).tolist() == [plan_macs(shape, space.plan(x)) for x in X]
+    assert space.dense_macs == macs(shape).total
+    assert macs(shape).patch_embed == 1_234_567
+
+
 def test_plan_matches_ratios_to_plan(d12_shape):
     space = SearchSpace(d12_shape, token_blocks=(2, 7))
     x = np.linspace(0.0, 0.5, space.dim)

@@ -115,6 +115,11 @@ class Adapter(ABC):
         """Names to suggest in an 'unknown model' message."""
         return []
 
+    def arch(self, model: nn.Module) -> ArchSpec | None:
+        """The architecture record of ``model`` read from the model alone (a Hugging Face model
+        carries its config); None where only the name it was built from says it."""
+        return None
+
     def from_directory(self, path: Path) -> tuple[nn.Module, ArchSpec] | None:
         """A model saved in the family's own directory layout (e.g. a Hugging Face
         ``save_pretrained`` directory), with its architecture record; None: not this family's.

@@ -42,7 +42,7 @@ def dir_checksum(d: str | Path) -> str:
     return h.hexdigest()
 
 
-def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *,
+def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec | None = None, *,
          plan: PrunePlan | dict | None = None, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to directory ``out`` (weights first, then the JSON that vouches for them).
 
@@ -50,10 +50,15 @@ def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec, *,
     input size, interpolation, crop, mean and std), so a pruned model keeps its parent's.
 
     Args:
-        arch: the architecture of the dense model ``model`` was pruned from (or of ``model``).
+        arch: the architecture of the dense model ``model`` was pruned from (or of ``model``);
+            None: read from the model where its family can (a Hugging Face config).
         plan: the plan that pruned it (None: a dense model).
     """
     out = Path(out)
+    arch = arch or adapter_for(model).arch(model)
+    if arch is None:
+        raise ModelError(f"save() needs arch= for a {type(model).__name__}: the name and "
+                         "arguments it was built with, e.g. ArchSpec('deit_small_patch16_224')")
     if isinstance(plan, dict):
         plan = PrunePlan.from_dict(plan)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

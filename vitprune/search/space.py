@@ -292,8 +292,14 @@ class SearchSpace:
         a = h * head_dim
         attn = 4 * n_in * C * a + 2 * n_in * n_in * a
         mlp = 2 * n_out * C * d
-        fixed = s.num_patches * s.patch_macs * C + s.num_heads_out * C * s.num_classes
-        return attn.sum(axis=1) + mlp.sum(axis=1) + fixed
+        embed = s.stem.macs if s.stem else s.num_patches * s.patch_macs * C
+        fixed = embed + s.num_heads_out * C * s.num_classes
+        total = attn.sum(axis=1) + mlp.sum(axis=1) + fixed
+        if s.pool is not None:  # the attention pool's cost follows the tokens it pools
+            lat, n = s.pool.latent_len, n_out[:, -1]
+            total = total + (2 * lat * C * C + 2 * n * C * C + 2 * lat * n * C
+                             + 2 * lat * C * s.pool.mlp_hidden)
+        return total
 
     def _token_counts(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens entering and leaving each block, shape (M, L) each, for token ratios (M,)."""
@@ -319,7 +325,8 @@ class SearchSpace:
     def describe(self) -> dict:
         """A JSON-ready description, used to tell one search's trials file from another's."""
         return {
-            "shape": repr(self.shape) + (f" pool={self.shape.pool!r}" if self.shape.pool else ""),
+            "shape": repr(self.shape) + (f" pool={self.shape.pool!r}" if self.shape.pool else "")
+            + (f" stem={self.shape.stem!r}" if self.shape.stem else ""),
             "head_bounds": list(self.head_bounds),
             "neuron_bounds": list(self.neuron_bounds), "token_bounds": list(self.token_bounds),
             "token_blocks": list(self.token_blocks), "neuron_multiple": self.neuron_multiple,

@@ -112,7 +112,8 @@ FAMILY_ATTRIBUTES = {
     "attn", "mlp", "qkv", "fc1", "fc2", "proj", "norm1", "norm2", "q_norm", "k_norm",
     "patch_embed", "cls_token", "dist_token", "num_prefix_tokens", "head_dist", "attn_pool",
     "pos_embed", "pretrained_cfg", "forward_intermediates", "tokens_to_token", "encoder", "vit",
-    "deit", "layer", "attention", "intermediate", "num_attention_heads",
+    "deit", "layer", "attention", "intermediate", "num_attention_heads", "num_classes",
+    "embed_dim", "head", "norm", "fc_norm", "img_size", "in_chans", "config", "base_model",
 }
 # what vitprune's code calls models and blocks (a Cost's .attention or a BlockParts' .proj are
 # vitprune's own fields, so names are checked on these and in chains like ``x.attn.qkv``)

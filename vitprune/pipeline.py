@@ -286,7 +286,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
 
 
 def _io(model: torch.nn.Module) -> tuple[int, tuple[int, int, int]]:
-    return model.num_classes, input_shape(model)
+    return vit_shape(model).num_classes, input_shape(model)
 
 
 def check_pair(student: torch.nn.Module, teacher: torch.nn.Module) -> None:

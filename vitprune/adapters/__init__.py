@@ -20,6 +20,7 @@ from torch import nn
 from ..cost import VitShape
 from ..errors import ModelError
 from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, token_stage
+from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
 from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
 
@@ -34,6 +35,7 @@ def register(adapter: Adapter) -> Adapter:
 
 register(TimmViTAdapter())
 register(T2TAdapter())
+register(HFAdapter())
 
 
 def families() -> tuple[Adapter, ...]:

@@ -1,0 +1,159 @@
+"""Every command takes every family: a T2T-ViT by name and a Hugging Face ViT saved with
+``save_pretrained``, through the command line and ``compress`` end to end on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vitprune
+from vitprune.adapters import vit_shape
+from vitprune.cli import main
+from vitprune.cost import macs, params
+
+transformers = pytest.importorskip("transformers")
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="Fashion-MNIST not installed")
+QUICK = dict(trials=3, init=2, calib_images=64, score_images=64, epochs=1, max_steps_per_epoch=2,
+             progress=False)
+
+
+def hf_dir(root: Path, teacher: bool = False) -> Path:
+    """A tiny Hugging Face ViT (or DeiT with teacher) for 28x28 grey images, as
+    ``save_pretrained`` writes it, with an image processor config beside it."""
+    torch.manual_seed(0)
+    common = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=32,
+                  num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, num_labels=10)
+    if teacher:
+        model = transformers.DeiTForImageClassificationWithTeacher(
+            transformers.DeiTConfig(**common))
+    else:
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(**common))
+    out = root / ("hf_deit" if teacher else "hf_vit")
+    model.save_pretrained(out)
+    transformers.ViTImageProcessor(image_mean=[0.5], image_std=[0.25],
+                                   size={"height": 28, "width": 28}).save_pretrained(out)
+    return out
+
+
+def _json_out(capsys) -> dict:
+    out = capsys.readouterr().out.strip()
+    return json.loads(out[out.rindex("\n{") + 1:] if "\n{" in out else out)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_info_cost_prune_bench_take_a_hugging_face_directory(tmp_path, capsys, teacher):
+    d = hf_dir(tmp_path, teacher)
+    assert main(["info", "--model", str(d), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class"] == ("DeiTForImageClassificationWithTeacher" if teacher
+                             else "ViTForImageClassification")
+    assert info["prefix_tokens"] == (2 if teacher else 1) and info["heads"] == [4, 4, 4]
+    assert info["data_config"]["mean"] == [0.5] and info["data_config"]["std"] == [0.25]
+
+    plan = {"blocks": [{"heads": [0, 2], "neurons": list(range(0, 64, 2))}] * 3,
+            "tokens": [{"block": 1, "keep_rate": 0.5, "fuse": True}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert main(["cost", "--model", str(d), "--plan", str(tmp_path / "plan.json"), "--json"]) == 0
+    planned = _json_out(capsys)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(d), "--plan", str(tmp_path / "plan.json"),
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    small = vitprune.load(out)
+    assert type(small).__name__ == info["class"]  # the same transformers class, narrower
+    shape = vit_shape(small)
+    assert [b.heads for b in shape.blocks] == [2, 2, 2]
+    assert [b.mlp_hidden for b in shape.blocks] == [32, 32, 32]
+    assert planned["gmacs"] == pytest.approx(macs(shape).total / 1e9)
+    assert params(shape) == sum(p.numel() for p in small.parameters())
+    assert main(["bench", "--model", str(out), "--batch", "2", "--repeats", "2", "--warmup", "1",
+                 "--json"]) == 0
+    assert _json_out(capsys)["latency_ms"] > 0
+
+
+def test_info_and_cost_take_a_t2t_name(capsys):
+    assert main(["info", "--model", "t2t_vit_14", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class"] == "T2TViT" and info["depth"] == 14 and info["heads"] == [6] * 14
+    assert info["params_m"] == pytest.approx(21.5, abs=0.1)
+    assert main(["cost", "--model", "t2t_vit_14", "--json"]) == 0
+    assert _json_out(capsys)["gmacs"] == pytest.approx(4.8, rel=0.02)
+
+
+def test_a_swin_directory_is_refused_naming_what_is_supported(tmp_path, capsys):
+    d = tmp_path / "swin"
+    d.mkdir()
+    cfg = transformers.SwinConfig().to_dict()
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["SwinForImageClassification"]}))
+    assert main(["info", "--model", str(d), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "SwinForImageClassification" in err and "ViTForImageClassification" in err
+
+
+@needs_fmnist
+@pytest.mark.parametrize("model", ["t2t_vit_tiny", "hf"])
+def test_compress_end_to_end_on_fashion_mnist(tmp_path, model):
+    from vitprune.data import load_splits
+
+    name = str(hf_dir(tmp_path)) if model == "hf" else model
+    torch.manual_seed(0)
+    res = vitprune.compress(name, load_splits("fashion-mnist", calib_size=64), 0.6,
+                            tmp_path / "run", **QUICK)
+    rows = res.metrics["rows"]
+    assert 0.588 <= rows["finetuned"]["macs"] / rows["dense"]["macs"] <= 0.6
+    small = vitprune.load(res.model_dir)
+    assert type(small) is type(res.model)
+    assert rows["finetuned"]["macs"] == macs(vit_shape(small)).total
+    assert rows["finetuned"]["params"] == sum(p.numel() for p in small.parameters())
+    x = torch.randn(3, 1, 28, 28)
+    from vitprune.adapters import logits_module
+
+    with torch.no_grad():
+        assert torch.equal(logits_module(small)(x), logits_module(res.model)(x))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["done"][-1] == "report"
+
+
+@pytest.mark.parametrize("model", ["t2t_vit_tiny", "hf"])
+def test_score_search_prune_finetune_commands_take_the_family(tmp_path, capsys, model):
+    name = str(hf_dir(tmp_path)) if model == "hf" else model
+    common = ["--model", name, "--data", "synthetic", "--threads", "1"]
+    assert main(["score", *common, "--criterion", "hsic", "--score-images", "64",
+                 "--out", str(tmp_path / "s.json")]) == 0
+    from vitprune.scoring import load_scores
+
+    scores, _ = load_scores(tmp_path / "s.json")
+    assert len(scores) == (4 if model == "t2t_vit_tiny" else 3)
+    search = tmp_path / "search"
+    assert main(["search", *common, "--budget", "0.6", "--trials", "3", "--init", "2",
+                 "--scores", str(tmp_path / "s.json"), "--calib-images", "64",
+                 "--out", str(search), "--quiet", "--json"]) == 0
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", name, "--plan", str(search / "best_plan.json"),
+                 "--out", str(pruned)]) == 0
+    dense_dir = tmp_path / "dense"  # a teacher saved by vitprune, whatever the family
+    assert main(["train", *common, "--epochs", "1", "--max-steps-per-epoch", "1",
+                 "--out", str(dense_dir), "--quiet"]) == 0
+    assert main(["finetune", "--student", str(pruned), "--teacher", str(dense_dir), "--data",
+                 "synthetic", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16",
+                 "--threads", "1", "--quiet", "--out", str(tmp_path / "ft")]) == 0
+    capsys.readouterr()
+    small = vitprune.load(tmp_path / "ft")
+    assert vit_shape(small) == vit_shape(vitprune.load(pruned))
+
+
+def test_a_t2t_checkpoint_of_another_size_is_refused_on_the_command_line(tmp_path, capsys):
+    from vitprune.adapters.t2t_vit import T2T_PUBLISHED
+
+    with torch.device("meta"):
+        sd = vitprune.build_model("t2t_vit_14").state_dict()
+    torch.save({"state_dict_ema": {k: torch.zeros(v.shape) for k, v in sd.items()}},
+               tmp_path / "81.5_T2T_ViT_14.pth.tar")
+    assert main(["info", "--model", "t2t_vit_7", "--checkpoint",
+                 str(tmp_path / "81.5_T2T_ViT_14.pth.tar")]) == 2
+    err = capsys.readouterr().err
+    assert "t2t_vit_14" in err and all(n in err for n in T2T_PUBLISHED)

@@ -157,3 +157,20 @@ def test_a_t2t_checkpoint_of_another_size_is_refused_on_the_command_line(tmp_pat
                  str(tmp_path / "81.5_T2T_ViT_14.pth.tar")]) == 2
     err = capsys.readouterr().err
     assert "t2t_vit_14" in err and all(n in err for n in T2T_PUBLISHED)
+
+
+@pytest.mark.parametrize("model", ["t2t_vit_tiny", "hf_deit"])
+def test_a_pruned_model_of_the_family_exports_to_onnx(tmp_path, capsys, model):
+    """The export is checked in onnxruntime against PyTorch before the file appears."""
+    pytest.importorskip("onnxruntime")
+    name = str(hf_dir(tmp_path, teacher=True)) if model == "hf_deit" else model
+    plan = {"blocks": [{"heads": [0, 2], "neurons": list(range(0, 24))}] * 3
+            + ([{"heads": [1], "neurons": [3, 5]}] if model == "t2t_vit_tiny" else []),
+            "tokens": [{"block": 1, "keep_rate": 0.5, "fuse": True}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert main(["prune", "--model", name, "--plan", str(tmp_path / "plan.json"),
+                 "--out", str(tmp_path / "pruned")]) == 0
+    assert main(["export", "--model", str(tmp_path / "pruned"), "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx"), "--dynamic-batch"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "m.onnx").stat().st_size > 0

@@ -110,8 +110,11 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], out: 
 
 def _export(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path, opset: int,
             dynamic_batch: bool, batch: int) -> None:
-    x = torch.randn(batch, *input_shape)
-    dyn = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+    # traced at batch 2 at least when the batch may vary: torch.export specialises a size-1
+    # dimension to the constant 1, which would fix the batch after all
+    x = torch.randn(max(batch, 2) if dynamic_batch else batch, *input_shape)
+    # positional: the forward's argument may have any name (x, images, pixel_values)
+    dyn = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     try:
         # the exporter prints progress lines and warns about internals a user cannot act on
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

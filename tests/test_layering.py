@@ -10,14 +10,15 @@ PKG = Path(vitprune.__file__).parent
 # lower number = lower layer
 LAYER = {
     "errors": 0, "version": 0, "fsutil": 1, "cost": 1, "dist": 1, "progress": 1, "plan": 2,
+    "latency": 2,
     "adapters": 3, "models": 4,
     "scoring": 5, "surgery": 5, "search": 5, "data": 5,
-    "train": 6, "io": 6, "speed": 6, "report": 6,
+    "train": 6, "io": 6, "speed": 6, "profile": 6, "report": 6,
     "rundir": 7, "config": 7, "runtime": 7, "pipeline": 8,
     "compression": 9, "jobs": 9, "cli": 10, "demo": 11, "__main__": 12, "__init__": 12,
 }
 # search is pure decision-making: it may import only plan/cost/errors, never a model
-SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "progress", "search"}
+SEARCH_ALLOWED = {"errors", "fsutil", "cost", "plan", "latency", "progress", "search"}
 
 
 def _module(path: Path) -> tuple[str, ...]:

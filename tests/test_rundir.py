@@ -139,8 +139,8 @@ def test_two_compress_processes_on_one_directory_do_not_both_run(tmp_path):
     (["--trials", "0"], "--trials must be an integer >= 1, got 0"),
     (["--trials", "-3"], "--trials must be an integer >= 1, got -3"),
     (["--max-ratio", "1.5"], "--max-ratio must be in (0, 1)"),
-    (["--budget", "abc"], "--budget must be a fraction of the dense MACs"),
-    (["--budget", "1.5"], "--budget must be a fraction of the dense MACs"),
+    (["--budget", "abc"], "--budget must be a fraction of the dense cost"),
+    (["--budget", "1.5"], "--budget must be a fraction of the dense cost"),
     (["--init", "1"], "--init must be at least 2"),
     (["--kd-alpha", "0"], "--kd-alpha must be > 0"),
 ])

@@ -284,11 +284,34 @@ def cmd_cost(args: argparse.Namespace) -> dict:
     if plan is not None:
         shape = planned_shape(shape, plan)  # validates the plan against the model
     c = macs(shape)
-    return {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
-            "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
-            "gmacs_mlp": c.mlp / 1e9, "gmacs_attention_pool": c.pool / 1e9,
-            "params_m": params(shape) / 1e6,
-            "macs_convention": MACS_CONVENTION}
+    res = {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
+           "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
+           "gmacs_mlp": c.mlp / 1e9, "gmacs_attention_pool": c.pool / 1e9,
+           "params_m": params(shape) / 1e6,
+           "macs_convention": MACS_CONVENTION}
+    if args.latency_table:
+        from .latency import LatencyTable
+
+        table = LatencyTable.load(args.latency_table)
+        table.check_model(vit_shape(model))
+        res.update({"predicted_ms": table.predict(shape),
+                    "dense_ms": table.dense_ms(vit_shape(model)) if plan else None,
+                    "latency_table": table.describe()})
+    return res
+
+
+def cmd_latency_table(args: argparse.Namespace) -> dict:
+    from .jobs import latency_table_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return latency_table_model(_source(args), args.out, batch=args.batch, device=args.device,
+                               threads=args.threads, dtype=args.dtype,
+                               token_points=args.token_points, neuron_points=args.neuron_points,
+                               neuron_multiple=args.neuron_multiple, repeats=args.repeats,
+                               img_size=_img_size(args), progress=not args.quiet)
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
@@ -381,6 +404,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cost", "MACs and parameters of a model, or of a plan applied to it", cmd_cost)
     _model(p)
     _plan_and_size(p, "counting")
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="also predict the time per batch from this latency table")
+    _json(p)
+
+    p = command("latency-table", "measure, on this device, the time of the parts a plan "
+                                 "changes (attention by heads and tokens, MLP by width and "
+                                 "tokens, token stages, the rest) for latency budgets",
+                cmd_latency_table)
+    _model(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the table holds for "
+                                                   "that device only)")
+    p.add_argument("--threads", type=int, help="CPU threads (recorded; time at the same count)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the dtype the model will run in")
+    p.add_argument("--token-points", type=int, help="grid points along the tokens (default: "
+                                                    "every count up to 64 patches, else 24)")
+    p.add_argument("--neuron-points", type=int, default=16, help="grid points along MLP width")
+    p.add_argument("--neuron-multiple", type=int, default=1,
+                   help="put the MLP-width grid on multiples of this")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per cell (fastest kept)")
+    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
+                   help="input size for a model given by name: one value (square) or H W")
+    p.add_argument("--out", required=True, type=Path, help="the table JSON file to create")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _json(p)
 
     p = command("info", "what a model is: architecture, shape, MACs, parameters and the "

@@ -21,7 +21,16 @@ from .adapters import vit_shape
 from .config import CompressConfig
 from .data import Splits, load_splits
 from .models import ModelSource
-from .pipeline import check_budget, evaluate_models, finetune, load_dense, model_id, policy_search, scored
+from .pipeline import (
+    check_budget,
+    evaluate_models,
+    finetune,
+    latency_check,
+    load_dense,
+    model_id,
+    policy_search,
+    scored,
+)
 from .plan import PrunePlan
 from .rundir import FINETUNE, MODEL, REPORT, SEARCH, RunDir
 from .search.report import summary
@@ -121,9 +130,13 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
             rows = evaluate_models({"dense": dense, "pruned": pruned, "finetuned": student},
                                    splits, timed=("dense", "finetuned"),
                                    bench_batches=cfg.bench_batches, device=device)
-            return {"rows": rows, "threads": torch.get_num_threads(),
-                    "finetune_history": trained["finetuned"]["history"],
-                    "test_images": rows["dense"]["test_images"]}
+            out = {"rows": rows, "threads": torch.get_num_threads(),
+                   "finetune_history": trained["finetuned"]["history"],
+                   "test_images": rows["dense"]["test_images"]}
+            table = cfg.search.latency()
+            if table is not None:  # a latency budget: predicted beside measured, at its batch
+                out["latency"] = latency_check(table, dense, student)
+            return out
 
         metrics = run.metrics(evaluate_stage)
 

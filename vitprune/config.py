@@ -21,6 +21,7 @@ from typing import Any
 
 from .data import DATASETS
 from .errors import ConfigError, is_int, is_number, require
+from .latency import LatencyTable
 from .scoring import available_criteria
 from .search.config import DIMS, METHODS, OBJECTIVES, Budget, SearchConfig
 from .train import FINETUNE, TrainConfig
@@ -29,7 +30,9 @@ from .train import FINETUNE, TrainConfig
 def parse_budget(text: str | float) -> Budget:
     """A budget as a person writes it.
 
-    ``0.6`` or ``60%`` keeps 60% of the dense MACs; ``2.7G`` is an absolute 2.7 GMACs per image.
+    ``0.6`` or ``60%`` keeps 60% of the dense cost (MACs, or predicted time under a latency
+    table); ``2.7G`` is an absolute 2.7 GMACs per image; ``12ms`` an absolute 12 ms per batch
+    (latency budgets).
 
     Raises:
         ConfigError: (field ``budget``) anything else.
@@ -39,7 +42,9 @@ def parse_budget(text: str | float) -> Budget:
     raw = str(text).strip()
     low = raw.lower()
     try:
-        if low.endswith("g"):
+        if low.endswith("ms"):
+            value, unit = float(low[:-2]), "ms"
+        elif low.endswith("g"):
             value, unit = float(low[:-1]), "gmacs"
         elif low.endswith("%"):
             value, unit = float(low[:-1]) / 100.0, "fraction"
@@ -47,9 +52,9 @@ def parse_budget(text: str | float) -> Budget:
             value, unit = float(low), "fraction"
     except ValueError:
         value, unit = math.nan, "fraction"
-    ok = math.isfinite(value) and value > 0 and (unit == "gmacs" or value <= 1.0)
-    require(ok, "budget", f"must be a fraction of the dense MACs in (0, 1] (0.6 or 60%) or "
-            f"GMACs per image (2.7G), got {raw!r}")
+    ok = math.isfinite(value) and value > 0 and (unit != "fraction" or value <= 1.0)
+    require(ok, "budget", f"must be a fraction of the dense cost in (0, 1] (0.6 or 60%), "
+            f"GMACs per image (2.7G) or milliseconds per batch (12ms), got {raw!r}")
     return Budget(value, unit=unit)
 
 
@@ -133,6 +138,15 @@ class SearchSettings:
     objective: str = field(default="top1", metadata={
         "help": "masked calibration top-1, or minus the KL divergence from the dense model",
         "choices": OBJECTIVES})
+    budget_metric: str = field(default="macs", metadata={
+        "help": "what the budget bounds: MACs, or the time a latency table predicts (needs "
+                "--latency-table)", "choices": ("macs", "latency")})
+    latency_table: str | None = field(default=None, metadata={
+        "help": "latency table JSON of this model (vitprune latency-table) for "
+                "--budget-metric latency", "metavar": "FILE"})
+    neuron_multiple: int = field(default=1, metadata={
+        "help": "keep each block's MLP width a multiple of this (8, 16, 64: widths the "
+                "hardware's kernels may prefer); inside the search space, so the budget sees it"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", tuple(self.dims))
@@ -154,6 +168,18 @@ class SearchSettings:
                 "token_blocks", f"must be distinct block indices >= 0, got {tb!r}")
         require(self.objective in OBJECTIVES, "objective",
                 f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(self.budget_metric in ("macs", "latency"), "budget_metric",
+                f"must be macs or latency, got {self.budget_metric!r}")
+        require(self.budget_metric == "macs" or self.latency_table is not None, "latency_table",
+                "is needed for --budget-metric latency: build one with vitprune latency-table")
+        require(self.budget_metric == "latency" or self.latency_table is None, "budget_metric",
+                "must be latency when a --latency-table is given (or leave the table out)")
+        require(is_int(self.neuron_multiple) and self.neuron_multiple >= 1, "neuron_multiple",
+                f"must be an integer >= 1, got {self.neuron_multiple!r}")
+
+    def latency(self) -> LatencyTable | None:
+        """The latency table the budget is measured against (None: a MACs budget)."""
+        return None if self.latency_table is None else LatencyTable.load(self.latency_table)
 
     def loop_config(self, seed: int) -> SearchConfig:
         """The search loop's configuration for these settings."""
@@ -170,7 +196,9 @@ class CompressConfig:
     """
 
     budget: str = field(default="0.6", metadata={
-        "help": "0.6 or 60% keeps 60% of the dense MACs; 2.7G is 2.7 GMACs per image"})
+        "help": "0.6 or 60% keeps 60% of the dense MACs (or of the predicted time, with "
+                "--budget-metric latency); 2.7G is 2.7 GMACs per image; 12ms is 12 ms per "
+                "batch of the latency table"})
     seed: int = field(default=0, metadata={"help": "seeds the search and the fine-tuning"})
     score: ScoreConfig = field(default_factory=ScoreConfig)
     search: SearchSettings = field(default_factory=SearchSettings)

@@ -17,7 +17,7 @@ from .adapters import data_config, input_shape, vit_shape
 from .config import ScoreConfig, SearchSettings
 from .cost import macs, params, token_counts
 from .data import Splits
-from .errors import OutputError, is_int, require
+from .errors import ModelError, OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
 from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
 from .io.model_dir import read_config
@@ -205,6 +205,39 @@ def export_model(model: str | Path | ModelSource, out: str | Path, *, fmt: str =
                       batch=batch, int8=int8)
     return {"model": src.name, "plan": plan and str(plan), "format": fmt,
             "gmacs": macs(vit_shape(net)).total / 1e9, **res}
+
+
+def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, batch: int = 1,
+                        device: str = "cpu", threads: int | None = None, dtype: str = "float32",
+                        token_points: int | None = None, neuron_points: int = 16,
+                        neuron_multiple: int = 1, repeats: int = 7,
+                        checkpoint: str | Path | None = None,
+                        img_size: int | tuple[int, int] | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Measure ``model``'s latency table on ``device`` (see :mod:`vitprune.profile`) into the
+    new JSON file ``out``."""
+    from .profile import build_table, check_table_settings
+
+    check_table_settings(batch, dtype, device)
+    require(is_int(neuron_multiple) and neuron_multiple >= 1, "neuron_multiple",
+            f"must be an integer >= 1, got {neuron_multiple!r}")
+    src = ModelSource.of(model, checkpoint)
+    src.check()
+    out = _new_file(out, src.inputs(), "latency-table")
+    net, plan = planned_model(src, img_size=img_size)
+    if src.is_vitprune_dir and read_config(src.name).get("plan") is not None:
+        raise ModelError(f"{src.name} is a pruned model: build the latency table on its dense "
+                         "base model (the plans the search tries are cut from the dense one)")
+    table = build_table(net, batch=batch, device=device, threads=threads, dtype=dtype,
+                        token_points=token_points, neuron_points=neuron_points,
+                        neuron_multiple=neuron_multiple, repeats=repeats, progress=progress)
+    fsutil.write_json(out, table.to_dict(), exclusive=True)
+    m = table.meta
+    return {"out": str(out), "device": m["device_name"], "batch": batch, "dtype": dtype,
+            "threads": m["threads"], "cells": table.attn_ms.size + table.mlp_ms.size
+            + table.select_ms.size, "dense_ms_measured": m["dense_ms_measured"],
+            "dense_ms_predicted": table.predict(vit_shape(net)), "scale": table.scale,
+            "build_s": m["build_s"]}
 
 
 def bench_model(model: str | Path | ModelSource, *, runtime: str = "eager", int8: bool = False,

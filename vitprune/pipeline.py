@@ -225,7 +225,8 @@ def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
                        neuron_bounds=span if "neurons" in dims else fixed,
                        token_bounds=span if "tokens" in dims else fixed,
                        token_blocks=settings.token_blocks if "tokens" in dims else (),
-                       rankings=None if scores is None else tuple(rankings(scores)))
+                       rankings=None if scores is None else tuple(rankings(scores)),
+                       neuron_multiple=settings.neuron_multiple, latency=settings.latency())
 
 
 def check_budget(model: torch.nn.Module, budget: Budget | str | float,
@@ -283,6 +284,30 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if isinstance(result, VitpruneError):
         raise result
     return result
+
+
+def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, Any]:
+    """The latency table's prediction for ``pruned`` and ``dense`` beside their measured time on
+    this machine, at the table's batch and threads (timed in turn, fastest of the rounds)."""
+    from .profile import _Timer
+
+    batch, threads = table.meta.get("batch", 1), table.meta.get("threads")
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch, *input_shape(dense))
+        dense_ms, pruned_ms = _Timer("cpu", 2, 7, "min").interleaved(
+            [logits_module(dense).cpu().eval(), logits_module(pruned).cpu().eval()], x)
+    finally:
+        torch.set_num_threads(old)
+    dense_shape = vit_shape(dense)
+    return {"table": table.describe(), "batch": batch, "threads": threads,
+            "predicted_ms": table.predict(vit_shape(pruned)),
+            "dense_ms_reference": table.dense_ms(dense_shape), "measured_ms": pruned_ms,
+            "dense_measured_ms": dense_ms,
+            "predicted_fraction": table.predict(vit_shape(pruned)) / table.dense_ms(dense_shape),
+            "measured_fraction": pruned_ms / dense_ms}
 
 
 def _io(model: torch.nn.Module) -> tuple[int, tuple[int, int, int]]:

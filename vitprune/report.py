@@ -61,6 +61,13 @@ def _summary(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
     drop = rows["finetuned"]["test_top1"] - d["test_top1"]
     lines += ["", f"Accuracy change after fine-tuning: {drop:+.2f} points; before fine-tuning: "
                   f"{rows['pruned']['test_top1'] - d['test_top1']:+.2f}.", ""]
+    lat = metrics.get("latency")
+    if lat:
+        lines += [f"Latency budget on the table of {lat['table']}: predicted "
+                  f"{lat['predicted_ms']:.2f} ms per batch of {lat['batch']} "
+                  f"({lat['predicted_fraction']:.1%} of the dense {lat['dense_ms_reference']:.2f} "
+                  f"ms), measured here {lat['measured_ms']:.2f} ms ({lat['measured_fraction']:.1%} "
+                  f"of the dense {lat['dense_measured_ms']:.2f} ms).", ""]
     return lines
 
 

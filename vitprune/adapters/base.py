@@ -17,7 +17,7 @@ plus one :func:`vitprune.adapters.register` call in ``vitprune/adapters/__init__
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,18 @@ class Adapter(ABC):
         non-persistent ``head_weights`` buffer (None, or (heads,) weights of the heads in the
         token score; masked execution sets it).
         """
+
+    def halves(self, block: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                Callable[[torch.Tensor], torch.Tensor]]:
+        """``block``'s two residual halves as functions of the (B, N, C) tokens: attention
+        (norm, attention, residual) and MLP (norm, MLP, residual). A latency table times them
+        apart (:mod:`vitprune.profile`).
+
+        Raises:
+            ModelError: the family does not offer them (no latency table for it).
+        """
+        raise ModelError(f"the {self.family} family does not say how to time a block's halves; "
+                         "no latency table can be built for it (use MACs budgets)")
 
     def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
         """Adjust a model that selects tokens at blocks ``stages`` (e.g. refuse helpers that

@@ -435,6 +435,15 @@ class HFAdapter(Adapter):
         # this attribute is only read by code that reports it
         block.attention.num_attention_heads = heads
 
+    def halves(self, block: nn.Module) -> tuple[Any, Any]:
+        def attn(x: torch.Tensor) -> torch.Tensor:
+            return x + block.dropout(attention(block.attention, block.layernorm_before(x))[0])
+
+        def mlp(x: torch.Tensor) -> torch.Tensor:
+            return x + block.dropout(block.mlp(block.layernorm_after(x)))
+
+        return attn, mlp
+
     def token_block(self, model: nn.Module, index: int, stage: TokenStage) -> nn.Module:
         old = self.blocks(model)[index]
         return HFTokenBlock(old, stage, self.num_prefix(model)).train(old.training)

@@ -135,6 +135,15 @@ class TimmBlocks(Adapter):
         block.attn.num_heads = heads
         block.attn.attn_dim = heads * block.attn.head_dim
 
+    def halves(self, block: nn.Module) -> tuple[Any, Any]:
+        def attn(x: torch.Tensor) -> torch.Tensor:
+            return x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+
+        def mlp(x: torch.Tensor) -> torch.Tensor:
+            return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+        return attn, mlp
+
     def block_shapes(self, model: nn.Module) -> tuple[BlockShape, ...]:
         return tuple(BlockShape(heads=b.attn.num_heads, head_dim=b.attn.head_dim,
                                 mlp_hidden=b.mlp.fc1.out_features) for b in self.blocks(model))

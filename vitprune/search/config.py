@@ -28,20 +28,22 @@ def _is_int(v: object) -> bool:
 class Budget:
     """How much compute the pruned model may use.
 
-    A candidate is feasible when the MACs of its integer architecture lie in the band
+    A candidate is feasible when the cost of its integer architecture lies in the band
     ``[(1 - tolerance) * target, target]``: at most the target, and not wastefully far below it.
+    The cost is MACs per image, or, when the search has a latency table, the predicted time of a
+    forward pass (ms per batch).
 
     Attributes:
-        value: the target: a fraction of the dense model's MACs (``0.6`` keeps 60%) when
-            ``unit="fraction"``, or GMACs per image (1e9 multiply-accumulates) when
-            ``unit="gmacs"``.
-        unit: ``"fraction"`` or ``"gmacs"``.
+        value: the target: a fraction of the dense model's cost (``0.6`` keeps 60%) when
+            ``unit="fraction"``, GMACs per image (1e9 multiply-accumulates) when
+            ``unit="gmacs"``, or milliseconds per batch when ``unit="ms"``.
+        unit: ``"fraction"``, ``"gmacs"`` or ``"ms"``.
         tolerance: width of the band below the target, as a fraction of the target (the
             method's authors use 0.02).
     """
 
     value: float
-    unit: Literal["fraction", "gmacs"] = "fraction"
+    unit: Literal["fraction", "gmacs", "ms"] = "fraction"
     tolerance: float = 0.02
 
     def __post_init__(self) -> None:
@@ -49,23 +51,42 @@ class Budget:
                and math.isfinite(self.value) and self.value > 0,
                f"budget must be a positive number, got {self.value!r}; e.g. 0.6 keeps 60% of the "
                "dense MACs")
-        _check(self.unit in ("fraction", "gmacs"),
-               f"budget unit must be 'fraction' or 'gmacs', got {self.unit!r}")
+        _check(self.unit in ("fraction", "gmacs", "ms"),
+               f"budget unit must be 'fraction', 'gmacs' or 'ms', got {self.unit!r}")
         _check(isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0,
                f"budget tolerance must be in [0, 1), got {self.tolerance!r}; 0.02 accepts "
                "candidates down to 2% below the target")
         object.__setattr__(self, "value", float(self.value))
         object.__setattr__(self, "tolerance", float(self.tolerance))
 
+    def target(self, dense: float) -> float:
+        """The target in the cost's own unit (MACs, or ms), given the dense model's cost."""
+        return {"fraction": self.value * dense, "gmacs": self.value * 1e9}.get(self.unit,
+                                                                              self.value)
+
     def target_macs(self, dense_macs: int) -> float:
         """The target in MACs per image, given the dense model's MACs."""
-        return self.value * dense_macs if self.unit == "fraction" else self.value * 1e9
+        return self.target(dense_macs)
 
-    def describe(self) -> str:
+    def check_metric(self, metric: str) -> None:
+        """Refuse a budget in the other metric's unit (GMACs for a latency search, ms for MACs).
+
+        Raises:
+            SearchError: the unit does not fit ``metric`` (``macs`` or ``latency``).
+        """
+        if (self.unit, metric) == ("gmacs", "latency"):
+            raise SearchError("a budget in GMACs bounds MACs, but this search bounds predicted "
+                              "time: give a fraction (0.5) or milliseconds (12ms)")
+        if (self.unit, metric) == ("ms", "macs"):
+            raise SearchError("a budget in ms bounds time: pass --budget-metric latency and "
+                              "--latency-table T, or give a fraction or GMACs")
+
+    def describe(self, metric: str = "macs") -> str:
         """The target as a person reads it, e.g. ``"60% of the dense MACs"``."""
         if self.unit == "fraction":
-            return f"{self.value:.1%} of the dense MACs"
-        return f"{self.value:.4g} GMACs"
+            what = "MACs" if metric == "macs" else "predicted time"
+            return f"{self.value:.1%} of the dense {what}"
+        return f"{self.value:.4g} GMACs" if self.unit == "gmacs" else f"{self.value:.4g} ms"
 
 
 @dataclass(frozen=True)

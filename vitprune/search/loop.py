@@ -147,10 +147,11 @@ def _run_trial(i: int, objective: Objective, space: SearchSpace, sampler: Feasib
     t0 = time.perf_counter()
     x, source = _propose(i, space, sampler, config, trials, make)
     plan, ratios = space.plan(x), space.ratios(x)
-    cost = plan_macs(space.shape, plan)  # the authoritative count, not the sampler's vectorised one
+    cost = space.cost(x)  # the authoritative count, not the sampler's vectorised one
     if not sampler.band.contains(cost):
-        raise InternalError(f"proposal {i} costs {cost} MACs, outside the band "
+        raise InternalError(f"proposal {i} costs {cost} ({space.metric}), outside the band "
                            f"[{sampler.band.low}, {sampler.band.high}]")
+    n_macs = plan_macs(space.shape, plan)
     t1 = time.perf_counter()
     value = objective(plan, ratios)
     t2 = time.perf_counter()
@@ -162,9 +163,10 @@ def _run_trial(i: int, objective: Objective, space: SearchSpace, sampler: Feasib
         raise SearchError(f"the objective returned {value} for trial {i}; it must return a finite "
                           "score (higher is better)")
     return Trial(trial=i, method=config.method, source=source, seed=config.seed,
-                 ratios=tuple(float(r) for r in x), macs=cost,
-                 macs_fraction=cost / sampler.band.dense, value=value, wall_s=t2 - t1,
-                 propose_s=t1 - t0, run=run)
+                 ratios=tuple(float(r) for r in x), macs=n_macs,
+                 macs_fraction=n_macs / space.dense_macs, value=value, wall_s=t2 - t1,
+                 propose_s=t1 - t0, run=run,
+                 latency_ms=None if space.latency is None else cost)
 
 
 def _propose(i: int, space: SearchSpace, sampler: FeasibleSampler, config: SearchConfig,

@@ -45,10 +45,14 @@ def summary(result: SearchResult) -> dict:
     return {
         "config": asdict(result.config),
         "space": result.space.describe(),
-        "band_macs": [result.band.low, result.band.high],
+        "metric": result.space.metric,
+        **({"band_macs": [result.band.low, result.band.high], "dense_macs": result.band.dense}
+           if result.space.metric == "macs" else
+           {"band_ms": [result.band.low, result.band.high], "dense_ms": result.band.dense,
+            "dense_macs": result.space.dense_macs,
+            "latency_table": result.space.latency.describe()}),
         "band_fraction": [result.band.low / result.band.dense,
                           result.band.high / result.band.dense],
-        "dense_macs": result.band.dense,
         "n_evaluations": len(result.trials),
         "best": b.to_record(),
         "best_ratios": {"heads": list(result.best_ratios.heads),

@@ -26,15 +26,24 @@ _MAX_STRETCH = 1e6  # longest ray: coordinates closer than 1e-6 of their range t
 
 @dataclass(frozen=True)
 class Band:
-    """The feasible MACs interval ``[low, high]`` (per image), and the dense model's MACs."""
+    """The feasible cost interval ``[low, high]`` and the dense model's cost, in the budget's
+    metric (MACs per image, or predicted ms per batch)."""
 
     low: float
     high: float
-    dense: int
+    dense: float
 
-    def contains(self, cost: np.ndarray | int) -> np.ndarray | bool:
-        """Whether ``cost`` (MACs, scalar or array) is feasible."""
+    def contains(self, cost: np.ndarray | float) -> np.ndarray | bool:
+        """Whether ``cost`` (scalar or array) is feasible."""
         return (cost >= self.low) & (cost <= self.high)
+
+
+def _what(space: SearchSpace) -> str:
+    return "MACs" if space.metric == "macs" else "predicted time"
+
+
+def _amount(space: SearchSpace, cost: float) -> str:
+    return f"{cost / 1e9:.4g} GMACs" if space.metric == "macs" else f"{cost:.4g} ms"
 
 
 def resolve_band(space: SearchSpace, budget: Budget) -> Band:
@@ -44,25 +53,26 @@ def resolve_band(space: SearchSpace, budget: Budget) -> Band:
         BudgetError: the target is above the dense model, or the band lies outside the costs
             between the most pruned and the least pruned corner of the space.
     """
-    dense = space.dense_macs
-    target = budget.target_macs(dense)
+    budget.check_metric(space.metric)
+    dense = space.dense_cost
+    target = budget.target(dense)
     band = Band(low=(1.0 - budget.tolerance) * target, high=target, dense=dense)
-    cheapest = int(space.batch_macs(space.upper[None])[0])
-    dearest = int(space.batch_macs(space.lower[None])[0])
+    cheapest = float(space.batch_cost(space.upper[None])[0])
+    dearest = float(space.batch_cost(space.lower[None])[0])
     reach = (f"this search space reaches {cheapest / dense:.1%} to {dearest / dense:.1%} of the "
-             f"dense MACs ({cheapest / 1e9:.4g} to {dearest / 1e9:.4g} GMACs; dense "
-             f"{dense / 1e9:.4g} GMACs)")
+             f"dense {_what(space)} ({_amount(space, cheapest)} to {_amount(space, dearest)}; "
+             f"dense {_amount(space, dense)})")
     if target > dense:
-        raise BudgetError(f"the budget ({budget.describe()}) is above the dense model: {reach}. "
-                          "Use a budget below the dense model's MACs (a fraction below 1).")
+        raise BudgetError(f"the budget ({budget.describe(space.metric)}) is above the dense model: {reach}. "
+                          "Use a budget below the dense model's cost (a fraction below 1).")
     if band.high < cheapest:
         raise BudgetError(
-            f"the budget ({budget.describe()}) is below the smallest architecture: {reach}. "
+            f"the budget ({budget.describe(space.metric)}) is below the smallest architecture: {reach}. "
             "Raise the budget or the ratio bounds (head/neuron/token_bounds)."
         )
     if band.low > dearest:
         raise BudgetError(
-            f"the budget band ({budget.describe()}, down to {band.low / dense:.1%}) is above the "
+            f"the budget band ({budget.describe(space.metric)}, down to {band.low / dense:.1%}) is above the "
             f"least pruned architecture: {reach}. Lower the budget or the ratio lower bounds."
         )
     return band
@@ -100,7 +110,7 @@ class FeasibleSampler:
         raise BudgetError(
             f"only {have} of {max_rounds * batch} rays reached the budget band "
             f"[{self.band.low / self.band.dense:.2%}, {self.band.high / self.band.dense:.2%}] of "
-            "the dense MACs: the integer architecture's cost jumps over it. Widen the budget's "
+            "the dense cost: the integer architecture's cost jumps over it. Widen the budget's "
             "tolerance or move the budget."
         )
 
@@ -120,7 +130,7 @@ class FeasibleSampler:
         P = np.clip(centres[idx] + step, self._lower, self._upper)
         # aim at the perturbed point's own cost (clipped into the band): it moves as little as
         # the band allows
-        levels = np.clip(self.space.batch_macs(P), self.band.low, self.band.high)
+        levels = np.clip(self.space.batch_cost(P), self.band.low, self.band.high)
         X, ok = self.project(P, levels.astype(np.float64))
         return X[ok]
 
@@ -145,12 +155,12 @@ class FeasibleSampler:
         fitted = self._neurons_to_band(base[0])
         if fitted is not None:
             return fitted
-        before = self.space.batch_macs(base)[0]
-        after = self.space.batch_macs(X)[0]
+        before = self.space.batch_cost(base)[0]
+        after = self.space.batch_cost(X)[0]
         dense = self.band.dense
         raise BudgetError(
             f"no uniform ratio meets the band [{self.band.low / dense:.2%}, "
-            f"{self.band.high / dense:.2%}] of the dense MACs: the uniform policy's cost jumps "
+            f"{self.band.high / dense:.2%}] of the dense cost: the uniform policy's cost jumps "
             f"from {before / dense:.2%} to {after / dense:.2%} at ratio {X[0].max():.4f}. Widen "
             "the budget's tolerance or move the budget."
         )
@@ -166,16 +176,16 @@ class FeasibleSampler:
         top = base.copy()
         top[L:2 * L] = self._upper[L:2 * L]
         lo, hi = 0.0, 1.0
-        if self.space.batch_macs((base + hi * (top - base))[None])[0] > self.band.high:
+        if self.space.batch_cost((base + hi * (top - base))[None])[0] > self.band.high:
             return None
         for _ in range(_BISECTION_STEPS):
             mid = 0.5 * (lo + hi)
-            if self.space.batch_macs((base + mid * (top - base))[None])[0] <= self.band.high:
+            if self.space.batch_cost((base + mid * (top - base))[None])[0] <= self.band.high:
                 hi = mid
             else:
                 lo = mid
         x = base + hi * (top - base)
-        return x if self.band.contains(self.space.batch_macs(x[None])[0]) else None
+        return x if self.band.contains(self.space.batch_cost(x[None])[0]) else None
 
     def project(self, P: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Walk each ray towards ``P`` to the first point costing at most its level.
@@ -191,13 +201,13 @@ class FeasibleSampler:
         """
         t = self._bisect(P, levels)
         X = self._along(P, t)
-        cost = self.space.batch_macs(X)
+        cost = self.space.batch_cost(X)
         ok = self.band.contains(cost)
         retry = ~ok & (levels < self.band.high)
         if retry.any():
             t2 = self._bisect(P[retry], np.full(int(retry.sum()), self.band.high))
             X[retry] = self._along(P[retry], t2)
-            ok[retry] = self.band.contains(self.space.batch_macs(X[retry]))
+            ok[retry] = self.band.contains(self.space.batch_cost(X[retry]))
         return X, ok
 
     def _along(self, P: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -219,9 +229,9 @@ class FeasibleSampler:
         lo_t, hi_t = np.zeros(len(P)), t_end
         for _ in range(_BISECTION_STEPS):
             mid = 0.5 * (lo_t + hi_t)
-            ok = self.space.batch_macs(self._along(P, mid)) <= levels
+            ok = self.space.batch_cost(self._along(P, mid)) <= levels
             hi_t = np.where(ok, mid, hi_t)
             lo_t = np.where(ok, lo_t, mid)
         # the least pruned corner itself may already be cheap enough
-        at_start = self.space.batch_macs(self._along(P, np.zeros(len(P)))) <= levels
+        at_start = self.space.batch_cost(self._along(P, np.zeros(len(P)))) <= levels
         return np.where(at_start, 0.0, hi_t)

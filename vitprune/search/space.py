@@ -15,6 +15,7 @@ import numpy as np
 
 from ..cost import VitShape, macs
 from ..errors import BudgetError
+from ..latency import LatencyTable
 from ..plan import BlockPlan, PrunePlan, TokenStage, base_of, planned_shape
 from .config import SearchError
 
@@ -180,6 +181,8 @@ class SearchSpace:
         fuse: token stages fuse the dropped tokens into one.
         rankings: per block, (head ids, neuron ids) most important first, so that the plans
             handed to the objective keep the criterion's best components (default: lowest ids).
+        latency: a :class:`~vitprune.latency.LatencyTable` of this model: the cost the budget
+            bounds is then its predicted time (ms per batch), not MACs.
     """
 
     shape: VitShape
@@ -190,6 +193,7 @@ class SearchSpace:
     neuron_multiple: int = 1
     fuse: bool = True
     rankings: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = None
+    latency: LatencyTable | None = None
 
     def __post_init__(self) -> None:
         depth = len(self.shape.blocks)
@@ -212,6 +216,36 @@ class SearchSpace:
                                   f"{depth}")
             object.__setattr__(self, "rankings", tuple(
                 (tuple(h), tuple(n)) for h, n in self.rankings))
+        if self.latency is not None:
+            self.latency.check_model(self.shape)
+
+    @property
+    def metric(self) -> str:
+        """What the budget bounds: ``macs`` (per image) or ``latency`` (predicted ms)."""
+        return "macs" if self.latency is None else "latency"
+
+    @cached_property
+    def dense_cost(self) -> float:
+        """The dense model's cost in the budget's metric."""
+        return float(self.dense_macs if self.latency is None else self.latency.dense_ms(self.shape))
+
+    def cost(self, x: Sequence[float]) -> float:
+        """The cost of point ``x``'s integer architecture in the budget's metric (the
+        authoritative count)."""
+        if self.latency is None:
+            return float(self.macs(x))
+        return self.latency.predict(planned_shape(self.shape, self.plan(x)))
+
+    def batch_cost(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`cost` of many points at once (MACs: :meth:`batch_macs`; latency: the table's
+        vectorised prediction from the same integer counts)."""
+        if self.latency is None:
+            return self.batch_macs(X)
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        h, d, n_in, n_out = self._counts(X)
+        stage = np.zeros(h.shape, dtype=bool)  # ratios_to_plan puts a stage at each token block
+        stage[:, list(self.token_blocks)] = (X[:, -1] > 0)[:, None]  # unless the ratio is 0
+        return self.latency.predict_counts(h, d, n_in, n_out, stage)
 
     @property
     def depth(self) -> int:
@@ -282,13 +316,9 @@ class SearchSpace:
             MACs per image, shape (M,), int64.
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        L, C, s = self.depth, self.shape.embed_dim, self.shape
-        total_h = np.array([b.heads for b in s.blocks], dtype=np.int64)
-        total_d = np.array([b.mlp_hidden for b in s.blocks], dtype=np.int64)
+        C, s = self.shape.embed_dim, self.shape
         head_dim = np.array([b.head_dim for b in s.blocks], dtype=np.int64)
-        h = _keep_counts(total_h, X[:, :L], 1)  # (M, L)
-        d = _keep_counts(total_d, X[:, L:2 * L], self.neuron_multiple)  # (M, L)
-        n_in, n_out = self._token_counts(X[:, -1])  # (M, L) each, prefix included
+        h, d, n_in, n_out = self._counts(X)
         a = h * head_dim
         attn = 4 * n_in * C * a + 2 * n_in * n_in * a
         mlp = 2 * n_out * C * d
@@ -300,6 +330,16 @@ class SearchSpace:
             total = total + (2 * lat * C * C + 2 * n * C * C + 2 * lat * n * C
                              + 2 * lat * C * s.pool.mlp_hidden)
         return total
+
+    def _counts(self, X: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(heads, neurons, tokens in, tokens out), each (M, L), of points ``X`` (M, 2L + 1)."""
+        L, s = self.depth, self.shape
+        total_h = np.array([b.heads for b in s.blocks], dtype=np.int64)
+        total_d = np.array([b.mlp_hidden for b in s.blocks], dtype=np.int64)
+        h = _keep_counts(total_h, X[:, :L], 1)  # (M, L)
+        d = _keep_counts(total_d, X[:, L:2 * L], self.neuron_multiple)  # (M, L)
+        n_in, n_out = self._token_counts(X[:, -1])  # (M, L) each, prefix included
+        return h, d, n_in, n_out
 
     def _token_counts(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens entering and leaving each block, shape (M, L) each, for token ratios (M,)."""
@@ -332,6 +372,7 @@ class SearchSpace:
             "token_blocks": list(self.token_blocks), "neuron_multiple": self.neuron_multiple,
             "fuse": self.fuse,
             "rankings": None if self.rankings is None else repr(self.rankings),
+            **({} if self.latency is None else {"latency_table": self.latency.fingerprint()}),
         }
 
 

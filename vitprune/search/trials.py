@@ -37,6 +37,7 @@ class Trial:
         wall_s: seconds the objective took.
         propose_s: seconds spent proposing the point (GP fit and acquisition).
         run: fingerprint of the search configuration that wrote it.
+        latency_ms: predicted ms per batch (a search under a latency table), else None.
     """
 
     trial: int
@@ -50,11 +51,14 @@ class Trial:
     wall_s: float
     propose_s: float
     run: str
+    latency_ms: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict (floats round-trip exactly through JSON)."""
         d = asdict(self)
         d["ratios"] = list(self.ratios)
+        if self.latency_ms is None:  # records of MACs searches stay as they were
+            del d["latency_ms"]
         return d
 
     @classmethod
@@ -64,7 +68,8 @@ class Trial:
                    seed=int(d["seed"]), ratios=tuple(float(r) for r in d["ratios"]),
                    macs=int(d["macs"]), macs_fraction=float(d["macs_fraction"]),
                    value=float(d["value"]), wall_s=float(d["wall_s"]),
-                   propose_s=float(d["propose_s"]), run=str(d["run"]))
+                   propose_s=float(d["propose_s"]), run=str(d["run"]),
+                   latency_ms=None if d.get("latency_ms") is None else float(d["latency_ms"]))
 
 
 def fingerprint(description: dict[str, Any]) -> str:

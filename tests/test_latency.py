@@ -1,0 +1,239 @@
+"""Latency tables: predictions monotone in what a plan keeps, JSON round trip, tables of another
+model or run refused, and searches under a latency budget staying in the band of predicted time.
+
+No test asserts a measured time: tables built here are tiny (few repeats) and only their
+structure and the arithmetic on them are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from tests.helpers import random_plan
+from vitprune.adapters import vit_shape
+from vitprune.cli import main
+from vitprune.errors import ConfigError
+from vitprune.latency import LatencyTable, isotonic, monotone
+from vitprune.models import build_model
+from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
+from vitprune.profile import build_table
+from vitprune.search import Budget, SearchSpace
+from vitprune.search.config import SearchConfig
+from vitprune.search.loop import search
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model("fmnist_vit_tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def table(tiny):
+    """A real table of the tiny model, built fast (its times mean nothing here)."""
+    return build_table(tiny, batch=2, threads=1, repeats=1, warmup=1, passes=1,
+                       neuron_points=4, calibration_plans=4, progress=False)
+
+
+def synthetic(shape) -> LatencyTable:
+    """A table whose times follow the work (ms ~ heads x tokens, width x tokens): deterministic,
+    for tests of the arithmetic on tables."""
+    from vitprune.latency import model_key
+
+    b = shape.blocks[0]
+    heads, neurons = tuple(range(1, b.heads + 1)), (8, 16, 32, b.mlp_hidden)
+    tokens = tuple(range(2, shape.num_prefix + shape.num_patches + 1))
+    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
+                        attn_ms=0.01 * np.outer(heads, tokens) + 0.005,
+                        mlp_ms=0.001 * np.outer(neurons, tokens) + 0.005,
+                        select_ms=0.0005 * np.array(tokens), fixed_ms=0.05,
+                        meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
+
+
+def test_the_table_covers_the_model(table, tiny):
+    shape = vit_shape(tiny)
+    assert table.heads == tuple(range(1, shape.blocks[0].heads + 1))
+    assert table.neurons[-1] == shape.blocks[0].mlp_hidden
+    assert table.tokens[0] == shape.num_prefix + 1
+    assert table.tokens[-1] == shape.num_prefix + shape.num_patches
+    assert table.meta["batch"] == 2 and table.meta["threads"] == 1
+    assert len(table.meta["calibration"]) == 5  # the dense model and four pruned ones
+    assert table.scale > 0
+
+
+def test_predictions_never_rise_when_a_plan_keeps_less(table, tiny):
+    shape = vit_shape(tiny)
+    L = len(shape.blocks)
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        plan = random_plan(shape, seed, stages=(1, 2), keep_rate=float(rng.uniform(0.3, 0.9)))
+        base = table.predict(planned_shape(shape, plan))
+        i = int(rng.integers(L))
+        bp = plan.blocks[i]
+        more_heads = [*bp.heads, *[h for h in range(shape.blocks[i].heads) if h not in bp.heads][:1]]
+        more_neurons = sorted(set(bp.neurons) | set(range(shape.blocks[i].mlp_hidden)[:5]))
+        for bigger in (BlockPlan(more_heads, bp.neurons), BlockPlan(bp.heads, more_neurons)):
+            blocks = list(plan.blocks)
+            blocks[i] = bigger
+            grown = PrunePlan(tuple(blocks), plan.tokens)
+            assert table.predict(planned_shape(shape, grown)) >= base - 1e-12
+        more_tokens = PrunePlan(plan.blocks, tuple(TokenStage(s.block, min(1.0, s.keep_rate + 0.2))
+                                                   for s in plan.tokens))
+        assert table.predict(planned_shape(shape, more_tokens)) >= base - 1e-12
+    assert table.predict(shape) >= max(
+        table.predict(planned_shape(shape, random_plan(shape, s))) for s in range(5))
+
+
+def test_monotone_grids_are_isotonic_fits():
+    assert isotonic(np.array([1.0, 3.0, 2.0, 4.0])).tolist() == [1.0, 2.5, 2.5, 4.0]
+    noisy = np.array([[1.0, 5.0, 2.0], [0.5, 1.0, 3.0]])
+    m = monotone(noisy)
+    assert np.all(np.diff(m, axis=0) >= 0) and np.all(np.diff(m, axis=1) >= 0)
+    assert m.max() < 5.0  # one slow outlier is averaged, not spread over every larger cell
+
+
+def test_a_table_round_trips_through_json(table, tiny, tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table.to_dict()))
+    again = LatencyTable.load(path)
+    assert again.to_dict() == table.to_dict()
+    assert again.fingerprint() == table.fingerprint()
+    shape = vit_shape(tiny)
+    plan = random_plan(shape, 3, stages=(1,))
+    assert again.predict(planned_shape(shape, plan)) == table.predict(planned_shape(shape, plan))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.pop("attn_ms"), "damaged"),
+    (lambda d: d.update(mlp_ms=[[1.0]]), "mlp_ms must be"),
+    (lambda d: d.update(format="something else"), "not a vitprune latency table"),
+    (lambda d: d.update(version=99), "newer"),
+    (lambda d: d.update(tokens=[5, 3]), "rising order"),
+    (lambda d: d.update(scale=-1.0), "scale > 0"),
+])
+def test_a_malformed_table_is_refused_clearly(table, tmp_path, change, message):
+    d = table.to_dict()
+    change(d)
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=message):
+        LatencyTable.load(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        LatencyTable.load(tmp_path / "junk.json")
+
+
+def test_a_table_of_another_model_batch_or_dtype_is_refused(table):
+    d12 = vit_shape(build_model("fmnist_vit_d12"))
+    with pytest.raises(ConfigError, match="another model"):
+        table.check_model(d12)
+    with pytest.raises(ConfigError, match="another model"):
+        SearchSpace(d12, latency=table)
+    with pytest.raises(ConfigError, match="batch 2"):
+        table.check_run(batch=64)
+    with pytest.raises(ConfigError, match="dtype"):
+        table.check_run(dtype="bfloat16")
+    with pytest.warns(UserWarning, match="will not hold"):
+        table.check_run(device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table.check_run(batch=2, dtype="float32", device="cpu", threads=1)
+
+
+def test_a_pruned_model_of_the_tables_model_fits_it(table, tiny):
+    shape = vit_shape(tiny)
+    pruned = planned_shape(shape, random_plan(shape, 1))
+    table.check_model(pruned)  # fewer heads and neurons than the table's: fine
+
+
+@pytest.mark.parametrize("which", ["measured", "synthetic"])
+def test_batch_cost_is_the_plan_cost_under_a_latency_table(table, tiny, which):
+    shape = vit_shape(tiny)
+    space = SearchSpace(shape, latency=table if which == "measured" else synthetic(shape),
+                        head_bounds=(0, 0.9), neuron_bounds=(0, 0.9), token_bounds=(0, 0.9),
+                        neuron_multiple=4)
+    X = np.random.default_rng(0).uniform(space.lower, space.upper, size=(50, space.dim))
+    assert space.batch_cost(X) == pytest.approx([space.cost(x) for x in X], rel=1e-12)
+    assert space.metric == "latency"
+    assert space.dense_cost == space.latency.dense_ms(space.shape)
+
+
+@pytest.mark.parametrize("budget", [Budget(0.7), "ms"])
+def test_a_search_under_a_latency_budget_stays_in_the_band_of_predicted_time(tiny, budget):
+    table = synthetic(vit_shape(tiny))
+    space = SearchSpace(vit_shape(tiny), latency=table, head_bounds=(0, 0.9),
+                        neuron_bounds=(0, 0.9), token_bounds=(0, 0.9))
+    if budget == "ms":  # an absolute budget: 70% of the dense time, in ms
+        budget = Budget(0.7 * space.dense_cost, unit="ms")
+    target = budget.target(space.dense_cost)
+    res = search(lambda plan, ratios: float(sum(ratios.heads)), space, budget,
+                 config=SearchConfig(method="random", trials=6, init=6), progress=False)
+    for t in res.trials:
+        assert 0.98 * target <= t.latency_ms <= target
+        assert t.macs < space.dense_macs
+    assert 0.98 * target <= table.predict(planned_shape(space.shape, res.best_plan)) <= target
+
+
+def test_budget_units_must_fit_the_metric(table, tiny):
+    from vitprune.search.config import SearchError
+    from vitprune.search.sampler import resolve_band
+
+    lat = SearchSpace(vit_shape(tiny), latency=table)
+    with pytest.raises(SearchError, match="GMACs bounds MACs"):
+        resolve_band(lat, Budget(0.001, unit="gmacs"))
+    with pytest.raises(SearchError, match="--budget-metric latency"):
+        resolve_band(SearchSpace(vit_shape(tiny)), Budget(10.0, unit="ms"))
+
+
+def test_latency_commands(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    args = ["latency-table", "--model", "fmnist_vit_tiny", "--batch", "2", "--threads", "1",
+            "--repeats", "1", "--neuron-points", "3", "--token-points", "3", "--quiet",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2  # never over an existing file
+    assert "exists" in capsys.readouterr().err
+    plan = {"blocks": [{"heads": [0, 1], "neurons": list(range(32))}] * 4,
+            "tokens": [{"block": 1, "keep_rate": 0.5, "fuse": True}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert main(["cost", "--model", "fmnist_vit_tiny", "--plan", str(tmp_path / "plan.json"),
+                 "--latency-table", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    tiny = vit_shape(build_model("fmnist_vit_tiny"))
+    saved = LatencyTable.load(out)
+    assert res["predicted_ms"] == saved.predict(planned_shape(tiny, PrunePlan.from_dict(plan)))
+    assert res["dense_ms"] == saved.meta["dense_ms_measured"]
+    assert main(["cost", "--model", "fmnist_vit_d12", "--latency-table", str(out)]) == 2
+    assert "another model" in capsys.readouterr().err
+    search = ["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--trials", "3",
+              "--init", "3", "--method", "random", "--calib-images", "32", "--criterion",
+              "magnitude", "--quiet", "--json", "--budget", "0.7"]
+    assert main(search + ["--budget-metric", "latency", "--out", str(tmp_path / "s0")]) == 2
+    assert "--latency-table" in capsys.readouterr().err  # refused before any work
+    assert not (tmp_path / "s0").exists()
+    fake = tmp_path / "synthetic.json"  # a deterministic table: a measured one's reach varies
+    fake.write_text(json.dumps(synthetic(tiny).to_dict()))
+    assert main(search + ["--budget-metric", "latency", "--latency-table", str(fake),
+                          "--out", str(tmp_path / "s1")]) == 0
+    summary = json.loads((tmp_path / "s1" / "search.json").read_text())
+    assert summary["metric"] == "latency" and summary["band_ms"][1] == pytest.approx(
+        0.7 * summary["dense_ms"])
+
+
+def test_neuron_multiples_hold_in_searched_plans(tmp_path):
+    from vitprune.config import SearchSettings
+    from vitprune.data import load_splits
+    from vitprune.pipeline import policy_search
+
+    tiny = build_model("fmnist_vit_tiny").eval()
+    res = policy_search(tiny, load_splits("synthetic", calib_size=64), "0.6", tmp_path / "s",
+                        settings=SearchSettings(method="random", trials=4, init=4,
+                                                calib_images=32, neuron_multiple=16),
+                        progress=False)
+    widths = [len(b.neurons) for p in (res.best_plan,) for b in p.blocks]
+    assert all(w % 16 == 0 for w in widths) and min(widths) < 64  # cut, and on multiples
+    with pytest.raises(ConfigError, match="neuron_multiple"):
+        SearchSettings(neuron_multiple=0)

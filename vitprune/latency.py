@@ -1,0 +1,295 @@
+"""Measured time as a cost: a per-device latency table and the prediction of a plan's time.
+
+A :class:`LatencyTable` holds what one device measured for the parts of a ViT that a plan changes
+(see :mod:`vitprune.profile`, which builds it):
+
+* ``attn_ms[h, n]``: one block's attention half (norm, attention with ``heads[h]`` heads,
+  residual) on ``tokens[n]`` tokens;
+* ``mlp_ms[d, n]``: one block's MLP half with ``neurons[d]`` hidden units on ``tokens[n]``;
+* ``select_ms[n]``: a token-selection stage (class-token attention, top-k, gather, fuse) with
+  ``tokens[n]`` tokens in;
+* ``fixed_ms``: everything else (embedding, final norm, pool, classifier), for the whole batch;
+* ``scale``, ``offset_ms``: an affine map from the sum of a model's parts to its measured time,
+  fitted (least squares) to the dense model and a few pruned ones timed whole when the table is
+  built. The parts are timed one at a time; run back to back they take a little less (on a CPU
+  the dense model ran about 10% under its parts' sum, pruned ones within a few percent).
+
+A plan's predicted time is ``scale * (fixed + sum over blocks of attn(h_i, n_in_i) +
+select(n_in_i) where a stage is + mlp(d_i, n_out_i)) + offset_ms``, interpolated linearly within
+the grid.
+The grids are made non-decreasing along every axis when built (a measured cell slower than a
+larger one is noise), so predictions never rise when a plan keeps less.
+
+Pure numpy: the search evaluates tens of thousands of candidates' costs at once
+(:meth:`LatencyTable.predict_counts`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .cost import VitShape, token_counts
+from .errors import ConfigError
+
+FORMAT, VERSION = "vitprune.latency_table", 1
+# what must match between the table and the model / run it predicts for
+MODEL_FIELDS = ("embed_dim", "num_patches", "num_prefix", "heads", "head_dim", "mlp_hidden")
+
+
+def model_key(shape: VitShape) -> dict[str, Any]:
+    """What a table records of the dense model it was built for (compared on use)."""
+    return {"embed_dim": shape.embed_dim, "num_patches": shape.num_patches,
+            "num_prefix": shape.num_prefix, "heads": [b.heads for b in shape.blocks],
+            "head_dim": [b.head_dim for b in shape.blocks],
+            "mlp_hidden": [b.mlp_hidden for b in shape.blocks]}
+
+
+def _error(why: str) -> ConfigError:
+    return ConfigError("latency_table", why)
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured part times of one model on one device, batch, dtype and thread count.
+
+    Attributes:
+        heads, neurons, tokens: the grid (ascending).
+        attn_ms: (len(heads), len(tokens)) ms per attention half.
+        mlp_ms: (len(neurons), len(tokens)) ms per MLP half.
+        select_ms: (len(tokens),) ms per token-selection stage.
+        fixed_ms: ms of the rest of the model.
+        scale, offset_ms: the calibration (see the module docstring).
+        meta: model key, device, device name, torch version, threads, batch, dtype, build time,
+            measured dense ms.
+    """
+
+    heads: tuple[int, ...]
+    neurons: tuple[int, ...]
+    tokens: tuple[int, ...]
+    attn_ms: np.ndarray
+    mlp_ms: np.ndarray
+    select_ms: np.ndarray
+    fixed_ms: float
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "neurons", "tokens"):
+            grid = getattr(self, name)
+            if (not grid or any(not isinstance(v, (int, np.integer)) or v < 1 for v in grid)
+                    or list(grid) != sorted(set(grid))):
+                raise _error(f"its {name} grid must be distinct positive integers in rising "
+                             f"order, got {list(grid)!r}; rebuild it with vitprune latency-table")
+            object.__setattr__(self, name, tuple(int(v) for v in grid))
+        shapes = {"attn_ms": (len(self.heads), len(self.tokens)),
+                  "mlp_ms": (len(self.neurons), len(self.tokens)),
+                  "select_ms": (len(self.tokens),)}
+        for name, want in shapes.items():
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != want or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                raise _error(f"{name} must be {want} finite non-negative times, got shape "
+                             f"{arr.shape}; the table is damaged: rebuild it")
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        for name in ("fixed_ms", "scale", "offset_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise _error(f"{name} must be a finite number, got {v!r}")
+        if self.fixed_ms < 0 or self.scale <= 0:
+            raise _error(f"fixed_ms must be >= 0 and scale > 0, got {self.fixed_ms!r}, "
+                         f"{self.scale!r}; the table is damaged: rebuild it")
+
+    # ---- prediction ------------------------------------------------------------------------
+    def predict(self, shape: VitShape) -> float:
+        """Predicted ms of one forward pass (the table's batch) of a model of ``shape``."""
+        return self.scale * self.parts(shape) + self.offset_ms
+
+    def parts(self, shape: VitShape) -> float:
+        """The uncalibrated sum of the parts' times of a model of ``shape``."""
+        counts = token_counts(shape)
+        h = np.array([[b.heads for b in shape.blocks]])
+        d = np.array([[b.mlp_hidden for b in shape.blocks]])
+        n_in = np.array([[c[0] for c in counts]])
+        n_out = np.array([[c[1] for c in counts]])
+        stage = np.array([[b.keep_patches is not None for b in shape.blocks]])
+        return float(self.parts_counts(h, d, n_in, n_out, stage)[0])
+
+    def predict_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
+                       n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """Predicted ms of many architectures at once.
+
+        Args:
+            heads, neurons: (M, L) heads and MLP units kept per block (0: that half dropped).
+            n_in, n_out: (M, L) tokens entering and leaving each block, prefix included.
+            stage: (M, L) whether the block has a token-selection stage. Its time is counted
+                even where it keeps every token (one stage in place costs the same whatever it
+                keeps), so predictions never fall when a plan keeps more tokens.
+        Returns:
+            (M,) predicted ms.
+        """
+        return self.scale * self.parts_counts(heads, neurons, n_in, n_out, stage) + self.offset_ms
+
+    def parts_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
+                     n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """The uncalibrated sum of the parts' times (see :meth:`predict_counts`)."""
+        attn = _grid2(self.attn_ms, self.heads, self.tokens, heads, n_in)
+        mlp = _grid2(self.mlp_ms, self.neurons, self.tokens, neurons, n_out)
+        sel = np.where(stage, np.interp(n_in, self.tokens, self.select_ms), 0.0)
+        return (attn + mlp + sel).sum(axis=1) + self.fixed_ms
+
+    def dense_ms(self, shape: VitShape) -> float:
+        """The dense model's time, the reference of a fractional budget (``0.5`` = half of
+        it): as measured when the table was built, else predicted."""
+        measured = self.meta.get("dense_ms_measured")
+        return float(measured) if measured else self.predict(shape)
+
+    # ---- identity and compatibility ----------------------------------------------------------
+    def check_model(self, shape: VitShape) -> None:
+        """Refuse a table built for another model: width, patches, prefix tokens, depth and head
+        width must match; a pruned model of the table's model (fewer heads or neurons) fits.
+
+        Raises:
+            ConfigError: what differs, and how to build the right table.
+        """
+        mine, theirs = self.meta.get("model", {}), model_key(shape)
+        diff = [k for k in ("embed_dim", "num_patches", "num_prefix", "head_dim")
+                if mine.get(k) != theirs[k]]
+        for k in ("heads", "mlp_hidden"):
+            have = mine.get(k) or []
+            if len(have) != len(theirs[k]) or any(t > h for t, h in zip(theirs[k], have)):
+                diff.append(k)
+        if diff:
+            raise _error(f"it was built for another model ({', '.join(diff)} differ: table "
+                         f"{ {k: mine.get(k) for k in diff} } vs model "
+                         f"{ {k: theirs[k] for k in diff} }); build one for this model with "
+                         "vitprune latency-table --model ...")
+
+    def check_run(self, *, batch: int | None = None, dtype: str | None = None,
+                  device: str | None = None, threads: int | None = None) -> None:
+        """Refuse a table measured at another batch size or dtype; warn for another device or
+        thread count (the table's times do not hold there).
+
+        Raises:
+            ConfigError: batch or dtype differ.
+        """
+        m = self.meta
+        for name, want in (("batch", batch), ("dtype", dtype)):
+            if want is not None and m.get(name) != want:
+                raise _error(f"it was measured at {name} {m.get(name)!r}, not {want!r}; build a "
+                             f"table with --{name} {want}")
+        for name, want in (("device", device), ("threads", threads)):
+            if want is not None and m.get(name) != want:
+                warnings.warn(f"the latency table was measured with {name} {m.get(name)!r}, not "
+                              f"{want!r}: its predictions will not hold here", stacklevel=2)
+
+    def fingerprint(self) -> str:
+        """A short hash of the table's contents (searches record which table they used)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        m = self.meta
+        return (f"{m.get('device_name', m.get('device', '?'))}, batch {m.get('batch')}, "
+                f"{m.get('dtype')}, {m.get('threads')} threads")
+
+    # ---- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "meta": self.meta,
+                "heads": list(self.heads), "neurons": list(self.neurons),
+                "tokens": list(self.tokens), "attn_ms": self.attn_ms.tolist(),
+                "mlp_ms": self.mlp_ms.tolist(), "select_ms": self.select_ms.tolist(),
+                "fixed_ms": self.fixed_ms, "scale": self.scale, "offset_ms": self.offset_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LatencyTable:
+        """Parse :meth:`to_dict`'s output.
+
+        Raises:
+            ConfigError: not a latency table, a newer version, or damaged.
+        """
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise _error("it is not a vitprune latency table (no format "
+                         f"'{FORMAT}'); make one with vitprune latency-table")
+        if not isinstance(d.get("version"), int) or d["version"] > VERSION:
+            raise _error(f"format version {d.get('version')!r} is newer than this vitprune "
+                         "reads; upgrade vitprune")
+        try:
+            return cls(heads=tuple(d["heads"]), neurons=tuple(d["neurons"]),
+                       tokens=tuple(d["tokens"]), attn_ms=np.asarray(d["attn_ms"], dtype=float),
+                       mlp_ms=np.asarray(d["mlp_ms"], dtype=float),
+                       select_ms=np.asarray(d["select_ms"], dtype=float),
+                       fixed_ms=float(d["fixed_ms"]), scale=float(d["scale"]),
+                       offset_ms=float(d.get("offset_ms", 0.0)),
+                       meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise _error(f"it is damaged ({type(exc).__name__}: {exc}); rebuild it") from None
+
+    @classmethod
+    def load(cls, path: Any) -> LatencyTable:
+        """Read a table from a JSON file (see :meth:`from_dict` for the errors)."""
+        from pathlib import Path
+
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise _error(f"{path} does not exist; make it with vitprune latency-table") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _error(f"{path} is not valid JSON ({exc}); rebuild it") from None
+        return cls.from_dict(d)
+
+
+def monotone(grid: np.ndarray) -> np.ndarray:
+    """``grid`` made non-decreasing along every axis: each line is replaced by its isotonic
+    (least-squares non-decreasing) fit, so one slow outlier is averaged with its neighbours
+    instead of raising every larger cell; a running maximum then settles what the passes along
+    different axes left."""
+    out = np.asarray(grid, dtype=np.float64).copy()
+    for axis in range(out.ndim):
+        out = np.apply_along_axis(isotonic, axis, out)
+    for axis in range(out.ndim):
+        out = np.maximum.accumulate(out, axis=axis)
+    return out
+
+
+def isotonic(y: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``y`` in least squares (pool adjacent
+    violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in np.asarray(y, dtype=np.float64):
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, c2 = blocks.pop()
+            m1, c1 = blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return np.concatenate([np.full(int(c), m) for m, c in blocks])
+
+
+def _grid2(values: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...], r: np.ndarray,
+           c: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of ``values`` (len(rows), len(cols)) at points (r, c), linear
+    extrapolation below the first row towards 0 at r = 0 (a dropped half costs nothing), clamped
+    at the last row and column."""
+    r = np.asarray(r, dtype=np.float64)
+    c = np.clip(np.asarray(c, dtype=np.float64), cols[0], cols[-1])
+    R = np.concatenate([[0.0], np.asarray(rows, dtype=np.float64)])
+    V = np.concatenate([np.zeros((1, len(cols))), values], axis=0)  # row 0: nothing kept
+    r = np.clip(r, 0.0, R[-1])
+    i = np.clip(np.searchsorted(R, r, side="right") - 1, 0, len(R) - 2)
+    j = np.clip(np.searchsorted(cols, c, side="right") - 1, 0, max(len(cols) - 2, 0))
+    wr = (r - R[i]) / (R[i + 1] - R[i])
+    if len(cols) == 1:
+        return V[i, 0] + wr * (V[i + 1, 0] - V[i, 0])
+    C = np.asarray(cols, dtype=np.float64)
+    wc = (c - C[j]) / (C[j + 1] - C[j])
+    top = V[i, j] + wc * (V[i, j + 1] - V[i, j])
+    bottom = V[i + 1, j] + wc * (V[i + 1, j + 1] - V[i + 1, j])
+    return top + wr * (bottom - top)

@@ -1,0 +1,289 @@
+"""Build a :class:`~vitprune.latency.LatencyTable`: time the parts of a model that a plan
+changes, on the device this runs on.
+
+One block of the model (they are all alike) is sliced to each head count and to each MLP width
+of the grid, and its two residual halves are timed at each token count of the grid; a token
+selection stage is timed at each token count; the rest of the model (embedding, final norm,
+pool, classifier) is timed with every block skipped. The dense model is timed whole, and the
+ratio of its time to the sum of its predicted parts calibrates the table (``scale``).
+
+Cells are timed with warm-up and the median of repeats. The build time grows with the grid: a
+DeiT-S at batch 32 on two CPU threads takes a few minutes (docs/latency.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import adapter_for, logits_module, token_stage
+from .adapters.tokens import cls_attention, select_tokens
+from .cost import VitShape
+from .errors import ConfigError, ModelError, require
+from .latency import LatencyTable, model_key, monotone
+from .plan import BlockPlan, PrunePlan, TokenStage, planned_shape
+from .progress import min_interval
+from .surgery import prune
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class _Skip(nn.Module):
+    """A block that passes the tokens through (the rest of the model is timed without blocks)."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+
+def grid(low: int, high: int, points: int, multiple: int = 1) -> tuple[int, ...]:
+    """About ``points`` integers from ``low`` to ``high`` (both included), evenly spread; with
+    ``multiple`` > 1 the inner points are multiples of it (widths a search keeps aligned)."""
+    vals = np.linspace(low, high, max(2, points))
+    if multiple > 1:
+        vals = np.maximum(multiple, np.round(vals / multiple) * multiple)
+    out = sorted({int(round(v)) for v in vals} | {low, high})
+    return tuple(v for v in out if low <= v <= high)
+
+
+def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: int | None = None,
+                dtype: str = "float32", token_points: int | None = None,
+                neuron_points: int = 16, neuron_multiple: int = 1, warmup: int = 3,
+                repeats: int = 7, passes: int = 2, calibration_plans: int = 8,
+                statistic: str = "min",
+                progress: bool = True) -> LatencyTable:
+    """Time ``model``'s parts on ``device`` at ``batch`` into a :class:`LatencyTable`.
+
+    Args:
+        model: a dense model (no token stages, every block alike); not modified.
+        batch: images per forward pass the table is for.
+        threads: CPU threads (fixed for the build, restored afterwards; recorded).
+        dtype: ``float32`` or ``bfloat16``.
+        token_points, neuron_points: grid points along the token and MLP-width axes (every
+            head count is timed). None: every token count up to 64 patches, else 24 points
+            (time is not linear in the tokens: caches fill at some sizes).
+        neuron_multiple: put the MLP-width grid on multiples of this.
+        warmup, repeats: per cell.
+        passes: times the whole grid is timed; each cell keeps its fastest pass (a shared
+            machine slows down for seconds at a time: one slow spell then spoils no cell).
+        statistic: ``median`` or ``min`` of each cell's repeats (``min`` resists interference
+            from other work on a shared machine; compare with measurements of the same kind).
+        calibration_plans: pruned models (random, with token stages) timed whole beside the
+            dense one; ``scale`` is the median of measured over summed parts.
+
+    Raises:
+        ConfigError: a setting is out of range. ModelError: the model cannot be tabled.
+    """
+    require(isinstance(batch, int) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+    require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    require(token_points is None or (isinstance(token_points, int) and token_points >= 2),
+            "token_points", "must be >= 2")
+    require(isinstance(neuron_points, int) and neuron_points >= 2, "neuron_points", "must be >= 2")
+    require(isinstance(repeats, int) and repeats >= 1, "repeats", "must be >= 1")
+    require(isinstance(passes, int) and passes >= 1, "passes", "must be >= 1")
+    require(statistic in ("min", "median"), "statistic", f"must be min or median, got {statistic!r}")
+    adapter = adapter_for(model)
+    shape = adapter.shape(model)
+    blocks = adapter.blocks(model)
+    if any(token_stage(b) for b in blocks):
+        raise ModelError("build the latency table on the dense model: this one selects tokens")
+    if len({(b.heads, b.head_dim, b.mlp_hidden) for b in shape.blocks}) != 1:
+        raise ModelError("the blocks differ in heads or MLP width (a pruned model?); build the "
+                         "latency table on the dense model the plans are for")
+    b0 = shape.blocks[0]
+    C, N, P = shape.embed_dim, shape.num_prefix + shape.num_patches, shape.num_prefix
+    heads = tuple(range(1, b0.heads + 1))
+    neurons = grid(max(1, b0.mlp_hidden // neuron_points), b0.mlp_hidden, neuron_points,
+                   neuron_multiple)
+    if token_points is None:
+        token_points = N - P if N - P <= 64 else 24
+    tokens = grid(P + 1, N, token_points)
+    dt = DTYPES[dtype]
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    timer = _Timer(device, warmup, repeats, statistic)
+    try:
+        from tqdm.auto import tqdm
+
+        cells = passes * (len(heads) + len(neurons) + 1) * len(tokens) + 1
+        with tqdm(total=cells, desc="latency table", disable=not progress,
+                  mininterval=min_interval(), unit="cell") as bar:
+            attn_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt, heads=range(h),
+                                                 head_dim=b0.head_dim))[0] for h in heads]
+            mlp_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt,
+                                                neurons=range(d)))[1] for d in neurons]
+            sel = _selection(b0.heads, b0.head_dim, P)
+            attn = np.full((len(heads), len(tokens)), np.inf)
+            mlp = np.full((len(neurons), len(tokens)), np.inf)
+            select = np.full(len(tokens), np.inf)
+            for _ in range(passes):
+                for j, n in enumerate(tokens):
+                    xs = torch.randn(batch, n, C, device=device, dtype=dt)
+                    for i, half in enumerate(attn_blocks):
+                        attn[i, j] = min(attn[i, j], timer(half, xs))
+                    for i, half in enumerate(mlp_blocks):
+                        mlp[i, j] = min(mlp[i, j], timer(half, xs))
+                    qkv = torch.randn(batch, n, 3 * b0.heads * b0.head_dim, device=device,
+                                      dtype=dt)
+                    select[j] = min(select[j], timer(sel, xs, qkv))
+                    bar.update(len(heads) + len(neurons) + 1)
+            x = torch.randn(batch, *adapter.input_shape(model), device=device, dtype=dt)
+            fixed = timer(logits_module(_skipped(adapter, model, device, dt)), x)
+            bar.update(1)
+            table = LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
+                                 attn_ms=monotone(attn), mlp_ms=monotone(mlp),
+                                 select_ms=monotone(select), fixed_ms=fixed)
+            plans = [None, *calibration(shape, calibration_plans)]
+            nets = [logits_module(copy.deepcopy(model if p is None else prune(model, p))
+                                  .to(device, dt).eval()) for p in plans]
+            measured = timer.interleaved(nets, x)  # rounds of all in turn: drift hits all alike
+            ratios = [(m, table.parts(shape if p is None else planned_shape(shape, p)))
+                      for m, p in zip(measured, plans)]
+            bar.update(len(plans))
+    finally:
+        torch.set_num_threads(old_threads)
+    dense, parts = ratios[0]
+    meta = {"model": model_key(shape), "device": str(torch.device(device).type),
+            "device_name": device_name(device), "torch": torch.__version__,
+            "threads": threads or old_threads, "batch": batch, "dtype": dtype,
+            "warmup": warmup, "repeats": repeats, "statistic": statistic, "neuron_multiple": neuron_multiple,
+            "dense_ms_measured": dense, "dense_ms_parts": parts,
+            "calibration": [{"measured_ms": m, "parts_ms": p} for m, p in ratios],
+            "build_s": round(time.perf_counter() - t_start, 1)}
+    # the pruned models only: the dense one (every block at full width and all tokens) sits
+    # apart from the rest on CPU caches and would tilt the fit; it is measured and kept as the
+    # reference of fractional budgets instead (LatencyTable.dense_ms)
+    scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios)
+    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
+                        mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,
+                        scale=scale, offset_ms=offset, meta=meta)
+
+
+def fit_calibration(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(scale, offset) of ``measured = scale * parts + offset``, least squares over
+    (measured, parts) points; a plain ratio (offset 0) when the fit is not increasing or there
+    are too few distinct points."""
+    m = np.array([p[0] for p in points])
+    x = np.array([p[1] for p in points])
+    if len(points) >= 3 and np.ptp(x) > 0:
+        a, b = np.polyfit(x, m, 1)
+        if a > 0:
+            return float(a), float(b)
+    return float(np.median(m / x)), 0.0
+
+
+def calibration(shape: VitShape, count: int, seed: int = 0) -> list[PrunePlan]:
+    """``count`` random pruned architectures of the kind a search visits: each block keeps a
+    random share (10-100%) of its heads and of its neurons, and token stages a quarter, half
+    and three quarters of the way down keep 30-100% of the tokens."""
+    rng = np.random.default_rng(seed + 1_000_003)  # apart from any seed a benchmark draws with
+    L = len(shape.blocks)
+    stages = sorted({L // 4, L // 2, 3 * L // 4}) if L >= 2 else []
+
+    def kept(total: int) -> range:
+        return range(int(np.clip(round(total * rng.uniform(0.1, 1.0)), 1, total)))
+
+    return [PrunePlan(tuple(BlockPlan(kept(b.heads), kept(b.mlp_hidden)) for b in shape.blocks),
+                      tuple(TokenStage(s, float(rng.uniform(0.3, 1.0))) for s in stages))
+            for _ in range(count)]
+
+
+def device_name(device: str) -> str:
+    """What the device is, for the table's record (GPU model, or the CPU's)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class _Timer:
+    """Median ms of a call over ``repeats`` after ``warmup`` calls, synchronised on CUDA."""
+
+    def __init__(self, device: str, warmup: int, repeats: int, statistic: str = "median") -> None:
+        self.warmup, self.repeats, self.statistic = warmup, repeats, statistic
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    @torch.inference_mode()
+    def __call__(self, fn: Callable[..., Any], *args: torch.Tensor) -> float:
+        for _ in range(self.warmup):
+            fn(*args)
+        self.sync()
+        times = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            fn(*args)
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * (min(times) if self.statistic == "min" else statistics.median(times))
+
+    @torch.inference_mode()
+    def interleaved(self, fns: list[Callable[..., Any]], *args: torch.Tensor,
+                    rounds: int = 3) -> list[float]:
+        """ms of each of ``fns``: ``rounds`` rounds of all in turn, each a warm-up and
+        ``repeats`` calls back to back (the model's weights warm in cache, as when it serves
+        alone); the fastest (or median) call over the rounds is kept, so drift of the machine's
+        speed hits every model alike."""
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(rounds):
+            for k, fn in enumerate(fns):
+                for _ in range(self.warmup):
+                    fn(*args)
+                self.sync()
+                for _ in range(self.repeats):
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    self.sync()
+                    times[k].append(time.perf_counter() - t0)
+        pick = min if self.statistic == "min" else statistics.median
+        return [1e3 * pick(t) for t in times]
+
+
+def _block(adapter: Any, block: nn.Module, device: str, dt: torch.dtype, *,
+           heads: Any = None, neurons: Any = None, head_dim: int = 0) -> nn.Module:
+    """A copy of ``block`` keeping the first ``heads`` / ``neurons``, on ``device``."""
+    blk = copy.deepcopy(block).eval()
+    adapter.prune_block(blk, None if heads is None else list(heads),
+                        None if neurons is None else list(neurons), head_dim)
+    return blk.to(device, dt)
+
+
+def _skipped(adapter: Any, model: nn.Module, device: str, dt: torch.dtype) -> nn.Module:
+    """A copy of ``model`` whose blocks pass the tokens through."""
+    m = copy.deepcopy(model).eval()
+    for i in range(len(adapter.blocks(m))):
+        adapter.set_block(m, i, _Skip())
+    return m.to(device, dt)
+
+
+def _selection(num_heads: int, head_dim: int, num_prefix: int) -> Callable[..., torch.Tensor]:
+    """One token stage's own work: class-token attention from ``qkv``, keep half, fuse."""
+
+    def run(x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        scores = cls_attention(qkv, num_heads, head_dim, head_dim ** -0.5)
+        keep = max(1, (x.shape[1] - num_prefix) // 2)
+        return select_tokens(x, scores, num_prefix, keep, True)
+
+    return run
+
+
+def check_table_settings(batch: int, dtype: str, device: str) -> None:
+    """The settings of a table build, checked before the model is loaded."""
+    require(isinstance(batch, int) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+    require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA is not available on this machine; use --device cpu")

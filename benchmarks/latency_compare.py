@@ -154,7 +154,8 @@ class Study:
             return json.loads((cell / "result.json").read_text())
         student = prune(self.dense, plan)
         before = test_metrics(student, self.splits)["test_top1"]
-        cfg = replace(FINETUNE, epochs=self.args.epochs, augment=False, kd_alpha=0.5, seed=seed)
+        cfg = replace(FINETUNE, epochs=self.args.epochs, augment=False, kd_alpha=0.5, seed=seed,
+                      max_steps_per_epoch=self.args.max_steps)
         t0 = time.perf_counter()
         finetune(student, self.dense, self.splits, cfg, cell / "run", resume=True, progress=False)
         after = test_metrics(student, self.splits)
@@ -304,6 +305,7 @@ def main() -> int:
     run.add_argument("--init", type=int, default=20)
     run.add_argument("--epochs", type=int, default=1)
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    run.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs)")
     run.add_argument("--macs-budgets", type=float, nargs="+", default=[0.35, 0.45])
     run.add_argument("--tp-budgets", type=float, nargs="+", default=[0.5, 0.65])
     run.set_defaults(func=cmd_run)

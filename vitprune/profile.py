@@ -159,8 +159,8 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
             "calibration": [{"measured_ms": m, "parts_ms": p} for m, p in ratios],
             "build_s": round(time.perf_counter() - t_start, 1)}
     # the pruned models only: the dense one (every block at full width and all tokens) sits
-    # apart from the rest on CPU caches and would tilt the fit; it is measured and kept as the
-    # reference of fractional budgets instead (LatencyTable.dense_ms)
+    # apart from the rest on CPU caches and its time swings most from run to run; one
+    # measurement of it would tilt the fit (it stays in meta for the record)
     scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios)
     return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
                         mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,

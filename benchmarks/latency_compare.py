@@ -31,7 +31,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +59,33 @@ from vitprune.train import FINETUNE  # noqa: E402
 
 BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
 METHODS = ("vitprune, latency budget", "vitprune, MACs budget", "torch-pruning (uniform)")
+
+
+TOLERANCE = 0.01  # measured fraction of the dense time counted as equal speed
+MAX_STEPS = 5
+
+
+def next_budget(tried: list[dict], target: float) -> float | None:
+    """The next MACs budget to try: between the budgets of the nearest plans below and above
+    the target's measured fraction (interpolated), or a step beyond the last when none brackets
+    it; None if that budget was tried already."""
+    below = [t for t in tried if t["fraction"] < target]
+    above = [t for t in tried if t["fraction"] >= target]
+    if below and above:
+        lo = max(below, key=lambda t: t["fraction"])
+        hi = min(above, key=lambda t: t["fraction"])
+        w = (target - lo["fraction"]) / (hi["fraction"] - lo["fraction"])
+        b = lo["budget"] + w * (hi["budget"] - lo["budget"])
+    elif above:  # every plan too slow: lower the budget
+        t = min(above, key=lambda t: t["fraction"])
+        b = t["budget"] * target / t["fraction"]
+    else:
+        t = max(below, key=lambda t: t["fraction"])
+        b = t["budget"] * target / t["fraction"]
+    b = round(b, 4)
+    if any(abs(b - t["budget"]) < 0.005 for t in tried) and below and above:
+        b = round((b + lo["budget"]) / 2, 4)  # a near repeat: move towards the faster side
+    return None if any(abs(b - t["budget"]) < 1e-3 for t in tried) else b
 
 
 class Study:
@@ -135,12 +161,22 @@ class Study:
                 tried.append({"budget": b, "fraction": self.fraction(plan),
                               "macs_kept": self.macs_kept(plan)})
                 fsutil.write_json(path, {"tried": tried})
-        pts = sorted((t["fraction"], t["budget"]) for t in tried)
-        b_star = round(float(np.interp(target, [p[0] for p in pts], [p[1] for p in pts])), 4)
-        if b_star not in {t["budget"] for t in tried}:
-            plan = make(b_star)
+        # a searched plan's measured time is not monotone in its MACs budget: step until one
+        # lands within TOLERANCE of the target, at most MAX_STEPS more
+        for _ in range(MAX_STEPS):
+            if min(abs(t["fraction"] - target) for t in tried) <= TOLERANCE:
+                break
+            b_star = next_budget(tried, target)
+            if b_star is None:
+                break
+            try:
+                plan = make(b_star)
+            except BudgetError as exc:
+                print(f"{name} at {b_star}: {exc}", flush=True)
+                break
             tried.append({"budget": b_star, "fraction": self.fraction(plan),
                           "macs_kept": self.macs_kept(plan)})
+            fsutil.write_json(path, {"tried": tried})
         best = min(tried, key=lambda t: abs(t["fraction"] - target))
         res = {"tried": tried, "chosen": best}
         fsutil.write_json(path, res)

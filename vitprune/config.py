@@ -144,6 +144,10 @@ class SearchSettings:
     latency_table: str | None = field(default=None, metadata={
         "help": "latency table JSON of this model (vitprune latency-table) for "
                 "--budget-metric latency", "metavar": "FILE"})
+    depth: bool = field(default=False, metadata={
+        "help": "depth pruning: the search may also drop a block's attention or MLP whole (a "
+                "ratio from 0.95 up), which removes per-operation overhead that narrower blocks "
+                "keep; timm-built families (ViT/DeiT, T2T-ViT)"})
     neuron_multiple: int = field(default=1, metadata={
         "help": "keep each block's MLP width a multiple of this (8, 16, 64: widths the "
                 "hardware's kernels may prefer); inside the search space, so the budget sees it"})

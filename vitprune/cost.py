@@ -160,8 +160,8 @@ def params(shape: VitShape) -> int:
     than a patch embedding (T2T-ViT) from its record (:class:`StemShape`). A model with
     ``no_embed_class=True`` (e.g.
     ``vit_base_patch16_reg4_gap_256``) has ``num_prefix * embed_dim`` fewer (no position
-    embedding for prefix tokens), one with ``qkv_bias=False`` ``3 * h * d`` fewer per block.
-    Token selection adds no parameters.
+    embedding for prefix tokens). ``qkv_bias=False`` is counted (``VitShape.qkv_bias``), and a
+    dropped attention or MLP keeps only its output bias. Token selection adds no parameters.
     """
     C = shape.embed_dim
     tokens = shape.num_patches + shape.num_prefix
@@ -171,7 +171,8 @@ def params(shape: VitShape) -> int:
     blocks = 0
     for b in shape.blocks:
         a, D = b.heads * b.head_dim, b.mlp_hidden
-        blocks += 4 * C  # norm1, norm2 (weight + bias)
+        # a dropped half (no heads, or no neurons) keeps only its output bias, not its norm
+        blocks += (2 * C if a else 0) + (2 * C if D else 0)  # norm1, norm2 (weight + bias)
         blocks += C * 3 * a + (3 * a if shape.qkv_bias else 0) + a * C + C  # qkv, proj
         blocks += C * D + D + D * C + C  # fc1, fc2
     head = 2 * C + shape.num_heads_out * (C * shape.num_classes + shape.num_classes)

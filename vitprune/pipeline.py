@@ -226,7 +226,8 @@ def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
                        token_bounds=span if "tokens" in dims else fixed,
                        token_blocks=settings.token_blocks if "tokens" in dims else (),
                        rankings=None if scores is None else tuple(rankings(scores)),
-                       neuron_multiple=settings.neuron_multiple, latency=settings.latency())
+                       neuron_multiple=settings.neuron_multiple, latency=settings.latency(),
+                       drop=settings.depth)
 
 
 def check_budget(model: torch.nn.Module, budget: Budget | str | float,

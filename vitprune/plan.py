@@ -66,10 +66,6 @@ def _ids(values: Any, what: str) -> tuple[int, ...]:
     dup = sorted({i for i in out if out.count(i) > 1}) if len(set(out)) != len(out) else []
     if dup:
         raise PlanError(f"{what} lists ids {dup} more than once; list each kept id once")
-    if not out:
-        raise PlanError(
-            f"{what} is empty: a block must keep at least one; keep the best-scored one"
-        )
     return tuple(sorted(out))
 
 
@@ -78,8 +74,11 @@ class BlockPlan:
     """What one block keeps.
 
     Attributes:
-        heads: ids of the kept attention heads (sorted, unique, at least one).
-        neurons: ids of the kept MLP hidden units (sorted, unique, at least one).
+        heads: ids of the kept attention heads (sorted, unique). None kept drops the block's
+            attention: its residual branch becomes the output projection's bias alone (depth
+            pruning; a token stage cannot sit in such a block).
+        neurons: ids of the kept MLP hidden units (sorted, unique). None kept drops the MLP the
+            same way.
     """
 
     heads: tuple[int, ...]
@@ -196,6 +195,10 @@ class PrunePlan:
                     f"token stage at block {t.block} is out of range: the model has "
                     f"{len(shape.blocks)} blocks (0..{len(shape.blocks) - 1})"
                 )
+            if not self.blocks[t.block].heads:
+                raise PlanError(
+                    f"block {t.block} drops its attention, so it cannot select tokens (they are "
+                    "scored by that attention); keep a head there or move the stage")
         if self.tokens and any(b.keep_patches is not None for b in shape.blocks):
             raise PlanError(
                 "the model already selects tokens; apply token stages to the dense model instead "

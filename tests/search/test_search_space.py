@@ -25,6 +25,7 @@ def _tricky_points(space: SearchSpace, n: int, seed: int) -> np.ndarray:
     {},
     {"neuron_multiple": 8, "fuse": False},
     {"token_blocks": (0, 2, 3, 5), "token_bounds": (0.1, 0.9), "head_bounds": (0.0, 0.8)},
+    {"drop": True, "neuron_multiple": 8, "head_bounds": (0.0, 0.9), "neuron_bounds": (0.0, 0.9)},
 ])
 def test_batch_macs_equals_plan_macs(d12_shape, kwargs):
     space = SearchSpace(d12_shape, **kwargs)

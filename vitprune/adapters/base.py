@@ -205,24 +205,63 @@ class Adapter(ABC):
         assume the patch grid). Called once by surgery; nothing to do by default."""
         return None
 
+    def drop_half(self, block: nn.Module, half: str) -> None:
+        """Drop ``block``'s attention (``half="attention"``) or MLP (``"mlp"``): its residual
+        branch becomes its output projection's bias alone, which is what keeping no head or no
+        neuron computes (depth pruning).
+
+        Raises:
+            ModelError: the family does not offer it.
+        """
+        raise ModelError(f"the {self.family} family cannot drop a block's {half}: keep at least "
+                         "one head and one neuron per block (search without --depth)")
+
     def prune_block(self, block: nn.Module, heads: Sequence[int] | None,
                     neurons: Sequence[int] | None, head_dim: int) -> None:
-        """Keep only ``heads`` and ``neurons`` of ``block``, in place (None: keep all)."""
-        p = self.parts(block)
-        if heads is not None:
-            ch = head_channels(heads, head_dim, p.proj.weight.device)
-            if len(p.qkv) == 1:
-                per = p.qkv[0].out_features // 3
-                slice_linear(p.qkv[0], rows=torch.cat([ch + part * per for part in range(3)]))
-            else:
-                for lin in p.qkv:
-                    slice_linear(lin, rows=ch)
-            slice_linear(p.proj, cols=ch)
-            self.set_heads(block, len(heads))
-        if neurons is not None:
-            idx = torch.as_tensor(neurons, dtype=torch.long, device=p.fc1.weight.device)
-            slice_linear(p.fc1, rows=idx)
-            slice_linear(p.fc2, cols=idx)
+        """Keep only ``heads`` and ``neurons`` of ``block``, in place (None: keep all; an empty
+        list drops that half, see :meth:`drop_half`)."""
+        drop = [half for half, ids in (("attention", heads), ("mlp", neurons))
+                if ids is not None and len(ids) == 0]
+        heads = None if "attention" in drop else heads
+        neurons = None if "mlp" in drop else neurons
+        if heads is not None or neurons is not None:
+            p = self.parts(block)
+            if heads is not None:
+                ch = head_channels(heads, head_dim, p.proj.weight.device)
+                if len(p.qkv) == 1:
+                    per = p.qkv[0].out_features // 3
+                    slice_linear(p.qkv[0],
+                                 rows=torch.cat([ch + part * per for part in range(3)]))
+                else:
+                    for lin in p.qkv:
+                        slice_linear(lin, rows=ch)
+                slice_linear(p.proj, cols=ch)
+                self.set_heads(block, len(heads))
+            if neurons is not None:
+                idx = torch.as_tensor(neurons, dtype=torch.long, device=p.fc1.weight.device)
+                slice_linear(p.fc1, rows=idx)
+                slice_linear(p.fc2, cols=idx)
+        for half in drop:
+            self.drop_half(block, half)
+
+
+class DroppedHalf(nn.Module):
+    """What is left of a dropped attention or MLP: its output projection's bias, added to every
+    token (the branch's input is not read, so its norm goes too).
+
+    Attributes:
+        bias: (C,) the output projection's bias (zeros if it had none).
+        head_dim: for a dropped attention, the width its heads had (the model's shape keeps it).
+    """
+
+    def __init__(self, bias: torch.Tensor, head_dim: int = 0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone())
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C): the bias on every token."""
+        return self.bias.to(x.dtype).expand_as(x)
 
 
 def token_stage(block: nn.Module) -> TokenStage | None:

@@ -491,8 +491,7 @@ class T2TAdapter(TimmBlocks):
         if not isinstance(model, T2TViT):
             raise ModelError(f"{type(model).__name__} is not a T2T-ViT")
         self.check_blocks(self.blocks(model))
-        if len({b.attn.qkv.bias is None for b in self.blocks(model)}) > 1:
-            raise ModelError("T2T-ViT blocks must all have, or all lack, a qkv bias")
+        self.qkv_bias(model)  # all alike
 
     def shape(self, model: nn.Module) -> VitShape:
         self.check(model)
@@ -508,7 +507,7 @@ class T2TAdapter(TimmBlocks):
             blocks=self.block_shapes(model),
             # frozen pos_embed and Performer w counted: the authors' main.py counts them
             stem=StemShape(macs=t2t_macs(t2t), params=sum(p.numel() for p in before)),
-            qkv_bias=model.blocks[0].attn.qkv.bias is not None if len(model.blocks) else False,
+            qkv_bias=self.qkv_bias(model),
         )
         return self.with_token_stages(model, shape)
 

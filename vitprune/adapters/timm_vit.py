@@ -28,7 +28,7 @@ from .. import fsutil
 from ..cost import BlockShape, PoolShape, VitShape
 from ..errors import ModelError
 from ..plan import TokenStage, apply_token_stages
-from .base import Adapter, ArchSpec, BlockParts, token_stage
+from .base import Adapter, ArchSpec, BlockParts, DroppedHalf, token_stage
 from .tokens import TokenSelecting
 
 # Small ViTs for 28x28 grey images. Patch 4 gives 7x7 = 49 patches + 1 class token = 50 tokens.
@@ -128,7 +128,20 @@ class TimmBlocks(Adapter):
         model.blocks[index] = block
 
     def parts(self, block: nn.Module) -> BlockParts:
+        if isinstance(block.attn, DroppedHalf) or isinstance(block.mlp, DroppedHalf):
+            raise ModelError("this block's attention or MLP was dropped: score, mask and prune "
+                             "the dense model")
         return BlockParts((block.attn.qkv,), block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+
+    def drop_half(self, block: nn.Module, half: str) -> None:
+        if half == "attention":
+            a = block.attn
+            bias = a.proj.bias if a.proj.bias is not None else torch.zeros(a.proj.out_features)
+            block.attn, block.norm1 = DroppedHalf(bias, a.head_dim), nn.Identity()
+        else:
+            m = block.mlp
+            bias = m.fc2.bias if m.fc2.bias is not None else torch.zeros(m.fc2.out_features)
+            block.mlp, block.norm2 = DroppedHalf(bias), nn.Identity()
 
     def set_heads(self, block: nn.Module, heads: int) -> None:
         # timm's forward reshapes qkv with num_heads/head_dim and merges heads with attn_dim
@@ -145,8 +158,24 @@ class TimmBlocks(Adapter):
         return attn, mlp
 
     def block_shapes(self, model: nn.Module) -> tuple[BlockShape, ...]:
-        return tuple(BlockShape(heads=b.attn.num_heads, head_dim=b.attn.head_dim,
-                                mlp_hidden=b.mlp.fc1.out_features) for b in self.blocks(model))
+        def shape(b: nn.Module) -> BlockShape:
+            heads = 0 if isinstance(b.attn, DroppedHalf) else b.attn.num_heads
+            mlp = 0 if isinstance(b.mlp, DroppedHalf) else b.mlp.fc1.out_features
+            return BlockShape(heads=heads, head_dim=b.attn.head_dim, mlp_hidden=mlp)
+
+        return tuple(shape(b) for b in self.blocks(model))
+
+    def qkv_bias(self, model: nn.Module) -> bool:
+        """Whether the blocks' ``qkv`` layers have a bias (all alike; dropped attentions aside).
+
+        Raises:
+            ModelError: some have one and some do not.
+        """
+        have = {b.attn.qkv.bias is not None for b in self.blocks(model)
+                if not isinstance(b.attn, DroppedHalf)}
+        if len(have) > 1:
+            raise ModelError("the blocks must all have, or all lack, a qkv bias")
+        return have.pop() if have else True
 
     def with_token_stages(self, model: nn.Module, shape: VitShape) -> VitShape:
         """``shape`` with the token stages ``model``'s blocks run, kept counts computed block by
@@ -173,15 +202,18 @@ class TimmBlocks(Adapter):
             if type(b) is not Block and token_stage(b) is None:
                 raise _unsupported(i, f"block type {type(b).__name__}")
             attn, mlp = b.attn, b.mlp
-            if type(attn) is not Attention:
-                raise _unsupported(i, f"attention type {type(attn).__name__}")
-            if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
-                raise _unsupported(i, "attention with an output norm or gate")
-            if (type(mlp) is not Mlp
-                    or not all(isinstance(f, nn.Linear) for f in (mlp.fc1, mlp.fc2))):
-                raise _unsupported(i, f"MLP type {type(mlp).__name__}")
-            if not isinstance(mlp.norm, nn.Identity):
-                raise _unsupported(i, "MLP with a hidden-layer norm")
+            if not isinstance(attn, DroppedHalf):  # a dropped half was checked when dropped
+                if type(attn) is not Attention:
+                    raise _unsupported(i, f"attention type {type(attn).__name__}")
+                if (not isinstance(attn.norm, nn.Identity)
+                        or getattr(attn, "gate", None) is not None):
+                    raise _unsupported(i, "attention with an output norm or gate")
+            if not isinstance(mlp, DroppedHalf):
+                if (type(mlp) is not Mlp
+                        or not all(isinstance(f, nn.Linear) for f in (mlp.fc1, mlp.fc2))):
+                    raise _unsupported(i, f"MLP type {type(mlp).__name__}")
+                if not isinstance(mlp.norm, nn.Identity):
+                    raise _unsupported(i, "MLP with a hidden-layer norm")
 
 
 class TimmViTAdapter(TimmBlocks):
@@ -243,6 +275,7 @@ class TimmViTAdapter(TimmBlocks):
             num_heads_out=2 if getattr(model, "head_dist", None) is not None else 1,
             blocks=self.block_shapes(model),
             pool=_pool_shape(getattr(model, "attn_pool", None)),
+            qkv_bias=self.qkv_bias(model),
         )
         return self.with_token_stages(model, shape)
 

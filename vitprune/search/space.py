@@ -23,13 +23,22 @@ from .config import SearchError
 MAX_TOKEN_RATIO = 0.95
 
 
-def keep_count(total: int, prune_ratio: float, multiple_of: int = 1) -> int:
+# With depth pruning, a head or neuron ratio at or above this drops the block's attention or MLP
+DROP_AT = 0.95
+# ... and the ratios of droppable coordinates reach up to this
+DROP_MAX = 0.999
+
+
+def keep_count(total: int, prune_ratio: float, multiple_of: int = 1, drop: bool = False) -> int:
     """Units kept out of ``total`` when pruning ``prune_ratio`` of them.
 
     ``round((1 - prune_ratio) * total)``, then rounded to the nearest multiple of ``multiple_of``
     (wide matrix multiplies run faster at multiples of 8), never below one unit (or one multiple)
-    and never above ``total``.
+    and never above ``total``. With ``drop``, a ratio of :data:`DROP_AT` or more keeps none (the
+    attention or MLP is dropped: depth pruning).
     """
+    if drop and prune_ratio >= DROP_AT:
+        return 0
     keep = round((1.0 - prune_ratio) * total)
     if multiple_of > 1:
         keep = multiple_of * round(keep / multiple_of)
@@ -79,7 +88,7 @@ class Ratios:
 def ratios_to_plan(shape: VitShape, ratios: Ratios, *,
                    token_blocks: Iterable[int] | None = None,
                    rankings: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
-                   neuron_multiple: int = 1, fuse: bool = True) -> PrunePlan:
+                   neuron_multiple: int = 1, fuse: bool = True, drop: bool = False) -> PrunePlan:
     """The integer plan for ``ratios``.
 
     Args:
@@ -91,6 +100,7 @@ def ratios_to_plan(shape: VitShape, ratios: Ratios, *,
             criterion); default keeps the lowest ids.
         neuron_multiple: round kept neurons to this multiple.
         fuse: fuse dropped tokens into one.
+        drop: a ratio of :data:`DROP_AT` or more drops that attention or MLP (depth pruning).
     """
     depth = len(shape.blocks)
     if len(ratios.heads) != depth or len(ratios.neurons) != depth:
@@ -98,8 +108,8 @@ def ratios_to_plan(shape: VitShape, ratios: Ratios, *,
                           "ratios for this model (Ratios.uniform(depth, ...))")
     blocks = []
     for i, b in enumerate(shape.blocks):
-        h = keep_count(b.heads, ratios.heads[i])
-        d = keep_count(b.mlp_hidden, ratios.neurons[i], neuron_multiple)
+        h = keep_count(b.heads, ratios.heads[i], drop=drop)
+        d = keep_count(b.mlp_hidden, ratios.neurons[i], neuron_multiple, drop=drop)
         head_order, neuron_order = rankings[i] if rankings else (range(b.heads), range(b.mlp_hidden))
         blocks.append(BlockPlan(tuple(list(head_order)[:h]), tuple(list(neuron_order)[:d])))
     stages: tuple[TokenStage, ...] = ()
@@ -183,6 +193,9 @@ class SearchSpace:
             handed to the objective keep the criterion's best components (default: lowest ids).
         latency: a :class:`~vitprune.latency.LatencyTable` of this model: the cost the budget
             bounds is then its predicted time (ms per batch), not MACs.
+        drop: depth pruning: head and neuron ratios reach up to :data:`DROP_MAX`, and from
+            :data:`DROP_AT` on they drop the block's attention or MLP (never the attention of a
+            token block, which scores the tokens).
     """
 
     shape: VitShape
@@ -194,6 +207,7 @@ class SearchSpace:
     fuse: bool = True
     rankings: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = None
     latency: LatencyTable | None = None
+    drop: bool = False
 
     def __post_init__(self) -> None:
         depth = len(self.shape.blocks)
@@ -285,6 +299,11 @@ class SearchSpace:
         L = self.depth
         v = np.array([self.head_bounds[side]] * L + [self.neuron_bounds[side]] * L
                      + [self.token_bounds[side]], dtype=np.float64)
+        if self.drop and side == 1:  # droppable: up to DROP_MAX where the bound lets it move
+            heads = [i for i in range(L) if i not in self.token_blocks or self.token_bounds[1] == 0]
+            for i in heads + [L + i for i in range(L)]:
+                if v[i] > 0:
+                    v[i] = DROP_MAX
         v.flags.writeable = False
         return v
 
@@ -296,7 +315,7 @@ class SearchSpace:
         """The integer prune plan of point ``x``."""
         return ratios_to_plan(self.shape, self.ratios(x), token_blocks=self.token_blocks,
                               rankings=self.rankings, neuron_multiple=self.neuron_multiple,
-                              fuse=self.fuse)
+                              fuse=self.fuse, drop=self.drop)
 
     def macs(self, x: Sequence[float]) -> int:
         """MACs per image of point ``x``'s integer architecture (the authoritative count)."""
@@ -336,8 +355,8 @@ class SearchSpace:
         L, s = self.depth, self.shape
         total_h = np.array([b.heads for b in s.blocks], dtype=np.int64)
         total_d = np.array([b.mlp_hidden for b in s.blocks], dtype=np.int64)
-        h = _keep_counts(total_h, X[:, :L], 1)  # (M, L)
-        d = _keep_counts(total_d, X[:, L:2 * L], self.neuron_multiple)  # (M, L)
+        h = _keep_counts(total_h, X[:, :L], 1, self.drop)  # (M, L)
+        d = _keep_counts(total_d, X[:, L:2 * L], self.neuron_multiple, self.drop)  # (M, L)
         n_in, n_out = self._token_counts(X[:, -1])  # (M, L) each, prefix included
         return h, d, n_in, n_out
 
@@ -370,16 +389,19 @@ class SearchSpace:
             "head_bounds": list(self.head_bounds),
             "neuron_bounds": list(self.neuron_bounds), "token_bounds": list(self.token_bounds),
             "token_blocks": list(self.token_blocks), "neuron_multiple": self.neuron_multiple,
+            **({"drop": True} if self.drop else {}),
             "fuse": self.fuse,
             "rankings": None if self.rankings is None else repr(self.rankings),
             **({} if self.latency is None else {"latency_table": self.latency.fingerprint()}),
         }
 
 
-def _keep_counts(total: np.ndarray, ratios: np.ndarray, multiple_of: int) -> np.ndarray:
+def _keep_counts(total: np.ndarray, ratios: np.ndarray, multiple_of: int,
+                 drop: bool = False) -> np.ndarray:
     """:func:`keep_count` for a (M, L) array of ratios and per-block totals (L,)."""
     keep = np.round((1.0 - ratios) * total)  # np.round halves to even, as Python's round
     if multiple_of > 1:
         keep = multiple_of * np.round(keep / multiple_of)
         keep = np.maximum(keep, np.minimum(multiple_of, total))
-    return np.minimum(total, np.maximum(1, keep)).astype(np.int64)
+    keep = np.minimum(total, np.maximum(1, keep)).astype(np.int64)
+    return np.where(ratios >= DROP_AT, 0, keep) if drop else keep

@@ -129,7 +129,7 @@ class Masker:
 def _mask(keep: torch.Tensor, size: int) -> torch.Tensor:
     """(size,) float 0/1 mask with ones at ``keep``."""
     m = torch.zeros(size, device=keep.device)
-    m[keep] = 1.0
+    m[keep.long()] = 1.0  # long: an empty id list (a dropped half) is a float tensor
     return m
 
 

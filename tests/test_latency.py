@@ -237,3 +237,24 @@ def test_neuron_multiples_hold_in_searched_plans(tmp_path):
     assert all(w % 16 == 0 for w in widths) and min(widths) < 64  # cut, and on multiples
     with pytest.raises(ConfigError, match="neuron_multiple"):
         SearchSettings(neuron_multiple=0)
+
+
+def test_a_dropped_half_costs_what_the_table_measured_for_it(tiny, table):
+    shape = vit_shape(tiny)
+    syn = synthetic(shape)
+    d = syn.to_dict()
+    d["drop_ms"] = [0.001] * len(syn.tokens)
+    syn = LatencyTable.from_dict(d)
+    dense = PrunePlan.dense(shape)
+    blocks = list(dense.blocks)
+    blocks[0] = BlockPlan((), blocks[0].neurons)
+    dropped = PrunePlan(tuple(blocks), base=dense.base)
+    n = shape.num_prefix + shape.num_patches
+    attn_full = 0.01 * shape.blocks[0].heads * n + 0.005
+    saved = syn.predict(shape) - syn.predict(planned_shape(shape, dropped))
+    assert saved == pytest.approx(syn.scale * (attn_full - 0.001))
+    one_head = list(dense.blocks)
+    one_head[0] = BlockPlan((0,), blocks[0].neurons)
+    assert table.predict(planned_shape(shape, dropped)) <= table.predict(
+        planned_shape(shape, PrunePlan(tuple(one_head), base=dense.base)))
+    assert np.all(table.drop_ms <= table.attn_ms[0]) and np.all(table.drop_ms > 0)

@@ -8,6 +8,8 @@ A :class:`LatencyTable` holds what one device measured for the parts of a ViT th
 * ``mlp_ms[d, n]``: one block's MLP half with ``neurons[d]`` hidden units on ``tokens[n]``;
 * ``select_ms[n]``: a token-selection stage (class-token attention, top-k, gather, fuse) with
   ``tokens[n]`` tokens in;
+* ``drop_ms[n]``: a dropped attention or MLP (depth pruning: the bias added to every token) on
+  ``tokens[n]`` tokens (zeros in a table built without it);
 * ``fixed_ms``: everything else (embedding, final norm, pool, classifier), for the whole batch;
 * ``scale``, ``offset_ms``: an affine map from the sum of a model's parts to its measured time,
   fitted (least squares) to the dense model and a few pruned ones timed whole when the table is
@@ -79,6 +81,7 @@ class LatencyTable:
     scale: float = 1.0
     offset_ms: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    drop_ms: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("heads", "neurons", "tokens"):
@@ -88,9 +91,11 @@ class LatencyTable:
                 raise _error(f"its {name} grid must be distinct positive integers in rising "
                              f"order, got {list(grid)!r}; rebuild it with vitprune latency-table")
             object.__setattr__(self, name, tuple(int(v) for v in grid))
+        if self.drop_ms is None:
+            object.__setattr__(self, "drop_ms", np.zeros(len(self.tokens)))
         shapes = {"attn_ms": (len(self.heads), len(self.tokens)),
                   "mlp_ms": (len(self.neurons), len(self.tokens)),
-                  "select_ms": (len(self.tokens),)}
+                  "select_ms": (len(self.tokens),), "drop_ms": (len(self.tokens),)}
         for name, want in shapes.items():
             arr = np.asarray(getattr(self, name), dtype=np.float64)
             if arr.shape != want or not np.all(np.isfinite(arr)) or np.any(arr < 0):
@@ -141,6 +146,8 @@ class LatencyTable:
         """The uncalibrated sum of the parts' times (see :meth:`predict_counts`)."""
         attn = _grid2(self.attn_ms, self.heads, self.tokens, heads, n_in)
         mlp = _grid2(self.mlp_ms, self.neurons, self.tokens, neurons, n_out)
+        attn = np.where(heads == 0, np.interp(n_in, self.tokens, self.drop_ms), attn)
+        mlp = np.where(neurons == 0, np.interp(n_out, self.tokens, self.drop_ms), mlp)
         sel = np.where(stage, np.interp(n_in, self.tokens, self.select_ms), 0.0)
         return (attn + mlp + sel).sum(axis=1) + self.fixed_ms
 
@@ -206,6 +213,7 @@ class LatencyTable:
                 "heads": list(self.heads), "neurons": list(self.neurons),
                 "tokens": list(self.tokens), "attn_ms": self.attn_ms.tolist(),
                 "mlp_ms": self.mlp_ms.tolist(), "select_ms": self.select_ms.tolist(),
+                "drop_ms": self.drop_ms.tolist(),
                 "fixed_ms": self.fixed_ms, "scale": self.scale, "offset_ms": self.offset_ms}
 
     @classmethod
@@ -226,6 +234,8 @@ class LatencyTable:
                        tokens=tuple(d["tokens"]), attn_ms=np.asarray(d["attn_ms"], dtype=float),
                        mlp_ms=np.asarray(d["mlp_ms"], dtype=float),
                        select_ms=np.asarray(d["select_ms"], dtype=float),
+                       drop_ms=(None if d.get("drop_ms") is None
+                                else np.asarray(d["drop_ms"], dtype=float)),
                        fixed_ms=float(d["fixed_ms"]), scale=float(d["scale"]),
                        offset_ms=float(d.get("offset_ms", 0.0)),
                        meta=dict(d.get("meta") or {}))

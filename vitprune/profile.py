@@ -121,6 +121,8 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
             mlp_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt,
                                                 neurons=range(d)))[1] for d in neurons]
             sel = _selection(b0.heads, b0.head_dim, P)
+            drop_half = _dropped(adapter, blocks[0], device, dt)
+            drop = np.full(len(tokens), np.inf)
             attn = np.full((len(heads), len(tokens)), np.inf)
             mlp = np.full((len(neurons), len(tokens)), np.inf)
             select = np.full(len(tokens), np.inf)
@@ -134,13 +136,18 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
                     qkv = torch.randn(batch, n, 3 * b0.heads * b0.head_dim, device=device,
                                       dtype=dt)
                     select[j] = min(select[j], timer(sel, xs, qkv))
+                    if drop_half is not None:
+                        drop[j] = min(drop[j], timer(drop_half, xs))
                     bar.update(len(heads) + len(neurons) + 1)
             x = torch.randn(batch, *adapter.input_shape(model), device=device, dtype=dt)
             fixed = timer(logits_module(_skipped(adapter, model, device, dt)), x)
             bar.update(1)
+            # a dropped half costs no more than the cheapest kept one
+            drop = (np.zeros(len(tokens)) if drop_half is None
+                    else np.minimum(monotone(drop), monotone(np.minimum(attn[0], mlp[0]))))
             table = LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
                                  attn_ms=monotone(attn), mlp_ms=monotone(mlp),
-                                 select_ms=monotone(select), fixed_ms=fixed)
+                                 select_ms=monotone(select), fixed_ms=fixed, drop_ms=drop)
             plans = [None, *calibration(shape, calibration_plans)]
             nets = [logits_module(copy.deepcopy(model if p is None else prune(model, p))
                                   .to(device, dt).eval()) for p in plans]
@@ -164,7 +171,7 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios)
     return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
                         mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,
-                        scale=scale, offset_ms=offset, meta=meta)
+                        scale=scale, offset_ms=offset, meta=meta, drop_ms=table.drop_ms)
 
 
 def fit_calibration(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -260,6 +267,17 @@ def _block(adapter: Any, block: nn.Module, device: str, dt: torch.dtype, *,
     adapter.prune_block(blk, None if heads is None else list(heads),
                         None if neurons is None else list(neurons), head_dim)
     return blk.to(device, dt)
+
+
+def _dropped(adapter: Any, block: nn.Module, device: str, dt: torch.dtype) -> Any:
+    """The attention half of a copy of ``block`` with its attention dropped (depth pruning), or
+    None where the family cannot drop it."""
+    blk = copy.deepcopy(block).eval()
+    try:
+        adapter.drop_half(blk, "attention")
+    except ModelError:
+        return None
+    return adapter.halves(blk.to(device, dt))[0]
 
 
 def _skipped(adapter: Any, model: nn.Module, device: str, dt: torch.dtype) -> nn.Module:

@@ -160,16 +160,20 @@ def test_batch_cost_is_the_plan_cost_under_a_latency_table(table, tiny, which):
     assert space.dense_cost == space.latency.dense_ms(space.shape)
 
 
-@pytest.mark.parametrize("budget", [Budget(0.7), "ms"])
-def test_a_search_under_a_latency_budget_stays_in_the_band_of_predicted_time(tiny, budget):
+@pytest.mark.parametrize(("budget", "method"), [(Budget(0.7), "random"), ("ms", "random"),
+                                                (Budget(0.6), "gp-ei"), (Budget(0.6), "uniform")])
+def test_a_search_under_a_latency_budget_stays_in_the_band_of_predicted_time(tiny, budget,
+                                                                             method):
     table = synthetic(vit_shape(tiny))
     space = SearchSpace(vit_shape(tiny), latency=table, head_bounds=(0, 0.9),
                         neuron_bounds=(0, 0.9), token_bounds=(0, 0.9))
     if budget == "ms":  # an absolute budget: 70% of the dense time, in ms
         budget = Budget(0.7 * space.dense_cost, unit="ms")
     target = budget.target(space.dense_cost)
+    trials = 1 if method == "uniform" else 5
     res = search(lambda plan, ratios: float(sum(ratios.heads)), space, budget,
-                 config=SearchConfig(method="random", trials=6, init=6), progress=False)
+                 config=SearchConfig(method=method, trials=trials, init=min(3, trials)),
+                 progress=False)
     for t in res.trials:
         assert 0.98 * target <= t.latency_ms <= target
         assert t.macs < space.dense_macs

@@ -66,26 +66,24 @@ MAX_STEPS = 5
 
 
 def next_budget(tried: list[dict], target: float) -> float | None:
-    """The next MACs budget to try: between the budgets of the nearest plans below and above
-    the target's measured fraction (interpolated), or a step beyond the last when none brackets
-    it; None if that budget was tried already."""
-    below = [t for t in tried if t["fraction"] < target]
-    above = [t for t in tried if t["fraction"] >= target]
-    if below and above:
-        lo = max(below, key=lambda t: t["fraction"])
-        hi = min(above, key=lambda t: t["fraction"])
-        w = (target - lo["fraction"]) / (hi["fraction"] - lo["fraction"])
-        b = lo["budget"] + w * (hi["budget"] - lo["budget"])
-    elif above:  # every plan too slow: lower the budget
-        t = min(above, key=lambda t: t["fraction"])
-        b = t["budget"] * target / t["fraction"]
-    else:
-        t = max(below, key=lambda t: t["fraction"])
-        b = t["budget"] * target / t["fraction"]
-    b = round(b, 4)
-    if any(abs(b - t["budget"]) < 0.005 for t in tried) and below and above:
-        b = round((b + lo["budget"]) / 2, 4)  # a near repeat: move towards the faster side
-    return None if any(abs(b - t["budget"]) < 1e-3 for t in tried) else b
+    """The next MACs budget to try: interpolated within a pair of budgets adjacent in budget
+    whose plans' measured fractions bracket the target (the nearest such pair first), or a step
+    beyond the extreme plan when none brackets it; None when every candidate was tried."""
+    pts = sorted(tried, key=lambda t: t["budget"])
+    cands = []
+    for lo, hi in zip(pts, pts[1:]):
+        fl, fh = lo["fraction"], hi["fraction"]
+        if min(fl, fh) < target <= max(fl, fh):
+            w = (target - fl) / (fh - fl)
+            cands.append(lo["budget"] + w * (hi["budget"] - lo["budget"]))
+    if not cands:  # all too fast or all too slow: scale the nearest plan's budget
+        t = min(tried, key=lambda t: abs(t["fraction"] - target))
+        cands.append(t["budget"] * target / t["fraction"])
+    for b in cands:
+        b = round(b, 4)
+        if all(abs(b - t["budget"]) >= 1e-3 for t in tried):
+            return b
+    return None
 
 
 class Study:

@@ -262,3 +262,18 @@ def test_a_dropped_half_costs_what_the_table_measured_for_it(tiny, table):
     assert table.predict(planned_shape(shape, dropped)) <= table.predict(
         planned_shape(shape, PrunePlan(tuple(one_head), base=dense.base)))
     assert np.all(table.drop_ms <= table.attn_ms[0]) and np.all(table.drop_ms > 0)
+
+
+def test_a_search_warns_when_the_table_was_measured_on_another_device(tiny, tmp_path):
+    from vitprune.config import SearchSettings
+    from vitprune.data import load_splits
+    from vitprune.pipeline import policy_search
+
+    syn = synthetic(vit_shape(tiny)).to_dict()
+    syn["meta"].update(device="cuda", threads=1)
+    (tmp_path / "gpu.json").write_text(json.dumps(syn))
+    settings = SearchSettings(method="random", trials=2, init=2, calib_images=16,
+                              budget_metric="latency", latency_table=str(tmp_path / "gpu.json"))
+    with pytest.warns(UserWarning, match="device 'cuda'"):
+        policy_search(tiny, load_splits("synthetic", calib_size=32), "0.7", tmp_path / "s",
+                      settings=settings, progress=False)

@@ -263,6 +263,9 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if scores is None:
         scores, _ = scored(model, splits, n_images=min(256, settings.calib_images))
     space = search_space(model, settings, scores)
+    if space.latency is not None:  # measured elsewhere: the predictions would not hold here
+        space.latency.check_run(device=next(model.parameters()).device.type,
+                                threads=torch.get_num_threads())
     budget = parse_budget(budget)
     objective = MaskedAccuracy(model, calibration_batches(splits, settings.calib_images,
                                                           rank=dist.rank(), world=dist.world()),

@@ -277,3 +277,21 @@ def test_a_search_warns_when_the_table_was_measured_on_another_device(tiny, tmp_
     with pytest.warns(UserWarning, match="device 'cuda'"):
         policy_search(tiny, load_splits("synthetic", calib_size=32), "0.7", tmp_path / "s",
                       settings=settings, progress=False)
+
+
+def test_compress_under_a_latency_budget_reports_predicted_beside_measured_time(tiny, tmp_path):
+    import vitprune
+    from vitprune.data import load_splits
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(synthetic(vit_shape(tiny)).to_dict()))
+    res = vitprune.compress("fmnist_vit_tiny", load_splits("synthetic", calib_size=64), "0.7",
+                            tmp_path / "run", trials=3, init=2, calib_images=32,
+                            score_images=32, epochs=1, max_steps_per_epoch=1, progress=False,
+                            budget_metric="latency", latency_table=str(path))
+    lat = res.metrics["latency"]
+    table = LatencyTable.load(path)
+    assert lat["predicted_ms"] == table.predict(vit_shape(res.model))
+    assert 0.98 * 0.7 <= lat["predicted_fraction"] <= 0.7
+    assert lat["measured_ms"] > 0 and lat["batch"] == 2
+    assert "Latency budget on the table" in res.report.read_text()

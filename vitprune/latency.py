@@ -193,7 +193,7 @@ class LatencyTable:
                 raise _error(f"it was measured at {name} {m.get(name)!r}, not {want!r}; build a "
                              f"table with --{name} {want}")
         for name, want in (("device", device), ("threads", threads)):
-            if want is not None and m.get(name) != want:
+            if want is not None and m.get(name) is not None and m.get(name) != want:
                 warnings.warn(f"the latency table was measured with {name} {m.get(name)!r}, not "
                               f"{want!r}: its predictions will not hold here", stacklevel=2)
 

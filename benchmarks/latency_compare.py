@@ -8,8 +8,9 @@ Steps (each resumable: its result is kept under ``--runs`` and a re-run skips it
    latency budget of ``--budget`` (0.5: half the dense time) on the batch-64 CPU latency table.
 2. ``match``: its plan's measured time (batch 64, interleaved with the dense model) is the target.
    MACs-budget searches (same settings) and Torch-Pruning plans are made at a few MACs budgets,
-   timed the same way, and the budget whose plan's measured time is nearest the target is
-   interpolated and searched once more; the plan nearest the target is kept for each method.
+   timed the same way, then at budgets interpolated between plans whose measured times bracket
+   the target, until one lands within 1 point of it (at most 5 more); the plan nearest the
+   target is kept for each method.
 3. ``finetune``: each kept plan is pruned physically and fine-tuned with the same recipe (the
    results study's: one epoch of distillation from the dense model) for each seed; test top-1.
 4. ``speed``: every kept model and the dense one timed at batch 64 (throughput) and batch 1
@@ -52,7 +53,7 @@ from vitprune.pipeline import (  # noqa: E402
     test_metrics,
 )
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.profile import _Timer  # noqa: E402
+from vitprune.profile import Timer  # noqa: E402
 from vitprune.search.space import SearchSpace  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import FINETUNE  # noqa: E402
@@ -136,7 +137,7 @@ class Study:
     def fraction(self, plan: PrunePlan, batch: int = 64) -> float:
         """Measured time of the pruned model over the dense one's, interleaved."""
         x = torch.randn(batch, 1, 28, 28)
-        d, p = _Timer("cpu", 2, 7, "min").interleaved([self.dense, prune(self.dense, plan)], x,
+        d, p = Timer("cpu", 2, 7, "min").interleaved([self.dense, prune(self.dense, plan)], x,
                                                        rounds=5)
         return p / d
 
@@ -148,33 +149,31 @@ class Study:
         target measured fraction; the nearest one kept."""
         path = self.runs / f"match_{name}.json"
         tried = json.loads(path.read_text())["tried"] if path.exists() else []
+
+        def attempt(b: float) -> bool:
+            """Plan, time and record budget ``b``; False if it cannot be reached."""
+            try:
+                plan = make(b)
+            except BudgetError as exc:
+                print(f"{name} at {b}: {exc}", flush=True)
+                return False
+            tried.append({"budget": b, "fraction": self.fraction(plan),
+                          "macs_kept": self.macs_kept(plan)})
+            fsutil.write_json(path, {"tried": tried})
+            return True
+
         done = {t["budget"] for t in tried}
         for b in budgets:
             if b not in done:
-                try:
-                    plan = make(b)
-                except BudgetError as exc:
-                    print(f"{name} at {b}: {exc}", flush=True)
-                    continue
-                tried.append({"budget": b, "fraction": self.fraction(plan),
-                              "macs_kept": self.macs_kept(plan)})
-                fsutil.write_json(path, {"tried": tried})
+                attempt(b)
         # a searched plan's measured time is not monotone in its MACs budget: step until one
         # lands within TOLERANCE of the target, at most MAX_STEPS more
         for _ in range(MAX_STEPS):
             if min(abs(t["fraction"] - target) for t in tried) <= TOLERANCE:
                 break
             b_star = next_budget(tried, target)
-            if b_star is None:
+            if b_star is None or not attempt(b_star):
                 break
-            try:
-                plan = make(b_star)
-            except BudgetError as exc:
-                print(f"{name} at {b_star}: {exc}", flush=True)
-                break
-            tried.append({"budget": b_star, "fraction": self.fraction(plan),
-                          "macs_kept": self.macs_kept(plan)})
-            fsutil.write_json(path, {"tried": tried})
         best = min(tried, key=lambda t: abs(t["fraction"] - target))
         res = {"tried": tried, "chosen": best}
         fsutil.write_json(path, res)

@@ -32,7 +32,7 @@ from vitprune.data import load_splits  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.pipeline import finetune, policy_search, score, search_space, test_metrics  # noqa: E402
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.profile import _Timer  # noqa: E402
+from vitprune.profile import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import FINETUNE  # noqa: E402
 
@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
     plans[f"depth search at {args.budget}"] = PrunePlan.load(path)
     nets = {"dense": dense, **{k: prune(dense, p) for k, p in plans.items()}}
     x = torch.randn(1, 1, 28, 28)
-    measured = dict(zip(nets, _Timer("cpu", 3, 20, "min").interleaved(list(nets.values()), x,
+    measured = dict(zip(nets, Timer("cpu", 3, 20, "min").interleaved(list(nets.values()), x,
                                                                        rounds=5)))
     rows = {}
     for k, p in {"dense": None, **plans}.items():

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import adapter_for, vit_shape  # noqa: E402
 from vitprune.io import resolve_model  # noqa: E402
-from vitprune.profile import _block, _Timer, device_name  # noqa: E402
+from vitprune.profile import Timer, _block, device_name  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
     rows = []
     for b in args.batches:
         x = torch.randn(b, N, C)
-        ms = dict(zip(widths, _Timer("cpu", 3, 15, "min").interleaved(list(halves.values()), x,
+        ms = dict(zip(widths, Timer("cpu", 3, 15, "min").interleaved(list(halves.values()), x,
                                                                        rounds=5)))
         for w in aligned:
             row = {"batch": b, "width": w, "ms": ms[w], "ms_below": ms.get(w - 1),

@@ -36,7 +36,7 @@ from vitprune.adapters import input_shape, vit_shape  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape  # noqa: E402
-from vitprune.profile import _Timer, build_table, device_name  # noqa: E402
+from vitprune.profile import Timer, build_table, device_name  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 
 SHIPPED = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -91,7 +91,7 @@ def run(case: str, out: Path, threads: int) -> dict:
         print(f"{case}: table built in {time.perf_counter() - t0:.0f} s")
     plans = random_plans(shape, PLANS)
     nets = [model] + [prune(model, p) for p in plans]
-    timer = _Timer(device, 2, cfg["repeats"], "min")
+    timer = Timer(device, 2, cfg["repeats"], "min")
     x = torch.randn(batch, *input_shape(model), device=device)
     runs = [n.to(device).eval() for n in nets]
     measured = timer.interleaved(runs, x, rounds=cfg["rounds"])

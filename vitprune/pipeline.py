@@ -293,7 +293,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
 def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, Any]:
     """The latency table's prediction for ``pruned`` and ``dense`` beside their measured time on
     this machine, at the table's batch and threads (timed in turn, fastest of the rounds)."""
-    from .profile import _Timer
+    from .profile import Timer
 
     batch, threads = table.meta.get("batch", 1), table.meta.get("threads")
     old = torch.get_num_threads()
@@ -301,7 +301,7 @@ def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -
         torch.set_num_threads(threads)
     try:
         x = torch.randn(batch, *input_shape(dense))
-        dense_ms, pruned_ms = _Timer("cpu", 2, 7, "min").interleaved(
+        dense_ms, pruned_ms = Timer("cpu", 2, 7, "min").interleaved(
             [logits_module(dense).cpu().eval(), logits_module(pruned).cpu().eval()], x)
     finally:
         torch.set_num_threads(old)

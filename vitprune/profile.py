@@ -109,7 +109,7 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    timer = _Timer(device, warmup, repeats, statistic)
+    timer = Timer(device, warmup, repeats, statistic)
     try:
         from tqdm.auto import tqdm
 
@@ -218,7 +218,7 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-class _Timer:
+class Timer:
     """Median ms of a call over ``repeats`` after ``warmup`` calls, synchronised on CUDA."""
 
     def __init__(self, device: str, warmup: int, repeats: int, statistic: str = "median") -> None:

@@ -205,7 +205,8 @@ def test_a_checkpoint_in_the_authors_layout_loads_and_gives_the_same_logits(tmp_
     path = tmp_path / "71.7_T2T_ViT_tiny.pth.tar"
     save_official(source, path)
     if t2t_type == "performer":
-        assert "module.tokens_to_token.attention1.mlp.0.weight" in torch.load(path)["state_dict_ema"]
+        saved = torch.load(path, weights_only=True)["state_dict_ema"]
+        assert "module.tokens_to_token.attention1.mlp.0.weight" in saved
     target = load_official(build("t2t_vit_tiny", seed=1, t2t_type=t2t_type), path)
     x = images(source)
     assert torch.equal(target(x), source(x))

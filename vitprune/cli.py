@@ -90,8 +90,9 @@ def values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> d
 # -- shared options ----------------------------------------------------------------------------
 def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="a registered name (fmnist_vit_d12), a timm ViT name, or a saved model "
-                        "directory")
+                   help="a registered name (fmnist_vit_d12), a timm ViT name, a T2T-ViT name "
+                        "(t2t_vit_14), a directory saved by vitprune, or a Hugging Face "
+                        "save_pretrained directory (ViT/DeiT; needs vitprune[hf])")
     p.add_argument("--checkpoint", help="weights for a model given by name: .safetensors, a "
                                         "state_dict, or a training file holding one under "
                                         "model / state_dict / state_dict_ema (read without "
@@ -100,7 +101,7 @@ def _model(p: argparse.ArgumentParser) -> None:
                    help="timm's published weights for a timm name (from the Hugging Face cache, "
                         "downloaded if there is network; HF_HUB_OFFLINE=1 respected)")
     p.add_argument("--model-args", nargs="+", metavar="KEY=VALUE",
-                   help="timm constructor arguments for a model given by name, values as JSON: "
+                   help="constructor arguments for a model given by name, values as JSON: "
                         "qk_norm=true drop_path_rate=0.1 global_pool=avg img_size=[224,160]; "
                         "saved with the model")
 
@@ -372,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the scores JSON file to create")
     _json(p)
 
-    p = command("search", "search per-block prune ratios under a MACs budget", cmd_search)
+    p = command("search", "search per-block prune ratios under a MACs or latency budget",
+                cmd_search)
     _model(p), _common(p)
     add_fields(p, CompressConfig, skip=("bench_batches",))
     add_fields(p, SearchSettings)

@@ -32,6 +32,9 @@ def test_parse_budget():
     assert parse_budget("0.6").value == 0.6 and parse_budget("0.6").unit == "fraction"
     b = parse_budget("2.5G")
     assert (b.value, b.unit) == (2.5, "gmacs")
+    b = parse_budget("12ms")
+    assert (b.value, b.unit) == (12.0, "ms") and b.target(30.0) == 12.0
+    assert parse_budget("0.5").target(30.0) == 15.0
 
 
 def test_score_search_prune_commands(tmp_path, capsys):

@@ -292,21 +292,24 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
 
 def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, Any]:
     """The latency table's prediction for ``pruned`` and ``dense`` beside their measured time on
-    this machine, at the table's batch and threads (timed in turn, fastest of the rounds)."""
+    this machine, at the table's batch, threads and device (the CPU where that device is
+    missing), timed in turn, fastest of the rounds. The models are moved to that device."""
     from .profile import Timer
 
     batch, threads = table.meta.get("batch", 1), table.meta.get("threads")
+    device = table.meta.get("device", "cpu")  # timed where the table was measured, if here
+    device = device if device == "cpu" or torch.cuda.is_available() else "cpu"
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        x = torch.randn(batch, *input_shape(dense))
-        dense_ms, pruned_ms = Timer("cpu", 2, 7, "min").interleaved(
-            [logits_module(dense).cpu().eval(), logits_module(pruned).cpu().eval()], x)
+        x = torch.randn(batch, *input_shape(dense), device=device)
+        dense_ms, pruned_ms = Timer(device, 2, 7, "min").interleaved(
+            [logits_module(m).to(device).eval() for m in (dense, pruned)], x)
     finally:
         torch.set_num_threads(old)
     dense_shape = vit_shape(dense)
-    return {"table": table.describe(), "batch": batch, "threads": threads,
+    return {"table": table.describe(), "batch": batch, "threads": threads, "device": device,
             "predicted_ms": table.predict(vit_shape(pruned)),
             "dense_ms_reference": table.dense_ms(dense_shape), "measured_ms": pruned_ms,
             "dense_measured_ms": dense_ms,

@@ -53,8 +53,8 @@ from vitprune.pipeline import (  # noqa: E402
     test_metrics,
 )
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.profile import Timer  # noqa: E402
 from vitprune.search.space import SearchSpace  # noqa: E402
+from vitprune.speed import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import FINETUNE  # noqa: E402
 

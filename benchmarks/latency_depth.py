@@ -32,7 +32,7 @@ from vitprune.data import load_splits  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.pipeline import finetune, policy_search, score, search_space, test_metrics  # noqa: E402
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.profile import Timer  # noqa: E402
+from vitprune.speed import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import FINETUNE  # noqa: E402
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import adapter_for, vit_shape  # noqa: E402
 from vitprune.io import resolve_model  # noqa: E402
-from vitprune.profile import Timer, _block, device_name  # noqa: E402
+from vitprune.profile import _block, device_name  # noqa: E402
+from vitprune.speed import Timer  # noqa: E402
 
 
 def main() -> int:

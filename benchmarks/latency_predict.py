@@ -36,7 +36,8 @@ from vitprune.adapters import input_shape, vit_shape  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape  # noqa: E402
-from vitprune.profile import Timer, build_table, device_name  # noqa: E402
+from vitprune.profile import build_table, device_name  # noqa: E402
+from vitprune.speed import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 
 SHIPPED = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"

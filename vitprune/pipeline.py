@@ -294,7 +294,7 @@ def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -
     """The latency table's prediction for ``pruned`` and ``dense`` beside their measured time on
     this machine, at the table's batch, threads and device (the CPU where that device is
     missing), timed in turn, fastest of the rounds. The models are moved to that device."""
-    from .profile import Timer
+    from .speed import Timer
 
     batch, threads = table.meta.get("batch", 1), table.meta.get("threads")
     device = table.meta.get("device", "cpu")  # timed where the table was measured, if here

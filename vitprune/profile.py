@@ -14,7 +14,6 @@ DeiT-S at batch 32 on two CPU threads takes a few minutes (docs/latency.md).
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ from .errors import ConfigError, ModelError, require
 from .latency import LatencyTable, model_key, monotone
 from .plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from .progress import min_interval
+from .speed import Timer
 from .surgery import prune
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -216,48 +216,6 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-class Timer:
-    """Median ms of a call over ``repeats`` after ``warmup`` calls, synchronised on CUDA."""
-
-    def __init__(self, device: str, warmup: int, repeats: int, statistic: str = "median") -> None:
-        self.warmup, self.repeats, self.statistic = warmup, repeats, statistic
-        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-
-    @torch.inference_mode()
-    def __call__(self, fn: Callable[..., Any], *args: torch.Tensor) -> float:
-        for _ in range(self.warmup):
-            fn(*args)
-        self.sync()
-        times = []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            fn(*args)
-            self.sync()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * (min(times) if self.statistic == "min" else statistics.median(times))
-
-    @torch.inference_mode()
-    def interleaved(self, fns: list[Callable[..., Any]], *args: torch.Tensor,
-                    rounds: int = 3) -> list[float]:
-        """ms of each of ``fns``: ``rounds`` rounds of all in turn, each a warm-up and
-        ``repeats`` calls back to back (the model's weights warm in cache, as when it serves
-        alone); the fastest (or median) call over the rounds is kept, so drift of the machine's
-        speed hits every model alike."""
-        times: list[list[float]] = [[] for _ in fns]
-        for _ in range(rounds):
-            for k, fn in enumerate(fns):
-                for _ in range(self.warmup):
-                    fn(*args)
-                self.sync()
-                for _ in range(self.repeats):
-                    t0 = time.perf_counter()
-                    fn(*args)
-                    self.sync()
-                    times[k].append(time.perf_counter() - t0)
-        pick = min if self.statistic == "min" else statistics.median
-        return [1e3 * pick(t) for t in times]
 
 
 def _block(adapter: Any, block: nn.Module, device: str, dt: torch.dtype, *,

@@ -105,3 +105,46 @@ def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batc
             times[k].append((time.perf_counter() - t0) / reps)
     return {k: {"latency_ms": 1e3 * statistics.median(v), "throughput": batch / statistics.median(v),
                 "batch": batch, "threads": torch.get_num_threads()} for k, v in times.items()}
+
+
+class Timer:
+    """Fastest (``"min"``) or median ms of a call over ``repeats`` warm calls back to back, after
+    ``warmup`` calls, synchronised on CUDA. The fastest call resists interference from other
+    work on a shared machine; latency tables (:mod:`vitprune.profile`) and what is compared with
+    them use it."""
+
+    def __init__(self, device: str, warmup: int, repeats: int, statistic: str = "median") -> None:
+        self.warmup, self.repeats, self.statistic = warmup, repeats, statistic
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def _times(self, fn: Callable[..., Any], args: tuple) -> list[float]:
+        for _ in range(self.warmup):
+            fn(*args)
+        self.sync()
+        times = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            fn(*args)
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def _pick(self, times: list[float]) -> float:
+        return 1e3 * (min(times) if self.statistic == "min" else statistics.median(times))
+
+    @torch.inference_mode()
+    def __call__(self, fn: Callable[..., Any], *args: torch.Tensor) -> float:
+        return self._pick(self._times(fn, args))
+
+    @torch.inference_mode()
+    def interleaved(self, fns: list[Callable[..., Any]], *args: torch.Tensor,
+                    rounds: int = 3) -> list[float]:
+        """ms of each of ``fns``: ``rounds`` rounds of all in turn, each a warm-up and
+        ``repeats`` calls back to back (the model's weights warm in cache, as when it serves
+        alone); the fastest (or median) call over the rounds is kept, so drift of the machine's
+        speed hits every model alike."""
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(rounds):
+            for k, fn in enumerate(fns):
+                times[k] += self._times(fn, args)
+        return [self._pick(t) for t in times]

@@ -227,7 +227,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     Raises:
         DataError: the loader yields no images or malformed batches.
     """
-    parts = _parts(model)
+    parts, run = _parts(model), logits_module(model)  # once, not per batch
     blocks = tuple(sorted(set(blocks)))
     if not statistics and not blocks:
         raise ScoringError("collect() with statistics=False needs at least one block to record")
@@ -242,7 +242,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         with eval_mode(model), torch.no_grad():
             for images, y in _limited(loader, max_images, device):
                 try:
-                    logits = logits_module(model)(images)
+                    logits = run(images)
                 except _StopForward:
                     logits = None
                 if logits is not None:
@@ -293,7 +293,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
     Raises:
         DataError: the loader yields no labels, or no images.
     """
-    parts = _parts(model)
+    parts, run = _parts(model), logits_module(model)  # once, not per batch
     captured: dict[tuple[str, int], torch.Tensor] = {}
     heads = [torch.zeros(b.heads) for b in shape.blocks]
     neurons = [torch.zeros(b.mlp_hidden) for b in shape.blocks]
@@ -314,7 +314,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
                     raise DataError(
                         "the Taylor criterion needs labels: the loader yields images only")
                 captured.clear()
-                logits = logits_module(model)(images.detach().requires_grad_(True)).float()
+                logits = run(images.detach().requires_grad_(True)).float()
                 # sum, not mean: each image's activations get that image's own loss gradient
                 loss = F.cross_entropy(logits, y.long(), reduction="sum")
                 keys = list(captured)

@@ -14,9 +14,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import CompressConfig, DataConfig, ScoreConfig, SearchSettings
+from .devices import DEFAULT as DEFAULT_DEVICE
+from .devices import HELP as DEVICE_HELP
 from .errors import ConfigError, VitpruneError
 from .io.export import DEFAULT_OPSET, FORMATS
 from .runtime import RUNTIMES
@@ -129,7 +129,7 @@ def _source(args: argparse.Namespace):
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
         add_fields(p, DataConfig)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
 
 
@@ -152,25 +152,18 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 # -- commands ----------------------------------------------------------------------------------
 def _setup(args: argparse.Namespace) -> str:
-    """Threads and device; under torchrun also joins the process group (this rank's device)."""
-    from . import dist
+    """Threads and device, checked and resolved once (under torchrun this rank's GPU, and the
+    process group joined); every command calls it before any other work."""
+    from .devices import setup
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return dist.init(device)
+    return setup(args.device, args.threads)
 
 
 def _splits(cfg: DataConfig, model=None):
     """The dataset's splits; ImageFolder images prepared as ``model`` (a source) expects."""
-    from .data import load_splits
-    from .pipeline import source_data_config
+    from .pipeline import load_data
 
-    dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
-    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.size,
-                       seed=cfg.split_seed, data_config=dc, workers=cfg.workers)
+    return load_data(cfg, model)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -209,10 +202,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
 
     settings = {k: v for k, v in vars(args).items() if k in CompressConfig.names()}
     cfg = CompressConfig.from_flat(**settings)
-    data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
-    src = _source(args)
-    res = compress(src, _splits(data, src), cfg.budget, args.out,
+    res = compress(_source(args), cfg.data.data, cfg.budget, args.out,
                    device=device, progress=not args.quiet, config=cfg)
     rows = res.metrics["rows"]
     return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
@@ -230,11 +221,12 @@ def cmd_search(args: argparse.Namespace) -> dict:
     scoring = ScoreConfig(**values(args, ScoreConfig))
     parse_budget(args.budget)
     data = DataConfig(**values(args, DataConfig))
-    _setup(args)
+    device = _setup(args)
     src = _source(args)
     return search_plan(src, _splits(data, src), args.budget, args.out, settings=settings,
                        seed=args.seed, scores=args.scores,
-                       score_config=scoring, resume=args.resume, progress=not args.quiet)
+                       score_config=scoring, resume=args.resume, progress=not args.quiet,
+                       device=device)
 
 
 def cmd_score(args: argparse.Namespace) -> dict:
@@ -242,9 +234,9 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
     cfg = ScoreConfig(**values(args, ScoreConfig))
     data = DataConfig(**values(args, DataConfig))
-    _setup(args)
+    device = _setup(args)
     src = _source(args)
-    return score_model(src, _splits(data, src), cfg, args.out)
+    return score_model(src, _splits(data, src), cfg, args.out, device=device)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -304,11 +296,8 @@ def cmd_cost(args: argparse.Namespace) -> dict:
 def cmd_latency_table(args: argparse.Namespace) -> dict:
     from .jobs import latency_table_model
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return latency_table_model(_source(args), args.out, batch=args.batch, device=args.device,
+    device = _setup(args)
+    return latency_table_model(_source(args), args.out, batch=args.batch, device=device,
                                threads=args.threads, dtype=args.dtype,
                                token_points=args.token_points, neuron_points=args.neuron_points,
                                neuron_multiple=args.neuron_multiple, repeats=args.repeats,
@@ -415,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "tokens, token stages, the rest) for latency budgets",
                 cmd_latency_table)
     _model(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the table holds for "
-                                                   "that device only)")
+    p.add_argument("--device", default=DEFAULT_DEVICE,
+                   help=DEVICE_HELP + " (the table holds for that device only)")
     p.add_argument("--threads", type=int, help="CPU threads (recorded; time at the same count)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),

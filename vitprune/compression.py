@@ -9,6 +9,7 @@ last finished evaluation or epoch); a directory holding another run, or other fi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,19 +20,24 @@ import torch
 from . import dist
 from .adapters import vit_shape
 from .config import CompressConfig
-from .data import Splits, load_splits
+from .data import Splits
+from .devices import DEFAULT as DEFAULT_DEVICE
+from .devices import setup
+from .errors import ConfigError
 from .models import ModelSource
 from .pipeline import (
     check_budget,
     evaluate_models,
     finetune,
     latency_check,
+    load_data,
     load_dense,
     model_id,
     policy_search,
     scored,
 )
 from .plan import PrunePlan
+from .profile import device_name
 from .rundir import FINETUNE, MODEL, REPORT, SEARCH, RunDir
 from .search.report import summary
 from .surgery import prune
@@ -61,22 +67,27 @@ class CompressResult:
 def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnist",
              budget: str | float = 0.6, out: str | Path = "runs/compress", *,
              checkpoint: str | Path | None = None,
-             data_dir: str | Path | None = None, device: str = "cpu", progress: bool = True,
-             config: CompressConfig | None = None, **settings: Any) -> CompressResult:
+             data_dir: str | Path | None = None, device: str = DEFAULT_DEVICE,
+             progress: bool = True, config: CompressConfig | None = None,
+             **settings: Any) -> CompressResult:
     """Compress a ViT to ``budget`` and fine-tune it by distillation from the dense model.
 
     Args:
         model: a registered name, a timm ViT name (with ``checkpoint``) or a saved model
             directory; or a :class:`~vitprune.models.ModelSource` (timm's published weights,
             constructor arguments).
-        data: a dataset name (``fashion-mnist``, ``imagefolder``, ``synthetic``) or ready splits.
+        data: a dataset name (``fashion-mnist``, ``imagefolder``, ``synthetic``), read as the
+            command line reads it (:func:`vitprune.pipeline.load_data`: an image folder gets the
+            model's own preprocessing), or ready splits.
         budget: fraction of the dense MACs to keep (``0.6``, ``"60%"``) or ``"2.7G"`` (GMACs).
         out: the run directory; re-running with the same arguments resumes it.
         checkpoint: weights for a model given by name.
         data_dir: where the dataset is.
-        device: ``cpu`` or ``cuda``; under torchrun each rank takes its own GPU.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; every stage runs
+            there (under torchrun each rank takes its own GPU).
         config: all settings at once; or give any of them by name in ``settings`` (``trials=30``,
-            ``epochs=4``, ``max_ratio=0.9`` ...: :meth:`CompressConfig.from_flat`).
+            ``epochs=4``, ``max_ratio=0.9``, ``calib_size=2000``, ``img_size=(160,)``,
+            ``split_seed=1`` ...: :meth:`CompressConfig.from_flat`). Not both.
     Returns:
         The :class:`CompressResult`.
     Raises:
@@ -85,15 +96,17 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
         OutputError: ``out`` holds another run or other files, is one of the inputs, or another
             process is writing to it.
     """
-    cfg = config or CompressConfig.from_flat(budget=str(budget), **settings)
-    device = dist.init(device)
-    splits = data if isinstance(data, Splits) else load_splits(data, data_dir)
+    cfg = _config(config, budget, data, data_dir, settings)
+    device = setup(device)  # checked before any data is read
     src = ModelSource.of(model, checkpoint)
-    dense, arch = load_dense(src, splits, verb="compress")
+    src.check()
+    splits = data if isinstance(data, Splits) else load_data(cfg.data, src)
+    torch.manual_seed(cfg.seed)  # a model built by name: its random weights follow the seed
+    dense, arch = load_dense(src, splits, device=device, verb="compress")
     check_budget(dense, cfg.budget, cfg.search)  # before anything is written
     say = _Say(progress)
-    identity = {"model": model_id(src), "data": splits.name, **cfg.flat()}
-    defaults = CompressConfig(budget=cfg.budget).flat()
+    identity = {**_identity(cfg.flat()), "model": model_id(src), "data": splits.name}
+    defaults = _identity(CompressConfig(budget=cfg.budget).flat())
     with RunDir.claim(out, "compress", identity, inputs=src.inputs(), defaults=defaults,
                       info={"model_path": src.name, "checkpoint": src.checkpoint}
                       ) as run:
@@ -101,6 +114,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
             say(f"scoring heads and neurons ({cfg.score.criterion}, {cfg.score.score_images} "
                 "images)")
             return scored(dense, splits, cfg.score.criterion, n_images=cfg.score.score_images)
+            # (dense is on device: scoring runs there)
 
         scores = run.scores(score_stage)
 
@@ -124,6 +138,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
                                                round(time.perf_counter() - t0, 1)}}
 
         student, trained = run.model(finetune_stage, arch, plan)
+        student = student.to(device)  # read back from its directory (on the CPU) on a resume
 
         def evaluate_stage() -> dict:
             say("evaluating on the test and calibration splits and measuring CPU speed")
@@ -131,6 +146,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
                                    splits, timed=("dense", "finetuned"),
                                    bench_batches=cfg.bench_batches, device=device)
             out = {"rows": rows, "threads": torch.get_num_threads(),
+                   "device_type": torch.device(device).type, "device_name": device_name(device),
                    "finetune_history": trained["finetuned"]["history"],
                    "test_images": rows["dense"]["test_images"]}
             table = cfg.search.latency()
@@ -148,6 +164,33 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
         run.stage("report", lambda: None, write_report, lambda: None)
     return CompressResult(run.path, run.file(MODEL), plan, metrics, run.file(REPORT),
                           student.cpu().eval())
+
+
+def _config(config: CompressConfig | None, budget: str | float, data: str | Splits,
+            data_dir: str | Path | None, settings: dict[str, Any]) -> CompressConfig:
+    """The run's settings from either ``config`` or flat names, with the dataset named by
+    ``data`` and ``data_dir``; settings given twice are refused rather than one dropped."""
+    named = {} if isinstance(data, Splits) else {"data": data}
+    if data_dir is not None:
+        named["data_dir"] = str(data_dir)
+    if config is None:
+        return CompressConfig.from_flat(budget=str(budget), **named, **settings)
+    if settings:
+        raise ConfigError(next(iter(settings)), "was given beside config=: put every setting in "
+                          "the CompressConfig (CompressConfig.from_flat(...)) or none")
+    clash = {k: v for k, v in named.items() if getattr(config.data, k) != v}
+    if clash:
+        return dataclasses.replace(config, data=dataclasses.replace(config.data, **clash))
+    return config
+
+
+# where the data is and how it is loaded do not change a run's results: the splits' name
+# stands for the dataset, and the loader's batches do not depend on its workers
+_NOT_IDENTITY = ("data", "data_dir", "workers")
+
+
+def _identity(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if k not in _NOT_IDENTITY}
 
 
 class _Say:

@@ -24,6 +24,7 @@ from .errors import ConfigError, is_int, is_number, require
 from .latency import LatencyTable
 from .scoring import available_criteria
 from .search.config import DIMS, METHODS, OBJECTIVES, Budget, SearchConfig
+from .search.surrogate import check_dependencies
 from .train import FINETUNE, TrainConfig
 
 
@@ -159,6 +160,7 @@ class SearchSettings:
         require(is_int(self.trials) and self.trials >= 1, "trials",
                 f"must be an integer >= 1, got {self.trials!r}")
         self.loop_config(0)  # the search layer's own checks (init against trials ...)
+        check_dependencies(self.method)  # before any work, not after scoring
         require(is_int(self.calib_images) and self.calib_images >= 1, "calib_images",
                 f"must be an integer >= 1, got {self.calib_images!r}")
         require(is_number(self.max_ratio) and 0 < self.max_ratio < 1, "max_ratio",
@@ -203,7 +205,10 @@ class CompressConfig:
         "help": "0.6 or 60% keeps 60% of the dense MACs (or of the predicted time, with "
                 "--budget-metric latency); 2.7G is 2.7 GMACs per image; 12ms is 12 ms per "
                 "batch of the latency table"})
-    seed: int = field(default=0, metadata={"help": "seeds the search and the fine-tuning"})
+    seed: int = field(default=0, metadata={
+        "help": "seeds the search and the fine-tuning (and the weights of a model built by name "
+                "without a checkpoint)"})
+    data: DataConfig = field(default_factory=DataConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: TrainConfig = FINETUNE
@@ -227,14 +232,16 @@ class CompressConfig:
     def from_flat(cls, **settings: Any) -> CompressConfig:
         """A configuration from flat setting names (:func:`flat_fields`); unknown names are
         refused with the known ones."""
-        groups: dict[str, dict[str, Any]] = {"": {}, "score": {}, "search": {}, "finetune": {}}
+        groups: dict[str, dict[str, Any]] = {"": {}, "data": {}, "score": {}, "search": {},
+                                             "finetune": {}}
         where = {name: group for group, names in _FLAT.items() for name in names}
         for name, value in settings.items():
             if name not in where:
                 raise ConfigError(name, f"is not a compression setting; known: "
                                   f"{', '.join(sorted(where))}")
             groups[where[name]][name] = value
-        return cls(**groups[""], score=ScoreConfig(**groups["score"]),
+        return cls(**groups[""], data=DataConfig(**groups["data"]),
+                   score=ScoreConfig(**groups["score"]),
                    search=SearchSettings(**groups["search"]),
                    finetune=FINETUNE.with_recipe(groups["finetune"].pop("recipe", "small"),
                                                  **groups["finetune"]))
@@ -255,11 +262,11 @@ class CompressConfig:
 
 def flat_fields(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Names of ``cls``'s fields that are settings (not nested configurations)."""
-    nested = (ScoreConfig, SearchSettings, TrainConfig)
+    nested = (DataConfig, ScoreConfig, SearchSettings, TrainConfig)
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip
-                 and f.name not in ("score", "search", "finetune")
-                 and not (isinstance(f.default, nested)))
+                 and not isinstance(f.default, nested) and f.default_factory not in nested)
 
 
-_FLAT = {"": flat_fields(CompressConfig), "score": flat_fields(ScoreConfig),
+_FLAT = {"": flat_fields(CompressConfig), "data": flat_fields(DataConfig),
+         "score": flat_fields(ScoreConfig),
          "search": flat_fields(SearchSettings), "finetune": flat_fields(TrainConfig, ("seed",))}

@@ -19,18 +19,12 @@ def launched() -> bool:
 
 
 def init(device: str = "cpu") -> str:
-    """Join the process group when launched by torchrun; returns the device this rank uses.
-
-    On CUDA each rank takes the GPU of its ``LOCAL_RANK``.
-    """
-    if not launched():
-        return device
-    if str(device).startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not td.is_initialized():
-        td.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    """Join the process group when launched by torchrun (NCCL for a CUDA ``device``, gloo for
+    the CPU); returns ``device``. :func:`vitprune.devices.setup` resolves the device first (under
+    torchrun each rank's own GPU) and calls this."""
+    device = str(device)
+    if launched() and not td.is_initialized():
+        td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return device
 
 
@@ -50,13 +44,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def sum_(values: list[float], device: str | torch.device = "cpu") -> list[float]:
-    """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact)."""
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed element-wise over all ranks, in place; ``t`` lives on this rank's device
+    (NCCL takes CUDA tensors only), so callers accumulate their sums there."""
+    if active():
+        td.all_reduce(t)
+    return t
+
+
+def sum_(values: list[float], device: str | torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact), reduced
+    on ``device``: the rank's own device, which the process group's backend accepts."""
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    td.all_reduce(t)
-    return t.tolist()
+    return all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def broadcast(obj: Any, src: int = 0) -> Any:

@@ -50,7 +50,7 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
     save it, with the record of how it was made, as the model directory ``out``."""
     src = ModelSource.of(model, checkpoint)
     torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
-    net, arch, plan = resolve_for_data(src, splits)
+    net, arch, plan = resolve_for_data(src, splits, device=device)
     settings = {"model": model_id(src), "data": splits.name, "config": dataclasses.asdict(cfg)}
     with RunDir.claim(out, "train", settings, inputs=src.inputs(), resume=resume) as run:
         t0 = time.perf_counter()
@@ -74,9 +74,9 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
                    command: str = "") -> dict[str, Any]:
     """Fine-tune the saved model ``student`` by distillation from ``teacher``; save it as the
     model directory ``out``."""
-    net, arch, plan = resolve_model(str(student))
+    net, arch, plan = resolve_model(str(student), device=device)
     teacher = ModelSource.of(teacher, teacher_checkpoint)
-    dense, _ = load_dense(teacher, splits, verb="distil from")
+    dense, _ = load_dense(teacher, splits, device=device, verb="distil from")
     check_pair(net, dense)  # before the output is claimed
     require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
     settings = {"student": model_id(student), "teacher": model_id(teacher),
@@ -101,10 +101,12 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
 def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, out: str | Path, *,
                 settings: SearchSettings, seed: int = 0, checkpoint: str | Path | None = None,
                 scores: str | Path | None = None, score_config: ScoreConfig | None = None,
-                resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Search a plan for ``model`` under ``budget`` into the run directory ``out``."""
+                resume: bool = False, progress: bool = True,
+                device: str = "cpu") -> dict[str, Any]:
+    """Search a plan for ``model`` under ``budget`` into the run directory ``out``; scoring
+    and every evaluation run on ``device``."""
     src = ModelSource.of(model, checkpoint)
-    dense, _ = load_dense(src, splits, verb="search")
+    dense, _ = load_dense(src, splits, device=device, verb="search")
     check_budget(dense, budget, settings)
     score_config = score_config or ScoreConfig()
     identity = {"model": model_id(src), "data": splits.name, "budget": str(budget),
@@ -125,11 +127,12 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
 
 
 def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
-                checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Score every head and neuron of ``model``; write the scores to the new file ``out``."""
+                checkpoint: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Score every head and neuron of ``model`` on ``device``; write the scores to the new file
+    ``out``."""
     src = ModelSource.of(model, checkpoint)
     out = _new_file(out, src.inputs(), "score")
-    dense, _ = load_dense(src, splits, verb="score")
+    dense, _ = load_dense(src, splits, device=device, verb="score")
     scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
     return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,
             "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
@@ -139,7 +142,7 @@ def prune_model(model: str | Path | ModelSource, plan_path: str | Path, out: str
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Apply the plan in ``plan_path`` to ``model``; save the smaller model as ``out``."""
     src = ModelSource.of(model, checkpoint)
-    net, arch = load_dense(src, None, verb="prune")
+    net, arch = load_dense(src, None, device="cpu", verb="prune")  # slicing is quick anywhere
     plan = PrunePlan.load(plan_path)
     small = prune(net, plan)  # validates the plan against the model, before anything is written
     identity = {"model": model_id(src), "plan": plan.to_dict()}

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 from . import dist
 from .adapters import input_shape, logits_module, vit_shape
-from .config import SearchSettings, parse_budget
+from .config import DataConfig, SearchSettings, parse_budget
 from .cost import macs, params
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
+from .devices import autocast, device_of
 from .errors import ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
@@ -84,20 +85,31 @@ def source_data_config(model: str | Path | ModelSource) -> dict | None:
         return data_config(build_model(arch))
 
 
+def load_data(cfg: DataConfig, model: str | Path | ModelSource | None = None) -> Splits:
+    """The splits ``cfg`` describes, ImageFolder images prepared as ``model`` expects (its own
+    interpolation, crop, mean and std: :func:`source_data_config`). The one data path of the
+    command line and the Python API, so both feed a model the same tensors."""
+    from .data import load_splits
+
+    dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
+    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.size,
+                       seed=cfg.split_seed, data_config=dc, workers=cfg.workers)
+
+
 def load_dense(model: str | Path | ModelSource, splits: Splits | None,
-               checkpoint: str | Path | None = None, *,
+               checkpoint: str | Path | None = None, *, device: str,
                verb: str = "prune") -> tuple[torch.nn.Module, ArchSpec]:
-    """The dense model ``model`` names (a timm name built to fit ``splits`` when given),
-    refusing a pruned one.
+    """The dense model ``model`` names (a timm name built to fit ``splits`` when given), on
+    ``device`` (the run's, from :func:`vitprune.devices.setup`), refusing a pruned one.
 
     Raises:
         PlanError: ``model`` is a pruned model directory: ``verb`` its dense base model instead.
     """
     src = ModelSource.of(model, checkpoint)
     if splits is None:
-        net, arch, plan = resolve_model(src)
+        net, arch, plan = resolve_model(src, device=device)
     else:
-        net, arch, plan = resolve_for_data(src, splits)
+        net, arch, plan = resolve_for_data(src, splits, device=device)
     if plan is not None:
         raise PlanError(f"{src.name} is already pruned; {verb} its dense base model instead")
     return net, arch
@@ -106,7 +118,8 @@ def load_dense(model: str | Path | ModelSource, splits: Splits | None,
 def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 256,
                         device: str = "cpu", *, rank: int = 0,
                         world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n_images`` of the calibration split as in-memory batches, same order each time.
+    """The first ``n_images`` of the calibration split as in-memory batches on ``device`` (held
+    there for every evaluation of a search), same order each time.
 
     The calibration split is carved from the training images (held out from training), so the
     search never sees the test set. With ``world > 1`` this rank's part of each batch.
@@ -124,7 +137,8 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
 
 def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
            n_images: int = 256, **options: Any) -> tuple[list[BlockScores], dict[str, Any]]:
-    """Score every head and neuron of ``model`` on calibration images.
+    """Score every head and neuron of ``model`` on calibration images, on the device the model
+    is on (features, Gram matrices and scores alike).
 
     Returns:
         (scores, meta): one :class:`BlockScores` per block, and the criterion's settings.
@@ -132,7 +146,8 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
     crit = get_criterion(criterion, **options)
     if hasattr(crit, "max_images") and "max_images" not in options:
         crit = dataclasses.replace(crit, max_images=n_images)  # its own default is 256
-    batches = calibration_batches(splits, n_images, batch_size=min(64, n_images))
+    batches = calibration_batches(splits, n_images, batch_size=min(64, n_images),
+                                  device=device_of(model))
     return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name}
 
 
@@ -166,9 +181,10 @@ class MaskedAccuracy:
         self.model = logits_module(model).eval()
         self.batches = batches
         self.objective = objective
+        self.device = device_of(model)  # the batches were put there by calibration_batches
         self.dense = None
         if objective == "kl":  # the dense model's log-probabilities, computed once
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device):
                 self.dense = [self.model(x).float().log_softmax(-1) for x, _ in batches]
         self.masker = Masker(model)
 
@@ -176,17 +192,19 @@ class MaskedAccuracy:
         # masks are made outside inference mode: inference tensors would break later autograd
         # use of the same model (e.g. a Taylor criterion) while the masks are installed
         self.masker.set(plan)
-        good = total = 0.0
-        with torch.inference_mode():
+        # (good, total) summed on the device: one transfer per evaluation, not one per batch,
+        # and the tensor a collective needs (NCCL takes CUDA tensors only)
+        with torch.inference_mode(), autocast(self.device):
+            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
             for i, (x, y) in enumerate(self.batches):
                 logits = self.model(x)
                 if self.dense is None:
-                    good += (logits.argmax(-1) == y).sum().item()
+                    sums[0] += (logits.argmax(-1) == y).sum()
                 else:
-                    good -= F.kl_div(logits.float().log_softmax(-1), self.dense[i],
-                                     reduction="sum", log_target=True).item()
-                total += y.numel()
-        return dist.sum_([good, total])
+                    sums[0] -= F.kl_div(logits.float().log_softmax(-1), self.dense[i],
+                                        reduction="sum", log_target=True)
+                sums[1] += y.numel()
+        return dist.all_sum(sums).tolist()
 
     def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
         if dist.active():
@@ -264,10 +282,11 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
         scores, _ = scored(model, splits, n_images=min(256, settings.calib_images))
     space = search_space(model, settings, scores)
     if space.latency is not None:  # measured elsewhere: the predictions would not hold here
-        space.latency.check_run(device=next(model.parameters()).device.type,
+        space.latency.check_run(device=torch.device(device_of(model)).type,
                                 threads=torch.get_num_threads())
     budget = parse_budget(budget)
     objective = MaskedAccuracy(model, calibration_batches(splits, settings.calib_images,
+                                                          device=device_of(model),
                                                           rank=dist.rank(), world=dist.world()),
                                objective=settings.objective)
     cfg = settings.loop_config(seed)
@@ -346,8 +365,11 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
                progress=progress)
 
 
-def test_metrics(model: torch.nn.Module, splits: Splits, device: str = "cpu") -> dict[str, Any]:
-    """Test top-1 and loss (all processes' parts of the test split), MACs and parameters."""
+def test_metrics(model: torch.nn.Module, splits: Splits,
+                 device: str | None = None) -> dict[str, Any]:
+    """Test top-1 and loss (all processes' parts of the test split), MACs and parameters, on
+    ``device`` (default: where the model is)."""
+    device = device or device_of(model)
     loader = make_loader(splits.test, EVAL_BATCH, rank=dist.rank(), world=dist.world(),
                          num_workers=splits.workers)
     acc = evaluate(model.to(device), loader, device)
@@ -358,9 +380,11 @@ def test_metrics(model: torch.nn.Module, splits: Splits, device: str = "cpu") ->
 
 def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
                     timed: Sequence[str] = (), bench_batches: Sequence[int] = (1, 64),
-                    device: str = "cpu") -> dict[str, dict[str, Any]]:
-    """Per model: test and calibration top-1, MACs, parameters; for the ``timed`` ones also CPU
-    latency and throughput at each of ``bench_batches``, timed in turn so ratios are fair.
+                    device: str) -> dict[str, dict[str, Any]]:
+    """Per model: test and calibration top-1, MACs, parameters; for the ``timed`` ones also
+    latency and throughput on ``device`` at each of ``bench_batches`` (bf16 autocast on CUDA,
+    as the search ran), timed in turn so ratios are fair, under the device's type
+    (``rows[name]["cpu"]`` or ``["cuda"]``).
 
     The calibration top-1 is there to compare like with like with the fine-tuning curve, which
     is measured on the calibration split.
@@ -373,8 +397,9 @@ def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
                       "calib_top1": evaluate(m.to(device), calib, device)["top1"]}
     if timed and dist.is_main():
         img = input_shape(next(iter(models.values())))
-        pair = {name: models[name].cpu() for name in timed}
+        pair = {name: models[name] for name in timed}
+        kind = torch.device(device).type
         for b in bench_batches:
-            for name, r in compare(pair, img, b, **timing(b)).items():
-                rows[name].setdefault("cpu", {})[f"batch{b}"] = r
+            for name, r in compare(pair, img, b, device=device, **timing(b)).items():
+                rows[name].setdefault(kind, {})[f"batch{b}"] = r
     return rows

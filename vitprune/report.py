@@ -44,18 +44,21 @@ def _summary(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
              f"Budget {config['budget']} ({config['criterion']} criterion, {config['method']} search, "
              f"{config['trials']} evaluations), then {config['epochs']} epochs of fine-tuning with "
              f"distillation from the dense model (alpha {config['kd_alpha']}, T "
-             f"{config['kd_temperature']}). Test split: {metrics['test_images']} images. CPU speed "
-             f"with {metrics['threads']} threads (median of repeats after warm-up).", "",
+             f"{config['kd_temperature']}). Test split: {metrics['test_images']} images. "
+             + (f"CPU speed with {metrics['threads']} threads" if metrics.get("device_type", "cpu")
+                == "cpu" else f"Speed on {metrics.get('device_name', 'the GPU')} (bf16 autocast)")
+             + " (median of repeats after warm-up).", "",
              f"| model | MMACs | MACs kept | params (M) | test top-1 | latency b{batches[0]} (ms) "
              f"| throughput b{batches[-1]} (img/s) | speed-up b{batches[0]} / b{batches[-1]} |",
              "|---|---|---|---|---|---|---|---|"]
+    kind = metrics.get("device_type", "cpu")  # where the speed was measured
     for key, r in rows.items():
-        cpu = r.get("cpu")  # measured for dense and fine-tuned (pruned has the same structure)
+        cpu = r.get(kind)  # measured for dense and fine-tuned (pruned has the same structure)
         speed = ["-", "-", "-"]
         if cpu:
             speed = [f"{cpu[lat]['latency_ms']:.2f}", f"{cpu[thr]['throughput']:.0f}",
-                     f"{d['cpu'][lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
-                     f"{cpu[thr]['throughput'] / d['cpu'][thr]['throughput']:.2f}x"]
+                     f"{d[kind][lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
+                     f"{cpu[thr]['throughput'] / d[kind][thr]['throughput']:.2f}x"]
         lines.append(f"| {NAMES[key]} | {r['macs'] / 1e6:.1f} | {r['macs'] / d['macs']:.1%} | "
                      f"{r['params'] / 1e6:.3f} | {r['test_top1']:.2f} | " + " | ".join(speed) + " |")
     drop = rows["finetuned"]["test_top1"] - d["test_top1"]

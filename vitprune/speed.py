@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .devices import autocast
+
 # What is timed: a module, or any callable taking the input batch (see vitprune.runtime).
 Runnable = torch.nn.Module | Callable[[torch.Tensor], Any]
 
@@ -74,7 +76,7 @@ def timing(batch: int, plan: dict[str, int] = QUICK) -> dict[str, int]:
 @torch.inference_mode()
 def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batch: int, *,
             rounds: int = 15, reps: int = 5, warmup: int = 3,
-            device: str = "cpu") -> dict[str, dict[str, float]]:
+            device: str = "cpu", amp: bool | None = None) -> dict[str, dict[str, float]]:
     """Latency of several models timed in turn, round after round, so that drifts in machine
     load hit them alike and their ratios stay fair (a speed-up is one such ratio).
 
@@ -84,6 +86,7 @@ def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batc
         input_shape: (C, H, W) of one image.
         batch: images per forward pass.
         rounds: timing rounds; each times every model ``reps`` forwards in a row.
+        amp: bf16 autocast (default: on CUDA only, see :func:`vitprune.devices.autocast`).
     Returns:
         name -> ``latency_ms`` (median over rounds of the mean per forward), ``throughput``
         (images/s), ``batch``, ``threads``.
@@ -91,18 +94,19 @@ def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batc
     x = torch.randn(batch, *input_shape, device=device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     models = {k: _ready(m, device) for k, m in models.items()}
-    for m in models.values():
-        for _ in range(warmup):
-            m(x)
     times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
+    with autocast(device, amp):
+        for m in models.values():
+            for _ in range(warmup):
                 m(x)
-            sync()
-            times[k].append((time.perf_counter() - t0) / reps)
+        for _ in range(rounds):
+            for k, m in models.items():
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    m(x)
+                sync()
+                times[k].append((time.perf_counter() - t0) / reps)
     return {k: {"latency_ms": 1e3 * statistics.median(v), "throughput": batch / statistics.median(v),
                 "batch": batch, "threads": torch.get_num_threads()} for k, v in times.items()}
 

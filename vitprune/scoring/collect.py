@@ -34,6 +34,7 @@ from torch import nn
 
 from ..adapters import BlockParts, adapter_for, logits_module
 from ..cost import VitShape
+from ..devices import autocast
 from ..errors import DataError, ScoringError
 
 
@@ -239,7 +240,9 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         for i, p in enumerate(parts):
             handles.append(p.proj.register_forward_pre_hook(rec.proj_hook(i)))
             handles.append(p.fc2.register_forward_pre_hook(rec.fc2_hook(i)))
-        with eval_mode(model), torch.no_grad():
+        # bf16 autocast on CUDA (features are stored in feature_dtype and the HSIC arithmetic
+        # upcasts to float32, so only the forward runs in bf16)
+        with eval_mode(model), torch.no_grad(), autocast(device):
             for images, y in _limited(loader, max_images, device):
                 try:
                     logits = run(images)
@@ -314,7 +317,8 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
                     raise DataError(
                         "the Taylor criterion needs labels: the loader yields images only")
                 captured.clear()
-                logits = run(images.detach().requires_grad_(True)).float()
+                with autocast(device):
+                    logits = run(images.detach().requires_grad_(True)).float()
                 # sum, not mean: each image's activations get that image's own loss gradient
                 loss = F.cross_entropy(logits, y.long(), reduction="sum")
                 keys = list(captured)

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import DependencyError
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _LOG_SQRT_PI_OVER_2 = 0.5 * math.log(math.pi / 2)
 _TAIL = -1.0 / math.sqrt(np.finfo(np.float64).eps)  # below: asymptotic form of log h
@@ -21,13 +23,14 @@ _MIN_SIGMA = 1e-12
 
 
 def _special():
-    """scipy.special, imported on first use: scipy is an optional extra (``vitprune[search]``)
-    and ``vitprune.search`` must import without it (its space is used by scoring)."""
+    """scipy.special, imported on first use (``vitprune.search`` imports fast without it; its
+    presence is checked before a search starts: :func:`~vitprune.search.surrogate.check_dependencies`)."""
     try:
         import scipy.special
     except ImportError as exc:
-        raise ImportError("expected improvement needs scipy: pip install 'vitprune[search]'"
-                          ) from exc
+        from .surrogate import _MISSING
+
+        raise DependencyError(_MISSING.format("scipy")) from exc
     return scipy.special
 
 

@@ -12,7 +12,21 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import SearchError
+from ..errors import DependencyError, SearchError
+
+_MISSING = ("the gp-ei search needs {}, a dependency of vitprune that is missing here: "
+            "pip install scikit-learn scipy (or reinstall vitprune), or use --method random")
+
+
+def check_dependencies(method: str) -> None:
+    """Raise :class:`DependencyError` before any work when ``method`` needs a package this
+    installation lacks (found without importing it)."""
+    import importlib.util
+
+    if method == "gp-ei":
+        for module, package in (("sklearn", "scikit-learn"), ("scipy", "scipy")):
+            if importlib.util.find_spec(module) is None:
+                raise DependencyError(_MISSING.format(package))
 
 
 class Surrogate(Protocol):
@@ -61,9 +75,8 @@ class GPSurrogate:
             from sklearn.exceptions import ConvergenceWarning
             from sklearn.gaussian_process import GaussianProcessRegressor
             from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-        except ImportError as exc:  # an optional extra: fail with the fix, not a bare traceback
-            raise ImportError("the GP search needs scikit-learn: pip install 'vitprune[search]'"
-                              ) from exc
+        except ImportError as exc:  # checked up front (check_dependencies); a broken install
+            raise DependencyError(_MISSING.format("scikit-learn")) from exc
         d = X.shape[1]
         matern = Matern(length_scale=np.full(d, 0.5),
                         length_scale_bounds=self.length_scale_bounds, nu=2.5)

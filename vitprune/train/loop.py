@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -19,6 +18,7 @@ from .. import dist, fsutil
 from ..adapters import logits_module
 from ..data import Splits, make_loader, training_set
 from ..data.base import epoch_seed
+from ..devices import autocast, device_of
 from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, require
 from ..progress import min_interval
 from .distill import Distiller
@@ -145,24 +145,29 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
-             max_batches: int | None = None) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
+def evaluate(model: torch.nn.Module, loader, device: str | torch.device | None = None,
+             max_batches: int | None = None, amp: bool = False) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``, on ``device``
+    (default: where the model is); in float32 unless ``amp`` (bf16 autocast), so a reported
+    accuracy is the float32 model's.
 
     Under torchrun each rank passes its part of the data; the sums are added over ranks.
     """
+    device = device or device_of(model)
     model = logits_module(model).eval()
-    correct = total = 0
-    loss_sum = 0.0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        logits = model(x)  # (B, classes)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        total += y.numel()
-    correct, total, loss_sum = dist.sum_([correct, total, loss_sum], device)
+    with torch.inference_mode(), autocast(device, amp):
+        # (correct, images, loss) summed on the device: no transfer per batch, and the tensor
+        # the collective takes
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            logits = model(x)  # (B, classes)
+            sums[0] += (logits.argmax(-1) == y).sum()
+            sums[1] += y.numel()
+            sums[2] += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct, total, loss_sum = dist.all_sum(sums).tolist()
     total = int(total)
     return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
 
@@ -183,15 +188,10 @@ def _check_out(out: Path, resume: bool) -> dict | None:
     return None
 
 
-def _autocast(device: str, amp: bool | None):
-    """bf16 autocast on CUDA (no loss scaling needed); off on CPU, where it does not pay here."""
-    on = str(device).startswith("cuda") and (amp is None or amp)
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on) if on else contextlib.nullcontext()
-
-
 def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Path, *,
         resume: bool = False, loss_fn: LossFn | None = None,
-        teacher: torch.nn.Module | None = None, device: str = "cpu", amp: bool | None = None,
+        teacher: torch.nn.Module | None = None, device: str | None = None,
+        amp: bool | None = None,
         progress: bool = True) -> list[dict]:
     """Train ``model`` in place with AdamW and a warm-up + cosine schedule.
 
@@ -219,6 +219,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     if main:
         out.mkdir(parents=True, exist_ok=True)
     state = _check_out(out, resume)
+    device = device or device_of(model)
     model.to(device)
     rank, world = dist.rank(), dist.world()
     if cfg.mixes and (cfg.batch_size // world) % 2:
@@ -279,7 +280,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if mix is not None:
                 x, y = mix(x, y)  # mixed images, soft targets (B, classes), smoothing included
-            with _autocast(device, amp):
+            with autocast(device, False if amp is False else None):
                 loss = loss_fn(net(x), y, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -179,3 +179,53 @@ def test_scoring_uses_every_image_it_is_asked_for(monkeypatch):
     _, meta = scored(build_model("fmnist_vit_tiny").eval(), splits, "hsic", n_images=300)
     assert seen and set(seen) == {300}
     assert meta["options"]["max_images"] == 300
+
+
+def _image_folder(root):
+    """An ImageFolder tree of random RGB images, two classes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png")
+
+
+def test_api_and_cli_feed_an_image_folder_the_same_tensors(tmp_path, monkeypatch):
+    """Both read through pipeline.load_data with the model's own preprocessing: a
+    vit_tiny_patch16_224 normalises with mean 0.5, not ImageNet's."""
+    import vitprune
+    import vitprune.compression as compression
+    from vitprune.cli import main
+    from vitprune.models import ModelSource
+
+    class Seen(Exception):
+        pass
+
+    seen = []
+
+    def capture(src, splits, *a, **k):
+        seen.append((splits, torch.stack([splits.calib[i][0] for i in range(len(splits.calib))])))
+        raise Seen
+
+    monkeypatch.setattr(compression, "load_dense", capture)
+    _image_folder(tmp_path / "data")
+    settings = dict(calib_size=3, img_size=(32,), split_seed=5, workers=0)
+    with pytest.raises(Seen):
+        vitprune.compress(ModelSource("vit_tiny_patch16_224", args={"depth": 1}), "imagefolder",
+                          out=tmp_path / "api", data_dir=tmp_path / "data", progress=False,
+                          device="cpu", **settings)
+    with pytest.raises(Seen):
+        main(["compress", "--model", "vit_tiny_patch16_224", "--model-args", "depth=1",
+              "--data", "imagefolder", "--data-dir", str(tmp_path / "data"), "--calib-size", "3",
+              "--img-size", "32", "--split-seed", "5", "--workers", "0", "--device", "cpu",
+              "--out", str(tmp_path / "cli")])
+    (api, x_api), (cli, x_cli) = seen
+    assert api.data_config["mean"] == [0.5, 0.5, 0.5] == cli.data_config["mean"]
+    assert x_api.shape[1:] == (3, 32, 32) and torch.equal(x_api, x_cli)
+    assert api.train.indices == cli.train.indices  # the same carve (split seed 5)

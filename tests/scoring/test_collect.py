@@ -147,3 +147,35 @@ def test_empty_loader_is_an_error(tiny_vit):
     with pytest.raises(DataError, match="labels"):
         collect_taylor(tiny_vit, [torch.randn(4, 1, 28, 28)], vit_shape(tiny_vit))
 
+
+
+def test_bf16_features_rank_heads_and_neurons_as_float32_does():
+    """On CUDA the scoring forward runs in bf16 autocast (forced here on the CPU); the Gram
+    matrices stay float32, so the rankings the search keeps components by do not change."""
+    from scipy.stats import spearmanr
+
+    from tests.helpers import sharpen
+    from vitprune.data import load_splits
+    from vitprune.models import build_model
+    from vitprune.pipeline import scored
+
+    splits = load_splits("synthetic", calib_size=128)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = sharpen(build_model("fmnist_vit_tiny").eval())
+        full, _ = scored(model, splits, "hsic", n_images=128)
+        half, _ = scored(model, splits, "hsic", n_images=128, amp=True)
+        for f, h in zip(full, half):
+            assert not torch.equal(f.neurons, h.neurons)  # bf16 did run
+            assert f.heads.argsort().tolist() == h.heads.argsort().tolist()
+            assert spearmanr(f.neurons, h.neurons).statistic > 0.99
+
+
+def test_scoring_arithmetic_is_never_autocast_by_a_caller(tiny_vit, synth_splits):
+    from vitprune.pipeline import scored
+
+    plain, _ = scored(tiny_vit, synth_splits, "hsic", n_images=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, _ = scored(tiny_vit, synth_splits, "hsic", n_images=32)
+    for a, b in zip(plain, inside):
+        assert torch.equal(a.heads, b.heads) and torch.equal(a.neurons, b.neurons)

@@ -207,6 +207,7 @@ class _Recorder:
 
 def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequence[int] = (),
             max_images: int = 256, feature_dtype: torch.dtype = torch.float16,
+            amp: bool | None = None,
             statistics: bool = True) -> Collected:
     """One pass over ``loader``: features of ``blocks`` and, with ``statistics``, predictions,
     labels and mean |activation| of every block.
@@ -219,6 +220,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         blocks: blocks whose Gram-ready features to keep.
         max_images: use at most this many images (the first ones the loader yields).
         feature_dtype: storage dtype of the features (float16 halves memory; scoring upcasts).
+        amp: bf16 autocast of the forward (default: on CUDA only).
         statistics: also gather predictions, labels and running sums (needs the full forward);
             without it the forward stops after the last block in ``blocks``.
 
@@ -242,7 +244,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
             handles.append(p.fc2.register_forward_pre_hook(rec.fc2_hook(i)))
         # bf16 autocast on CUDA (features are stored in feature_dtype and the HSIC arithmetic
         # upcasts to float32, so only the forward runs in bf16)
-        with eval_mode(model), torch.no_grad(), autocast(device):
+        with eval_mode(model), torch.no_grad(), autocast(device, amp):
             for images, y in _limited(loader, max_images, device):
                 try:
                     logits = run(images)

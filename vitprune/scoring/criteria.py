@@ -25,6 +25,7 @@ selection stays per image, by class-token attention (``vitprune.adapters.tokens`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from abc import ABC, abstractmethod
@@ -191,6 +192,8 @@ class HSICCriterion(Criterion):
         feature_dtype: storage of collected features (``float16``, ``float32``, ``float64``).
         max_feature_bytes: features collected per pass over the loader; more blocks than fit
             are collected in further passes (the loader must yield the same images each time).
+        amp: the model's forward in bf16 autocast (default: on CUDA only); the Gram matrices
+            and HSIC are computed in float32 (float64 for float64 features) either way.
     """
 
     normalized: bool = True
@@ -204,6 +207,7 @@ class HSICCriterion(Criterion):
     chunk: int = 32
     feature_dtype: str = "float16"
     max_feature_bytes: int = 1 << 30
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         if self.target not in ("softmax", "labels"):
@@ -218,19 +222,23 @@ class HSICCriterion(Criterion):
         shape = vit_shape(model)
         dtype = FEATURE_DTYPES[self.feature_dtype]
         groups = feature_groups(shape, self.max_images, dtype, self.max_feature_bytes)
-        first = collect(model, loader, shape, blocks=groups[0], max_images=self.max_images,
-                        feature_dtype=dtype, statistics=True)
-        target = self.target_gram(first, shape.num_classes)
-        scores: list[BlockScores] = []
-        for g, group in enumerate(groups):
-            got = first if g == 0 else collect(model, loader, shape, blocks=group,
-                                               max_images=self.max_images, feature_dtype=dtype,
-                                               statistics=False)
-            _check_same_images(first, got)
-            for i in group:
-                feats = got.features.pop(i)  # freed once scored
-                scores.append(self.score_block(feats.heads, feats.neurons, target,
-                                               first.neuron_abs[i]))
+        # the arithmetic is never autocast (even when a caller runs this under autocast): only
+        # collect's forward is, as self.amp says
+        with _no_autocast(model):
+            first = collect(model, loader, shape, blocks=groups[0], max_images=self.max_images,
+                            feature_dtype=dtype, statistics=True, amp=self.amp)
+            target = self.target_gram(first, shape.num_classes)
+            scores: list[BlockScores] = []
+            for g, group in enumerate(groups):
+                got = first if g == 0 else collect(model, loader, shape, blocks=group,
+                                                   max_images=self.max_images,
+                                                   feature_dtype=dtype, statistics=False,
+                                                   amp=self.amp)
+                _check_same_images(first, got)
+                for i in group:
+                    feats = got.features.pop(i)  # freed once scored
+                    scores.append(self.score_block(feats.heads, feats.neurons, target,
+                                                   first.neuron_abs[i]))
         return scores
 
     def target_gram(self, got: Collected, num_classes: int) -> torch.Tensor:
@@ -270,6 +278,13 @@ class HSICCriterion(Criterion):
         neuron_scores = (self.hsic_weight * minmax(dep.cpu().double())
                          + (1.0 - self.hsic_weight) * minmax(neuron_abs.cpu().double()))
         return BlockScores(head_scores, neuron_scores)
+
+
+def _no_autocast(model: nn.Module):
+    """Autocast off on the model's device type."""
+    kind = next(model.parameters()).device.type
+    return torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else \
+        contextlib.nullcontext()
 
 
 def _check_same_images(first: Collected, got: Collected) -> None:

@@ -105,7 +105,7 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.splits = load_splits("fashion-mnist", args.data_dir)
-        self.dense, self.arch = load_dense(args.model, self.splits, verb="benchmark")
+        self.dense, self.arch = load_dense(args.model, self.splits, device="cpu", verb="benchmark")
         # vitprune's fine-tuning recipe, with this study's epochs and distillation weight
         self.recipe = replace(FINETUNE, epochs=args.epochs, augment=args.augment,
                               kd_alpha=args.kd_alpha, max_steps_per_epoch=args.max_steps)

@@ -51,6 +51,7 @@ def test_under_torchrun_each_rank_takes_its_local_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert devices.resolve("cuda") == "cuda:3"
     assert devices.resolve("auto") == "cuda:3"
+    assert devices.resolve("cuda:3") == "cuda:3"  # resolving a resolved device changes nothing
     with pytest.raises(ConfigError, match="each rank takes the GPU of its LOCAL_RANK"):
         devices.resolve("cuda:0")
     monkeypatch.setenv("LOCAL_RANK", "7")

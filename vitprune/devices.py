@@ -28,7 +28,7 @@ def resolve(spec: str | torch.device = DEFAULT) -> str:
     """The device ``spec`` names on this machine, as a string torch takes (``cpu``, ``cuda:0``).
 
     ``auto`` is CUDA when present, else the CPU. ``cuda`` is the current GPU, or under torchrun
-    the GPU of this rank's ``LOCAL_RANK``.
+    the GPU of this rank's ``LOCAL_RANK``. A resolved device resolves to itself.
 
     Raises:
         ConfigError: (field ``device``) an unknown spelling, a device this machine lacks, or a
@@ -52,10 +52,10 @@ def resolve(spec: str | torch.device = DEFAULT) -> str:
                                     "or auto")
     count = torch.cuda.device_count()
     if dist.launched():
-        if index is not None:
+        idx = _local_rank()
+        if index is not None and int(index) != idx:  # its own GPU, once resolved, is fine
             raise ConfigError("device", f"{spec} fixes one GPU, but under torchrun each rank "
                                         "takes the GPU of its LOCAL_RANK: pass --device cuda")
-        idx = _local_rank()
     else:
         idx = torch.cuda.current_device() if index is None else int(index)
     if idx >= count:

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from . import dist, fsutil
+from . import devices, dist, fsutil
 from .adapters import data_config, input_shape, vit_shape
 from .config import ScoreConfig, SearchSettings
 from .cost import macs, params, token_counts
 from .data import Splits
+from .devices import DEFAULT as DEFAULT_DEVICE
 from .errors import ModelError, OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
 from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
@@ -44,10 +45,11 @@ MACS_CONVENTION = "multiply-accumulates per image, patch embedding and classifie
 
 
 def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out: str | Path, *,
-          checkpoint: str | Path | None = None, resume: bool = False, device: str = "cpu",
+          checkpoint: str | Path | None = None, resume: bool = False, device: str = DEFAULT_DEVICE,
           progress: bool = True, command: str = "") -> dict[str, Any]:
     """Train ``model`` (a name: built with seeded random weights; a directory: continued) and
     save it, with the record of how it was made, as the model directory ``out``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     src = ModelSource.of(model, checkpoint)
     torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
     net, arch, plan = resolve_for_data(src, splits, device=device)
@@ -70,10 +72,11 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
 
 def finetune_model(student: str | Path, teacher: str | Path | ModelSource, splits: Splits, cfg: TrainConfig,
                    out: str | Path, *, teacher_checkpoint: str | Path | None = None,
-                   resume: bool = False, device: str = "cpu", progress: bool = True,
+                   resume: bool = False, device: str = DEFAULT_DEVICE, progress: bool = True,
                    command: str = "") -> dict[str, Any]:
     """Fine-tune the saved model ``student`` by distillation from ``teacher``; save it as the
     model directory ``out``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     net, arch, plan = resolve_model(str(student), device=device)
     teacher = ModelSource.of(teacher, teacher_checkpoint)
     dense, _ = load_dense(teacher, splits, device=device, verb="distil from")
@@ -102,9 +105,10 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
                 settings: SearchSettings, seed: int = 0, checkpoint: str | Path | None = None,
                 scores: str | Path | None = None, score_config: ScoreConfig | None = None,
                 resume: bool = False, progress: bool = True,
-                device: str = "cpu") -> dict[str, Any]:
+                device: str = DEFAULT_DEVICE) -> dict[str, Any]:
     """Search a plan for ``model`` under ``budget`` into the run directory ``out``; scoring
     and every evaluation run on ``device``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     src = ModelSource.of(model, checkpoint)
     dense, _ = load_dense(src, splits, device=device, verb="search")
     check_budget(dense, budget, settings)
@@ -127,9 +131,10 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
 
 
 def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
-                checkpoint: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+                checkpoint: str | Path | None = None, device: str = DEFAULT_DEVICE) -> dict[str, Any]:
     """Score every head and neuron of ``model`` on ``device``; write the scores to the new file
     ``out``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     src = ModelSource.of(model, checkpoint)
     out = _new_file(out, src.inputs(), "score")
     dense, _ = load_dense(src, splits, device=device, verb="score")
@@ -211,7 +216,7 @@ def export_model(model: str | Path | ModelSource, out: str | Path, *, fmt: str =
 
 
 def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, batch: int = 1,
-                        device: str = "cpu", threads: int | None = None, dtype: str = "float32",
+                        device: str = DEFAULT_DEVICE, threads: int | None = None, dtype: str = "float32",
                         token_points: int | None = None, neuron_points: int = 16,
                         neuron_multiple: int = 1, repeats: int = 7,
                         checkpoint: str | Path | None = None,
@@ -219,6 +224,7 @@ def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, bat
                         progress: bool = True) -> dict[str, Any]:
     """Measure ``model``'s latency table on ``device`` (see :mod:`vitprune.profile`) into the
     new JSON file ``out``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     from .profile import build_table, check_table_settings
 
     check_table_settings(batch, dtype, device)
@@ -245,11 +251,12 @@ def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, bat
 
 def bench_model(model: str | Path | ModelSource, *, runtime: str = "eager", int8: bool = False,
                 batch: int = 1, warmup: int = 3, repeats: int = 10, threads: int | None = None,
-                device: str = "cpu", checkpoint: str | Path | None = None,
+                device: str = DEFAULT_DEVICE, checkpoint: str | Path | None = None,
                 plan: str | Path | None = None,
                 img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
     """Latency and throughput of ``model`` (optionally with ``plan`` applied) in ``runtime``
     (see :mod:`vitprune.runtime`), median of ``repeats`` forwards after ``warmup``."""
+    device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     check_runtime(runtime, int8, device)
     for name, v, low in (("batch", batch, 1), ("warmup", warmup, 1), ("repeats", repeats, 1)):
         require(is_int(v) and v >= low, name, f"must be an integer >= {low}, got {v!r}")

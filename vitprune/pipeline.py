@@ -148,7 +148,8 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
         crit = dataclasses.replace(crit, max_images=n_images)  # its own default is 256
     batches = calibration_batches(splits, n_images, batch_size=min(64, n_images),
                                   device=device_of(model))
-    return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name}
+    return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name,
+                                  "device": device_of(model)}
 
 
 def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,

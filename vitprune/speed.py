@@ -76,7 +76,8 @@ def timing(batch: int, plan: dict[str, int] = QUICK) -> dict[str, int]:
 @torch.inference_mode()
 def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batch: int, *,
             rounds: int = 15, reps: int = 5, warmup: int = 3,
-            device: str = "cpu", amp: bool | None = None) -> dict[str, dict[str, float]]:
+            device: str = "cpu", amp: bool | None = None,
+            dtype: torch.dtype = torch.float32) -> dict[str, dict[str, float]]:
     """Latency of several models timed in turn, round after round, so that drifts in machine
     load hit them alike and their ratios stay fair (a speed-up is one such ratio).
 
@@ -87,11 +88,12 @@ def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batc
         batch: images per forward pass.
         rounds: timing rounds; each times every model ``reps`` forwards in a row.
         amp: bf16 autocast (default: on CUDA only, see :func:`vitprune.devices.autocast`).
+        dtype: of the input batch (bfloat16 for models whose weights were cast to it).
     Returns:
         name -> ``latency_ms`` (median over rounds of the mean per forward), ``throughput``
         (images/s), ``batch``, ``threads``.
     """
-    x = torch.randn(batch, *input_shape, device=device)
+    x = torch.randn(batch, *input_shape, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     models = {k: _ready(m, device) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}

@@ -54,6 +54,7 @@ class Spy:
 def spy(monkeypatch):
     """Resolution swapped for the stand-in; the hook armed while a test calls ``spy.arm()``."""
     monkeypatch.setattr(devices, "resolve", lambda spec="auto": STAND_IN)
+    monkeypatch.setenv("VITPRUNE_DEBUG", "1")  # the command line lets Reached through
     s = Spy()
     handles = []
 

@@ -214,6 +214,7 @@ def test_api_and_cli_feed_an_image_folder_the_same_tensors(tmp_path, monkeypatch
         raise Seen
 
     monkeypatch.setattr(compression, "load_dense", capture)
+    monkeypatch.setenv("VITPRUNE_DEBUG", "1")  # the command line lets Seen through
     _image_folder(tmp_path / "data")
     settings = dict(calib_size=3, img_size=(32,), split_seed=5, workers=0)
     with pytest.raises(Seen):

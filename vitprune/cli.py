@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import types
@@ -41,7 +42,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
+        if (action.default is None or action.default is False or "default" in text
+                or action.default == argparse.SUPPRESS):
             return text
         d = action.default
         shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
@@ -111,8 +113,11 @@ def _img_size(args: argparse.Namespace) -> int | tuple[int, int] | None:
     size = args.img_size
     if size is None:
         return None
-    if len(size) > 2 or min(size) < 1:
-        raise ConfigError("img_size", f"takes one size or two (height width) >= 1, got {size}")
+    from .config import MAX_IMG_SIZE
+
+    if len(size) > 2 or min(size) < 1 or max(size) > MAX_IMG_SIZE:
+        raise ConfigError("img_size", f"takes one size or two (height width) from 1 to "
+                                      f"{MAX_IMG_SIZE}, got {size}")
     return size[0] if len(size) == 1 else (size[0], size[1])
 
 
@@ -244,13 +249,14 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .cost import macs
     from .io import resolve_for_data
     from .jobs import MACS_CONVENTION
-    from .pipeline import test_metrics
+    from .pipeline import fit_data, test_metrics
 
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
     src = _source(args)
     splits = _splits(data, src)
     model, _, _ = resolve_for_data(src, splits, device=device)
+    splits = fit_data(model, splits, source=src.name)
     res = test_metrics(model, splits, device)
     cost = macs(vit_shape(model))
     return {"model": args.model, "data": splits.name, "split": "test", "top1": res["test_top1"],
@@ -332,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vitprune", description=DESCRIPTION, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"vitprune {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an unexpected error (or set VITPRUNE_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def command(name: str, text: str, func) -> argparse.ArgumentParser:
@@ -480,6 +488,29 @@ def _message(exc: VitpruneError, parser: argparse.ArgumentParser, cmd: str) -> s
     return str(exc)
 
 
+def _failure(exc: BaseException, parser: argparse.ArgumentParser, cmd: str) -> tuple[int, str]:
+    """(exit status, one line) for an exception that ended a command: 2 for the user's mistake
+    or the machine's limits (with what to do), 130 for an interrupt, 1 for a bug."""
+    from .fsutil import first_line
+
+    if isinstance(exc, VitpruneError):
+        return 2, f"error: {_message(exc, parser, cmd)}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, ("interrupted. Files already written are complete (writes are atomic); the "
+                     "same command resumes an interrupted run")
+    import torch
+
+    oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc)
+                                           or "out of memory" in str(exc)))
+    if oom:
+        return 2, (f"error: out of memory ({first_line(exc)}). Lower --batch-size, --img-size, "
+                   "--score-images or --calib-images, or use a machine with more memory")
+    return 1, (f"internal error: {type(exc).__name__}: {first_line(exc)}. This is a bug in "
+               "vitprune: please report it with the command line (rerun with --debug or "
+               "VITPRUNE_DEBUG=1 for the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -495,10 +526,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res = args.func(args)
-    except VitpruneError as exc:
-        print(f"vitprune: error: {_message(exc, parser, args.cmd)}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 (every way out says one line, and what to do)
         dist.close(wait=False)
-        return 2
+        if isinstance(exc, SystemExit):
+            raise
+        code, line = _failure(exc, parser, args.cmd)
+        if code == 1 and (args.debug or os.environ.get("VITPRUNE_DEBUG") == "1"):
+            raise
+        print(f"vitprune: {line}", file=sys.stderr)
+        return code
     if dist.is_main():  # under torchrun, one process speaks
         _print(res, getattr(args, "json", False))
     dist.close()

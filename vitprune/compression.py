@@ -27,8 +27,10 @@ from .errors import ConfigError
 from .models import ModelSource
 from .pipeline import (
     check_budget,
+    check_training,
     evaluate_models,
     finetune,
+    fit_data,
     latency_check,
     load_data,
     load_dense,
@@ -103,7 +105,9 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
     splits = data if isinstance(data, Splits) else load_data(cfg.data, src)
     torch.manual_seed(cfg.seed)  # a model built by name: its random weights follow the seed
     dense, arch = load_dense(src, splits, device=device, verb="compress")
-    check_budget(dense, cfg.budget, cfg.search)  # before anything is written
+    splits = fit_data(dense, splits, source=src.name)  # before anything is written
+    check_training(cfg.finetune, splits)
+    check_budget(dense, cfg.budget, cfg.search)
     say = _Say(progress)
     identity = {**_identity(cfg.flat()), "model": model_id(src), "data": splits.name}
     defaults = _identity(CompressConfig(budget=cfg.budget).flat())

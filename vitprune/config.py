@@ -59,6 +59,9 @@ def parse_budget(text: str | float) -> Budget:
     return Budget(value, unit=unit)
 
 
+MAX_IMG_SIZE = 4096  # larger inputs would ask for hundreds of GB before the first batch
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, and how it is split (train / calibration / test)."""
@@ -71,8 +74,9 @@ class DataConfig:
         "help": "images carved from the training split as the calibration split, used by "
                 "scoring and search and never for training (default 5000 / 1000 / 128 for "
                 "fashion-mnist / imagefolder / synthetic)"})
-    img_size: tuple[int, ...] = field(default=(224,), metadata={
-        "help": "input size for imagefolder data: one value (square) or H W", "metavar": "SIZE"})
+    img_size: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "input size for imagefolder data: one value (square) or H W (default: the "
+                "model's own input size, else 224)", "metavar": "SIZE"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/calibration carve"})
     workers: int | None = field(default=None, metadata={
         "help": "loader worker processes per training process for imagefolder data (default: "
@@ -80,8 +84,11 @@ class DataConfig:
                 "the main process)"})
 
     @property
-    def size(self) -> int | tuple[int, int]:
-        """The input size as timm takes it: an int (square) or (height, width)."""
+    def size(self) -> int | tuple[int, int] | None:
+        """The input size as timm takes it: an int (square) or (height, width); None: the
+        model's own."""
+        if self.img_size is None:
+            return None
         return self.img_size[0] if len(self.img_size) == 1 else (self.img_size[0],
                                                                   self.img_size[1])
 
@@ -90,10 +97,16 @@ class DataConfig:
                 f"{self.data!r}")
         c = self.calib_size
         require(c is None or (is_int(c) and c >= 1), "calib_size", f"must be >= 1, got {c!r}")
-        size = (self.img_size,) if is_int(self.img_size) else tuple(self.img_size)
-        require(len(size) in (1, 2) and all(is_int(v) and v >= 1 for v in size), "img_size",
-                f"takes one size or two (height width) >= 1, got {self.img_size!r}")
-        object.__setattr__(self, "img_size", size)
+        if self.img_size is not None:
+            size = (self.img_size,) if is_int(self.img_size) else tuple(self.img_size)
+            require(len(size) in (1, 2) and all(is_int(v) and 1 <= v <= MAX_IMG_SIZE
+                                                for v in size), "img_size",
+                    f"takes one size or two (height width) from 1 to {MAX_IMG_SIZE}, got "
+                    f"{self.img_size!r}")
+            require(self.data == "imagefolder", "img_size",
+                    f"applies to imagefolder data only; {self.data} images have their own size "
+                    "(build the model for it instead)")
+            object.__setattr__(self, "img_size", size)
         require(is_int(self.split_seed), "split_seed", f"must be an integer, got {self.split_seed!r}")
         w = self.workers
         require(w is None or (is_int(w) and w >= 0), "workers", f"must be >= 0, got {w!r}")

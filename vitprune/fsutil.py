@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,9 +91,25 @@ def _atomic_path(dest: str | os.PathLike, *, exclusive: bool = False) -> Iterato
                           "overwritten") from exc
     except OSError as exc:
         raise unwritable(dest, exc) from exc
+    except OutputError:
+        raise
+    except Exception as exc:
+        # torch's zip writer ("unexpected pos") and safetensors report a failed write as their
+        # own errors, not OSError: on a full disk, say so
+        if _nearly_full(tmp_path.parent):
+            raise unwritable(dest, OSError(errno.ENOSPC, "no space left")) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _nearly_full(d: Path) -> bool:
+    """Less than 1 MiB left on ``d``'s file system (a write there has just failed)."""
+    try:
+        return shutil.disk_usage(d).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def atomic_write(dest: str | os.PathLike, writer: Callable[[Path], None], *,
@@ -166,6 +183,17 @@ def torch_load(path: str | os.PathLike, error: Callable[[str], Exception]) -> An
         raise error(f"it is truncated or not a torch file ({first_line(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise error(f"it is truncated or not a torch file ({first_line(exc)})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, read in chunks (what identifies an input by content)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def first_line(exc: BaseException) -> str:

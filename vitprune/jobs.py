@@ -18,7 +18,7 @@ from .config import ScoreConfig, SearchSettings
 from .cost import macs, params, token_counts
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
-from .errors import ModelError, OutputError, is_int, require
+from .errors import ConfigError, ModelError, OutputError, is_int, require
 from .io import resolve_for_data, resolve_model, save
 from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
 from .io.model_dir import read_config
@@ -26,7 +26,9 @@ from .models import ArchSpec, ModelSource
 from .pipeline import (
     check_budget,
     check_pair,
+    check_training,
     finetune,
+    fit_data,
     lineage,
     load_dense,
     model_id,
@@ -53,6 +55,8 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
     src = ModelSource.of(model, checkpoint)
     torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
     net, arch, plan = resolve_for_data(src, splits, device=device)
+    splits = fit_data(net, splits, source=src.name)  # every check before the claim
+    check_training(cfg, splits)
     settings = {"model": model_id(src), "data": splits.name, "config": dataclasses.asdict(cfg)}
     with RunDir.claim(out, "train", settings, inputs=src.inputs(), resume=resume) as run:
         t0 = time.perf_counter()
@@ -82,6 +86,8 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
     dense, _ = load_dense(teacher, splits, device=device, verb="distil from")
     check_pair(net, dense)  # before the output is claimed
     require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
+    splits = fit_data(net, splits, source=str(student))
+    check_training(cfg, splits)
     settings = {"student": model_id(student), "teacher": model_id(teacher),
                 "data": splits.name, "config": dataclasses.asdict(cfg)}
     with RunDir.claim(out, "finetune", settings, inputs=[student, *teacher.inputs()],
@@ -111,7 +117,12 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
     device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     src = ModelSource.of(model, checkpoint)
     dense, _ = load_dense(src, splits, device=device, verb="search")
+    splits = fit_data(dense, splits, source=src.name)
     check_budget(dense, budget, settings)
+    if scores is not None:  # a bad file is refused before the run directory is claimed
+        from .scoring import check_scores, load_scores
+
+        check_scores(load_scores(scores)[0], vit_shape(dense))
     score_config = score_config or ScoreConfig()
     identity = {"model": model_id(src), "data": splits.name, "budget": str(budget),
                 "seed": seed,  # trials may grow: a resumed search with more extends the same one
@@ -138,6 +149,7 @@ def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfi
     src = ModelSource.of(model, checkpoint)
     out = _new_file(out, src.inputs(), "score")
     dense, _ = load_dense(src, splits, device=device, verb="score")
+    splits = fit_data(dense, splits, source=src.name)
     scores = score(dense, splits, cfg.criterion, n_images=cfg.score_images, out=out)
     return {"out": str(out), "criterion": cfg.criterion, "images": cfg.score_images,
             "blocks": len(scores), "heads_per_block": [len(s.heads) for s in scores]}
@@ -173,9 +185,7 @@ def _new_file(out: str | Path, inputs: list, verb: str) -> Path:
 
 
 def _file_id(path: str | Path) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return "sha256:" + fsutil.sha256_file(path)
 
 
 def planned_model(model: str | Path | ModelSource, *, checkpoint: str | Path | None = None,
@@ -184,7 +194,10 @@ def planned_model(model: str | Path | ModelSource, *, checkpoint: str | Path | N
     """The model named or saved at ``model`` (``img_size`` for a name), with the plan file
     ``plan`` applied when ``apply`` (else returned beside it, validated against the model)."""
     src = ModelSource.of(model, checkpoint)
-    over = {"img_size": img_size} if img_size and not src.is_dir else {}
+    if img_size and src.is_dir:
+        raise ConfigError("img_size", f"applies to a model given by name; {src.name} is saved "
+                                      "at its own input size")
+    over = {"img_size": img_size} if img_size else {}
     net, _, _ = resolve_model(src, **over)
     extra = PrunePlan.load(plan) if plan else None
     if extra is not None:

@@ -75,10 +75,17 @@ class ModelSource:
                              "or pass --checkpoint FILE")
 
     def id(self) -> str:
-        """What identifies it in a run's record, apart from a directory's checksum."""
+        """What identifies it in a run's record, apart from a directory's checksum: the name,
+        the checkpoint by its contents (another file of the same name is another input), the
+        published weights and the constructor arguments."""
         parts = [self.name]
         if self.checkpoint:
-            parts.append(Path(self.checkpoint).name)
+            ckpt = Path(self.checkpoint)
+            if not ckpt.is_file():
+                raise ModelError(f"--checkpoint {ckpt} " + (
+                    "is a directory; give the weights file inside it (.safetensors, .pt, .pth)"
+                    if ckpt.is_dir() else "does not exist"))
+            parts.append("sha256:" + fsutil.sha256_file(ckpt))
         if self.pretrained:
             parts.append("pretrained")
         if self.args:
@@ -154,13 +161,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
+        raise ModelError(f"checkpoint {path} " + (
+            "is a directory; give the weights file inside it (.safetensors, .pt, .pth)"
+            if path.is_dir() else "does not exist"))
 
     def error(reason: str) -> ModelError:
         return ModelError(f"could not read checkpoint {path}: {reason}. Re-save it as a "
                           "state_dict of tensors or a .safetensors file, or point to another one.")
 
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
 
         try:
@@ -170,7 +179,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         sd = fsutil.torch_load(path, error)
     if isinstance(sd, dict):
-        key = next((k for k in CHECKPOINT_KEYS if isinstance(sd.get(k), dict)), None)
+        # a key holding an empty dict (an EMA never filled) does not hide the weights beside it
+        key = next((k for k in CHECKPOINT_KEYS if isinstance(sd.get(k), dict) and sd[k]), None)
         sd = sd[key] if key else sd
     tensors = isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())
     if not tensors:
@@ -181,9 +191,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return clean_state_dict(sd)
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name: an 8-byte header length, then a JSON header."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
     """Load ``state_dict`` strictly, explaining any architecture mismatch in one message."""
     own = model.state_dict()
+    kinds = [f"{k} ({state_dict[k].dtype})" for k, v in own.items()
+             if k in state_dict and v.is_floating_point()
+             and not state_dict[k].is_floating_point()]
+    if kinds:  # copying integers or booleans into float weights would "work" and mean nothing
+        raise ModelError(f"checkpoint {source} holds non-float tensors where the model has float "
+                         f"weights: {', '.join(kinds[:3])}; it is not a set of trained weights "
+                         "for this model")
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [
@@ -202,6 +228,23 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
         raise ModelError(
             f"checkpoint {source} does not match the model architecture: "
             + ", ".join(parts)
-            + ". It was made for another model: pass the --model it was trained with."
+            + (". Only the classifier differs: the checkpoint predicts "
+               f"{_classes(state_dict)} classes; pass --model-args num_classes="
+               f"{_classes(state_dict)} for a model given by name"
+               if _head_only(missing, unexpected, shapes) and _classes(state_dict) else
+               ". It was made for another model: pass the --model it was trained with.")
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def _head_only(missing: list, unexpected: list, shapes: list[str]) -> bool:
+    """Whether the only mismatch is the classifier's shape (another number of classes)."""
+    return not missing and not unexpected and bool(shapes) and all(
+        s.split(":")[0].split(".")[0] in ("head", "classifier") for s in shapes)
+
+
+def _classes(state_dict: dict[str, torch.Tensor]) -> int | None:
+    for key in ("head.weight", "classifier.weight", "head.fc.weight"):
+        if key in state_dict and state_dict[key].ndim == 2:
+            return int(state_dict[key].shape[0])
+    return None

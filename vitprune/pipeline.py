@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .adapters import input_shape, logits_module, vit_shape
+from .adapters import adapter_for, input_shape, logits_module, vit_shape
 from .config import DataConfig, SearchSettings, parse_budget
 from .cost import macs, params
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
 from .devices import autocast, device_of
-from .errors import ModelError, PlanError, VitpruneError, require
+from .errors import DataError, ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
@@ -92,8 +92,62 @@ def load_data(cfg: DataConfig, model: str | Path | ModelSource | None = None) ->
     from .data import load_splits
 
     dc = source_data_config(model) if model is not None and cfg.data == "imagefolder" else None
-    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=cfg.size,
+    size = cfg.size
+    if size is None:  # the model's own input size, from its data config
+        h, w = (dc or {}).get("input_size", (3, 224, 224))[1:]
+        size = h if h == w else (h, w)
+    return load_splits(cfg.data, cfg.data_dir, calib_size=cfg.calib_size, img_size=size,
                        seed=cfg.split_seed, data_config=dc, workers=cfg.workers)
+
+
+def fit_data(model: torch.nn.Module, splits: Splits, *, source: str = "") -> Splits:
+    """``splits`` as ``model`` takes them, checked before any work: grey in-memory images
+    become three equal channels for an RGB model (the obvious conversion); other channel counts,
+    another image size, or more classes than the classifier has are refused with one line.
+
+    Raises:
+        DataError: what does not fit, and what to do.
+    """
+    c, h, w = input_shape(model)
+    size = splits.img_size if isinstance(splits.img_size, tuple) else (splits.img_size,) * 2
+    name = source or "the model"
+    if splits.in_chans == 1 and c == 3 and isinstance(splits.train, TensorImageSet):
+        splits = dataclasses.replace(splits, train=splits.train.to_rgb(),
+                                     calib=splits.calib.to_rgb(), test=splits.test.to_rgb(),
+                                     in_chans=3)
+    if splits.in_chans != c:
+        raise DataError(f"{name} takes {c}-channel images but {splits.name} has "
+                        f"{splits.in_chans}-channel ones; use a model built for "
+                        f"{splits.in_chans} channels (--model-args in_chans={splits.in_chans} for "
+                        "a model given by name)")
+    if tuple(size) != (h, w):
+        fix = ("--img-size " + (f"{h}" if h == w else f"{h} {w}")
+               if splits.data_config is not None else
+               f"--model-args img_size={list(size) if size[0] != size[1] else size[0]} for a "
+               "model given by name")
+        raise DataError(f"{name} takes {h}x{w} images but {splits.name} is read at "
+                        f"{size[0]}x{size[1]}; use {fix}")
+    classes = vit_shape(model).num_classes
+    if splits.num_classes > classes:
+        raise DataError(f"{splits.name} has {splits.num_classes} classes but {name}'s classifier "
+                        f"predicts {classes}; for a model given by name pass --model-args "
+                        f"num_classes={splits.num_classes}, or train a model on this data")
+    return splits
+
+
+def check_training(cfg: TrainConfig, splits: Splits) -> None:
+    """The training settings against the data, before any directory is claimed.
+
+    Raises:
+        ConfigError: a batch larger than the training split (an epoch would have no step), or
+            an odd batch per process when Mixup/CutMix pair images.
+    """
+    world, n = dist.world(), len(splits.train)
+    require(cfg.batch_size <= n, "batch_size", f"is {cfg.batch_size} but the training split "
+            f"has {n} images; lower it (an epoch takes whole batches only)")
+    require(not cfg.mixes or (cfg.batch_size // world) % 2 == 0, "batch_size",
+            f"must give each of the {world} process(es) an even batch when mixing images "
+            f"(Mixup/CutMix pair them), got {cfg.batch_size}")
 
 
 def load_dense(model: str | Path | ModelSource, splits: Splits | None,
@@ -255,6 +309,10 @@ def check_budget(model: torch.nn.Module, budget: Budget | str | float,
     search space (``settings`` with ``fields`` replaced) can meet it."""
     settings = dataclasses.replace(settings or SearchSettings(), **fields)
     budget = parse_budget(budget)
+    if settings.depth and not adapter_for(model).can_drop:
+        raise ModelError(f"--depth drops whole attention or MLP halves, which the "
+                         f"{adapter_for(model).family} family does not offer; search without "
+                         "--depth")
     resolve_band(search_space(model, settings), budget)
     return budget
 

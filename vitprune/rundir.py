@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -116,6 +117,7 @@ class RunDir:
                 fsutil.write_json(out / MANIFEST, record)
             else:
                 _check_same(out, record, kind, settings, defaults, resume)
+            _remove_temporaries(out)
             return cls(out, kind, record, fd)
         except BaseException:
             os.close(fd)
@@ -150,7 +152,15 @@ class RunDir:
         """``compute()``'s value, written by ``write`` (rank 0) and recorded as done; or, when
         the stage is done already, ``read()``'s."""
         if self.done(name):
-            return read()
+            try:
+                return read()
+            except (OSError, ValueError, VitpruneError) as exc:  # its output removed or damaged
+                if dist.is_main():
+                    print(f"[{self.kind}] the output of the finished stage {name!r} in "
+                          f"{self.path} is missing or unreadable ({fsutil.first_line(exc)}); "
+                          "computing it again", file=sys.stderr, flush=True)
+                self._record = {**self._record,
+                                "done": [d for d in self._record["done"] if d != name]}
         value = compute()
         if dist.is_main():
             write(value)
@@ -191,6 +201,14 @@ class RunDir:
         """The evaluation (``eval.json``)."""
         return self.stage("evaluate", compute, lambda v: fsutil.write_json(self.file(METRICS), v),
                           lambda: json.loads(self.file(METRICS).read_text()))
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the partial files of a writer that died mid-write (``kill -9``): the caller holds
+    the directory's lock, so no live writer owns them."""
+    for tmp in out.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
 
 
 def check_inputs(out: Path, inputs: Sequence[Path]) -> None:

@@ -205,6 +205,11 @@ class Adapter(ABC):
         assume the patch grid). Called once by surgery; nothing to do by default."""
         return None
 
+    @property
+    def can_drop(self) -> bool:
+        """Whether the family offers :meth:`drop_half` (depth pruning)."""
+        return type(self).drop_half is not Adapter.drop_half
+
     def drop_half(self, block: nn.Module, half: str) -> None:
         """Drop ``block``'s attention (``half="attention"``) or MLP (``"mlp"``): its residual
         branch becomes its output projection's bias alone, which is what keeping no head or no

@@ -50,6 +50,16 @@ class TensorImageSet(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.normalise(self.images[i : i + 1])[0], int(self.labels[i])
 
+    def to_rgb(self) -> TensorImageSet:
+        """The grey images as three equal channels (as timm's loaders convert grey images);
+        a view, no copy of the images."""
+        assert self.images.shape[1] == 1, "to_rgb takes one-channel images"
+        out = TensorImageSet.__new__(TensorImageSet)
+        out.images = self.images.expand(-1, 3, -1, -1)
+        out.labels, out.mean, out.std = self.labels, self.mean.expand(1, 3, 1, 1), \
+            self.std.expand(1, 3, 1, 1)
+        return out
+
     def subset(self, idx: torch.Tensor) -> TensorImageSet:
         out = TensorImageSet.__new__(TensorImageSet)
         out.images, out.labels, out.mean, out.std = self.images[idx], self.labels[idx], self.mean, self.std

@@ -26,11 +26,7 @@ WEIGHTS, CONFIG = "model.safetensors", "model.json"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return fsutil.sha256_file(path)
 
 
 def dir_checksum(d: str | Path) -> str:

@@ -105,11 +105,14 @@ def run_search(objective: Objective, space: SearchSpace, budget: Budget, config:
     sampler = FeasibleSampler(space, band)
     run = fingerprint({"space": space.describe(), "band": [band.low, band.high],
                        "config": config.proposal_settings()})
-    trials = _load(trials_path, resume, run)[:config.evaluations]
+    # every finished evaluation is kept: a resume asking for fewer trials than the file holds
+    # evaluates none and never loses the best found so far
+    trials = _load(trials_path, resume, run)
     make = surrogate or (lambda s: GPSurrogate(seed=s, restarts=config.gp_restarts))
     from tqdm.auto import tqdm
 
-    with tqdm(total=config.evaluations, initial=len(trials), desc=f"search {config.method}",
+    with tqdm(total=max(config.evaluations, len(trials)), initial=len(trials),
+              desc=f"search {config.method}",
               mininterval=min_interval(),
               disable=not progress, unit="eval") as bar:
         if trials:

@@ -200,7 +200,9 @@ def test_a_clip_vit_sees_images_normalised_with_clips_mean_and_std(tmp_path):
     x0, _ = load_splits("imagefolder", tmp_path, img_size=32).test[0]
     assert not torch.allclose(x0.mean(dim=(1, 2)), expected, atol=1e-3)
     assert source_data_config("deit_tiny_patch16_224")["mean"] == list(IMAGENET_DEFAULT_MEAN)
-    assert source_data_config("fmnist_vit_tiny") is None  # its dataset brings its own
+    # no preprocessing of its own (its dataset brings it): only its input size, so an image
+    # folder is read at 28x28 in one grey channel for it
+    assert source_data_config("fmnist_vit_tiny") == {"input_size": [1, 28, 28]}
 
 
 def test_non_square_image_folders_train_a_non_square_model(tmp_path):

@@ -295,3 +295,12 @@ def test_compress_under_a_latency_budget_reports_predicted_beside_measured_time(
     assert 0.98 * 0.7 <= lat["predicted_fraction"] <= 0.7
     assert lat["measured_ms"] > 0 and lat["batch"] == 2
     assert "Latency budget on the table" in res.report.read_text()
+
+
+def test_a_calibration_that_would_predict_no_time_falls_back_to_a_ratio():
+    from vitprune.profile import fit_calibration
+
+    points = [(10.0, 4.0), (20.0, 6.0), (30.0, 8.0)]  # measured = 5 * parts - 10
+    assert fit_calibration(points, floor=3.0) == pytest.approx((5.0, -10.0))  # 5 ms left
+    scale, offset = fit_calibration(points, floor=1.0)  # the line would say -5 ms
+    assert offset == 0.0 and scale == pytest.approx(np.median([10 / 4, 20 / 6, 30 / 8]))

@@ -494,7 +494,11 @@ def _failure(exc: BaseException, parser: argparse.ArgumentParser, cmd: str) -> t
     from .fsutil import first_line
 
     if isinstance(exc, VitpruneError):
-        return 2, f"error: {_message(exc, parser, cmd)}"
+        text = _message(exc, parser, cmd)
+        if "Original Traceback" in text:  # raised in a loader worker: the worker's own line
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if last.startswith("vitprune.errors.") else last
+        return 2, f"error: {text}"
     if isinstance(exc, KeyboardInterrupt):
         return 130, ("interrupted. Files already written are complete (writes are atomic); the "
                      "same command resumes an interrupted run")

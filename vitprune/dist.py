@@ -6,16 +6,44 @@ library code calls them unconditionally.
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
 import torch
 import torch.distributed as td
 
+from .errors import ConfigError, DistributedError
+
 
 def launched() -> bool:
-    """True in a process started by torchrun with more than one rank."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True in a process started by torchrun with more than one rank.
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` is set to something other than a positive count.
+    """
+    raw = os.environ.get("WORLD_SIZE", "1").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError("WORLD_SIZE", f"must be a number of processes >= 1, got {raw!r}: "
+                                        "launch with torchrun, which sets it, or unset it")
+    return int(raw) > 1
+
+
+# torchrun's rendezvous variables; without them a process cannot find its peers
+_RENDEZVOUS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def timeout_s() -> float:
+    """How long a rank waits for its peers (joining, and at each collective) before it gives up:
+    ``VITPRUNE_DIST_TIMEOUT`` seconds, default 600."""
+    raw = os.environ.get("VITPRUNE_DIST_TIMEOUT", "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError("VITPRUNE_DIST_TIMEOUT", f"must be a number of seconds > 0, got {raw!r}")
+    return value
 
 
 def init(device: str = "cpu") -> str:
@@ -24,7 +52,22 @@ def init(device: str = "cpu") -> str:
     torchrun each rank's own GPU) and calls this."""
     device = str(device)
     if launched() and not td.is_initialized():
-        td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        missing = [v for v in _RENDEZVOUS if v not in os.environ]
+        if missing:
+            raise ConfigError("WORLD_SIZE", f"is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                                            "are not set: launch with torchrun "
+                                            "(torchrun --nproc_per_node N -m vitprune ...), which "
+                                            "sets them all, or unset WORLD_SIZE")
+        wait = timeout_s()
+        try:
+            td.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                  timeout=datetime.timedelta(seconds=wait))
+        except (RuntimeError, ValueError) as exc:  # a peer that never came, a bad address
+            raise DistributedError(
+                f"could not join the {os.environ['WORLD_SIZE']} processes at "
+                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {wait:.0f} s "
+                f"({str(exc).strip().splitlines()[0][:160]}); check that every rank was started "
+                "with the same torchrun command (VITPRUNE_DIST_TIMEOUT sets the wait)") from None
     return device
 
 

@@ -63,6 +63,10 @@ class DependencyError(VitpruneError):
     """An optional dependency (an extra such as ``vitprune[export]``) is not installed."""
 
 
+class DistributedError(VitpruneError):
+    """The processes of a torchrun launch could not join or reach each other."""
+
+
 class InternalError(VitpruneError):
     """A check that should never fail did: a bug in vitprune. Please report it with the command."""
 

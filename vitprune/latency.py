@@ -110,6 +110,10 @@ class LatencyTable:
         if self.fixed_ms < 0 or self.scale <= 0:
             raise _error(f"fixed_ms must be >= 0 and scale > 0, got {self.fixed_ms!r}, "
                          f"{self.scale!r}; the table is damaged: rebuild it")
+        if self.scale * self.fixed_ms + self.offset_ms <= 0:  # the fastest plan must take time
+            raise _error(f"its calibration (scale {self.scale!r}, offset_ms {self.offset_ms!r}) "
+                         "predicts no or negative time for small plans; rebuild it")
+        _check_meta(self.meta)
 
     # ---- prediction ------------------------------------------------------------------------
     def predict(self, shape: VitShape) -> float:
@@ -173,6 +177,13 @@ class LatencyTable:
             have = mine.get(k) or []
             if len(have) != len(theirs[k]) or any(t > h for t, h in zip(theirs[k], have)):
                 diff.append(k)
+        tokens = theirs["num_patches"] + theirs["num_prefix"]
+        widest = max(theirs["mlp_hidden"], default=0)
+        if not diff and (self.tokens[-1] < tokens or self.neurons[-1] < widest
+                         or self.heads[-1] < max(theirs["heads"], default=0)):
+            raise _error(f"its grids (tokens up to {self.tokens[-1]}, MLP widths up to "
+                         f"{self.neurons[-1]}, heads up to {self.heads[-1]}) do not cover the "
+                         f"model ({tokens} tokens, width {widest}); rebuild it")
         if diff:
             raise _error(f"it was built for another model ({', '.join(diff)} differ: table "
                          f"{ {k: mine.get(k) for k in diff} } vs model "
@@ -304,3 +315,33 @@ def _grid2(values: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...], r: 
     top = V[i, j] + wc * (V[i, j + 1] - V[i, j])
     bottom = V[i + 1, j] + wc * (V[i + 1, j + 1] - V[i + 1, j])
     return top + wr * (bottom - top)
+
+
+# what each field of a table's meta holds (None: may be absent or null)
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "batch": (int,), "dtype": (str,), "device": (str,), "device_name": (str,),
+    "torch": (str,), "threads": (int, type(None)), "dense_ms_measured": (int, float, type(None)),
+    "build_s": (int, float), "model": (dict,)}
+_MODEL_INTS = ("embed_dim", "num_patches", "num_prefix")
+
+
+def _check_meta(meta: Any) -> None:
+    """Every field of a table's record of its type: a table edited by hand or damaged is
+    refused with the field's name, not met later as a TypeError."""
+    if not isinstance(meta, dict):
+        raise _error(f"its meta must be an object, got {type(meta).__name__}; rebuild it")
+    for key, types in _META_TYPES.items():
+        v = meta.get(key)
+        if key in meta and (not isinstance(v, types) or isinstance(v, bool)):
+            raise _error(f"its meta.{key} must be {' or '.join(t.__name__ for t in types)}, got "
+                         f"{v!r}; rebuild it")
+    if "batch" in meta and meta["batch"] < 1:
+        raise _error(f"its meta.batch must be >= 1, got {meta['batch']!r}; rebuild it")
+    model = meta.get("model", {})
+    for key in _MODEL_INTS:
+        if key in model and (not isinstance(model[key], int) or isinstance(model[key], bool)):
+            raise _error(f"its meta.model.{key} must be an integer, got {model[key]!r}")
+    for key in ("heads", "head_dim", "mlp_hidden"):
+        if key in model and not (isinstance(model[key], list)
+                                 and all(isinstance(v, int) for v in model[key])):
+            raise _error(f"its meta.model.{key} must be a list of integers, got {model[key]!r}")

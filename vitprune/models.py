@@ -73,6 +73,8 @@ class ModelSource:
         if self.pretrained and self.name in SMALL_CONFIGS:
             raise ModelError(f"{self.name} has no published weights; train it (vitprune train) "
                              "or pass --checkpoint FILE")
+        if self.args and not self.is_dir:
+            adapter_named(self.name).check_args(self.name, self.args)
 
     def id(self) -> str:
         """What identifies it in a run's record, apart from a directory's checksum: the name,
@@ -133,7 +135,15 @@ def build_model(arch: ArchSpec | str, *, pretrained: bool = False,
     """
     spec = ArchSpec(arch) if isinstance(arch, str) else arch
     adapter = adapter_named(spec.name)
-    model = adapter.build(ArchSpec(spec.name, {**spec.kwargs, **overrides}), pretrained)
+    kwargs = {**spec.kwargs, **overrides}
+    try:
+        model = adapter.build(ArchSpec(spec.name, kwargs), pretrained)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        # the constructor's own refusal (timm asserts that num_heads divides the width ...)
+        given = " ".join(f"{k}={v!r}" for k, v in spec.kwargs.items()) or "its defaults"
+        raise ModelError(f"{spec.name} cannot be built with {given}: {type(exc).__name__}"
+                         f"{': ' + fsutil.first_line(exc) if str(exc) else ''}; correct the "
+                         "--model-args") from None
     check_supported(model, spec.name)
     return model
 

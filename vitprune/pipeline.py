@@ -63,26 +63,27 @@ def lineage(model: str | Path | ModelSource) -> list[dict]:
 def source_data_config(model: str | Path | ModelSource) -> dict | None:
     """The preprocessing the model at ``model`` expects (see :func:`vitprune.adapters.data_config`),
     found without loading weights: a saved directory's record, or a timm name's configuration
-    (built on the meta device); None for the small registered configurations."""
+    (built on the meta device); for a model that names no preprocessing (the small registered
+    configurations), only its input size (channels and image size)."""
     from .adapters import data_config
-    from .models import SMALL_CONFIGS, build_model
+    from .models import build_model
 
     src = ModelSource.of(model)
     if src.is_dir and not src.is_vitprune_dir:  # a family's own layout: read from the model
-        return data_config(resolve_model(src)[0])
+        net = resolve_model(src)[0]
+        # no preprocessing recorded (no preprocessor_config.json): the defaults, at its size
+        return data_config(net) or {"input_size": list(input_shape(net))}
     if src.is_dir:
         cfg = read_config(src.name)
         if cfg.get("data_config"):
             return cfg["data_config"]
         arch = ArchSpec.from_dict(cfg["arch"])
-    elif src.name in SMALL_CONFIGS:
-        return None
     else:
         arch = ArchSpec(src.name, src.args)
-    if arch.name in SMALL_CONFIGS:
-        return None
     with torch.device("meta"):  # no memory, no initialisation: only the configuration counts
-        return data_config(build_model(arch))
+        net = build_model(arch)
+    # a model that names no preprocessing (the small configurations): its input size only
+    return data_config(net) or {"input_size": list(input_shape(net))}
 
 
 def load_data(cfg: DataConfig, model: str | Path | ModelSource | None = None) -> Splits:
@@ -145,6 +146,12 @@ def check_training(cfg: TrainConfig, splits: Splits) -> None:
     world, n = dist.world(), len(splits.train)
     require(cfg.batch_size <= n, "batch_size", f"is {cfg.batch_size} but the training split "
             f"has {n} images; lower it (an epoch takes whole batches only)")
+    if isinstance(splits.train, TensorImageSet):  # augmented by the loader: flips and shifts
+        for name, value, off in (("rand_augment", cfg.rand_augment, "''"),
+                                 ("random_erasing", cfg.random_erasing, "0")):
+            require(not value, name, f"is {value!r}, but it applies to image files (--data "
+                    f"imagefolder) and {splits.name} is held in memory; pass "
+                    f"--{name.replace('_', '-')} {off} (with --recipe deit too)")
     require(not cfg.mixes or (cfg.batch_size // world) % 2 == 0, "batch_size",
             f"must give each of the {world} process(es) an even batch when mixing images "
             f"(Mixup/CutMix pair them), got {cfg.batch_size}")
@@ -202,7 +209,9 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
         crit = dataclasses.replace(crit, max_images=n_images)  # its own default is 256
     batches = calibration_batches(splits, n_images, batch_size=min(64, n_images),
                                   device=device_of(model))
-    return crit(model, batches), {**crit.meta(), "images": n_images, "data": splits.name,
+    used = min(n_images, len(splits.calib))  # the split may hold fewer: say what was used
+    asked = {} if used == n_images else {"images_requested": n_images}
+    return crit(model, batches), {**crit.meta(), "images": used, **asked, "data": splits.name,
                                   "device": device_of(model)}
 
 
@@ -313,8 +322,25 @@ def check_budget(model: torch.nn.Module, budget: Budget | str | float,
         raise ModelError(f"--depth drops whole attention or MLP halves, which the "
                          f"{adapter_for(model).family} family does not offer; search without "
                          "--depth")
-    resolve_band(search_space(model, settings), budget)
+    narrowest = min(b.mlp_hidden for b in vit_shape(model).blocks)
+    require(settings.neuron_multiple <= narrowest, "neuron_multiple",
+            f"is {settings.neuron_multiple} but the model's narrowest MLP has {narrowest} "
+            "neurons; choose a divisor of the width (8 or 16 for GPU tiles)")
+    space = search_space(model, settings)
+    _check_table_run(space, model)
+    resolve_band(space, budget)
     return budget
+
+
+def _check_table_run(space: SearchSpace, model: torch.nn.Module) -> None:
+    """A latency table measured elsewhere is refused (another batch or dtype) or warned about
+    (another device or thread count): its predictions would not hold here."""
+    if space.latency is None:
+        return
+    kind = torch.device(device_of(model)).type
+    # on the CPU the search and the model run in float32: a bf16 table's times do not hold
+    space.latency.check_run(device=kind, threads=torch.get_num_threads(),
+                            dtype="float32" if kind == "cpu" else None)
 
 
 def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str | float,
@@ -340,9 +366,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if scores is None:
         scores, _ = scored(model, splits, n_images=min(256, settings.calib_images))
     space = search_space(model, settings, scores)
-    if space.latency is not None:  # measured elsewhere: the predictions would not hold here
-        space.latency.check_run(device=torch.device(device_of(model)).type,
-                                threads=torch.get_num_threads())
+    _check_table_run(space, model)
     budget = parse_budget(budget)
     objective = MaskedAccuracy(model, calibration_batches(splits, settings.calib_images,
                                                           device=device_of(model),

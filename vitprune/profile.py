@@ -168,21 +168,23 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     # the pruned models only: the dense one (every block at full width and all tokens) sits
     # apart from the rest on CPU caches and its time swings most from run to run; one
     # measurement of it would tilt the fit (it stays in meta for the record)
-    scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios)
+    scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios, floor=fixed)
     return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
                         mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,
                         scale=scale, offset_ms=offset, meta=meta, drop_ms=table.drop_ms)
 
 
-def fit_calibration(points: list[tuple[float, float]]) -> tuple[float, float]:
+def fit_calibration(points: list[tuple[float, float]],
+                    floor: float = 0.0) -> tuple[float, float]:
     """(scale, offset) of ``measured = scale * parts + offset``, least squares over
-    (measured, parts) points; a plain ratio (offset 0) when the fit is not increasing or there
-    are too few distinct points."""
+    (measured, parts) points; a plain ratio (offset 0) when the fit is not increasing, there
+    are too few distinct points, or the line would predict no time for a model whose parts
+    take ``floor`` ms (the fixed parts alone: a noisy build can tilt the line that far)."""
     m = np.array([p[0] for p in points])
     x = np.array([p[1] for p in points])
     if len(points) >= 3 and np.ptp(x) > 0:
         a, b = np.polyfit(x, m, 1)
-        if a > 0:
+        if a > 0 and a * floor + b > 0:
             return float(a), float(b)
     return float(np.median(m / x)), 0.0
 

@@ -90,7 +90,7 @@ def test_uniform_reports_a_jump_over_the_band(small_space):
 
 
 def test_band_no_architecture_can_hit_is_an_error(small_space):
-    with pytest.raises(BudgetError, match="Widen the budget's tolerance"):
+    with pytest.raises(BudgetError, match="Move the budget outside that gap"):
         _sampler(small_space, Budget(0.6, tolerance=0.0)).sample(np.random.default_rng(0), 5)
 
 

@@ -16,11 +16,13 @@ plus one :func:`vitprune.adapters.register` call in ``vitprune/adapters/__init__
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -205,6 +207,23 @@ class Adapter(ABC):
         assume the patch grid). Called once by surgery; nothing to do by default."""
         return None
 
+    #: the class a name of this family is built as (its constructor's arguments are what
+    #: ``--model-args`` may set); None: the family takes no constructor arguments
+    constructor: ClassVar[type | None] = None
+
+    def check_args(self, name: str, args: dict[str, Any]) -> None:
+        """Refuse ``--model-args`` the family's constructor cannot take, before anything is
+        built: unknown names, values of the wrong type, sizes that are not positive.
+
+        Raises:
+            ModelError: naming the argument and what it takes.
+        """
+        if not args:
+            return
+        if self.constructor is None:
+            raise ModelError(f"{name} takes no --model-args")
+        check_constructor_args(self.constructor, name, args)
+
     @property
     def can_drop(self) -> bool:
         """Whether the family offers :meth:`drop_half` (depth pruning)."""
@@ -296,3 +315,56 @@ def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
     if b is not None:
         lin.bias = nn.Parameter(b.clone(), requires_grad=lin.bias.requires_grad)
     lin.out_features, lin.in_features = w.shape
+
+
+# constructor arguments that are sizes or counts: they must be positive (num_classes=0 would
+# build a headless backbone, which vitprune cannot prune yet)
+POSITIVE_ARGS = ("depth", "num_heads", "embed_dim", "patch_size", "num_classes", "img_size",
+                 "in_chans", "mlp_ratio")
+CHOICES = {"global_pool": ("", "avg", "avgmax", "max", "token", "map")}
+
+
+def check_constructor_args(cls: type, name: str, args: dict[str, Any]) -> None:
+    """``args`` checked against ``cls.__init__``'s signature: known names, the type of each
+    default (an int where an int is, a bool where a bool is, ...), positive sizes, choices."""
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+              if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    for key, value in args.items():
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ModelError(f"--model-args {key}={value!r}: {name} ({cls.__name__}) has no "
+                             f"argument {key!r}{hint}")
+        default = params[key].default
+        if not _fits(value, default):
+            raise ModelError(f"--model-args {key}={value!r}: {cls.__name__} takes "
+                             f"{type(default).__name__} values for {key} (its default is "
+                             f"{default!r})")
+        sizes = value if isinstance(value, (list, tuple)) else [value]
+        if key in POSITIVE_ARGS and not all(isinstance(v, (int, float))
+                                            and not isinstance(v, bool) and v > 0
+                                            for v in sizes):
+            raise ModelError(f"--model-args {key}={value!r}: must be positive" + (
+                "; a model without a classifier (num_classes=0) is not supported yet"
+                if key == "num_classes" else ""))
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ModelError(f"--model-args {key}={value!r}: must be one of "
+                             f"{', '.join(map(repr, CHOICES[key]))}")
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` is of the kind ``default`` is (None and callables accept anything)."""
+    if default is None or default is inspect.Parameter.empty or callable(default):
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value))
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list, int))
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from .. import fsutil
@@ -328,6 +330,15 @@ class HFAdapter(Adapter):
             with _no_progress_bars():  # vitprune reports its own progress
                 model, info = model_cls.from_pretrained(
                     path, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+        except pickle.UnpicklingError:  # torch's advice would be to run the file's code
+            raise ModelError(f"{path / 'pytorch_model.bin'} holds Python objects besides "
+                             "tensors, and vitprune never runs code found in a file; where you "
+                             "trust it, re-save the model as model.safetensors "
+                             "(save_pretrained(..., safe_serialization=True))") from None
+        except SafetensorError as exc:
+            raise ModelError(f"{path / 'model.safetensors'} is damaged or truncated "
+                             f"({fsutil.first_line(exc)}); copy it again or re-save the model "
+                             "with save_pretrained") from None
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"transformers could not load {path} ({fsutil.first_line(exc)}); "
                              "check that its config.json fits its weights, or re-save the model "

@@ -426,6 +426,7 @@ class T2TAdapter(TimmBlocks):
     """T2T-ViT models (:class:`T2TViT`), built by the names in :data:`T2T_CONFIGS`."""
 
     family = "t2t"
+    constructor = T2TViT
     describes = "a T2T-ViT name (" + ", ".join(T2T_CONFIGS) + ")"
 
     def handles(self, model: nn.Module) -> bool:

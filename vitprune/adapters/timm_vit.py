@@ -228,6 +228,7 @@ class TimmViTAdapter(TimmBlocks):
     """timm's ``VisionTransformer`` and its subclasses."""
 
     family = "timm"
+    constructor = VisionTransformer
     describes = ("a registered name (" + ", ".join(sorted(SMALL_CONFIGS)) + ") or a timm "
                  "VisionTransformer name (see timm.list_models('deit*'))")
 

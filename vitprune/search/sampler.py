@@ -68,7 +68,8 @@ def resolve_band(space: SearchSpace, budget: Budget) -> Band:
     if band.high < cheapest:
         raise BudgetError(
             f"the budget ({budget.describe(space.metric)}) is below the smallest architecture: {reach}. "
-            "Raise the budget or the ratio bounds (head/neuron/token_bounds)."
+            "Raise the budget or --max-ratio (the largest prune ratio), or search more "
+            "dimensions (--dims heads neurons tokens)."
         )
     if band.low > dearest:
         raise BudgetError(
@@ -110,8 +111,10 @@ class FeasibleSampler:
         raise BudgetError(
             f"only {have} of {max_rounds * batch} rays reached the budget band "
             f"[{self.band.low / self.band.dense:.2%}, {self.band.high / self.band.dense:.2%}] of "
-            "the dense cost: the integer architecture's cost jumps over it. Widen the budget's "
-            "tolerance or move the budget."
+            "the dense cost: the integer architecture's cost jumps over it. Move the budget "
+            f"outside that gap (the band reaches {1 - self.band.low / self.band.high:.0%} below "
+            "it), or search more dimensions "
+            "(--dims heads neurons tokens)."
         )
 
     def perturb(self, rng: np.random.Generator, centres: np.ndarray, n: int,
@@ -161,8 +164,10 @@ class FeasibleSampler:
         raise BudgetError(
             f"no uniform ratio meets the band [{self.band.low / dense:.2%}, "
             f"{self.band.high / dense:.2%}] of the dense cost: the uniform policy's cost jumps "
-            f"from {before / dense:.2%} to {after / dense:.2%} at ratio {X[0].max():.4f}. Widen "
-            "the budget's tolerance or move the budget."
+            f"from {before / dense:.2%} to {after / dense:.2%} at ratio {X[0].max():.4f}. Move "
+            f"the budget outside that gap (the band reaches {1 - self.band.low / self.band.high:.0%} "
+            "below it), or search with "
+            "--method gp-ei, whose ratios vary per block."
         )
 
     def _neurons_to_band(self, base: np.ndarray) -> np.ndarray | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import dist, fsutil
-from ..adapters import logits_module
+from ..adapters import logits_module, vit_shape
 from ..data import Splits, make_loader, training_set
 from ..data.base import epoch_seed
 from ..devices import autocast, device_of
@@ -107,9 +108,10 @@ class TrainConfig:
         require(is_number(self.random_erasing) and 0 <= self.random_erasing <= 1,
                 "random_erasing", f"must be in [0, 1], got {self.random_erasing!r}")
         require(isinstance(self.rand_augment, str) and (not self.rand_augment or
-                                                        self.rand_augment.startswith("rand")),
-                "rand_augment", f"must be a timm RandAugment policy (rand-m9-mstd0.5-inc1) or "
-                f"'', got {self.rand_augment!r}")
+                                                        RAND_AUGMENT.fullmatch(self.rand_augment)),
+                "rand_augment", "must be '' or a timm RandAugment policy: 'rand' then sections "
+                "m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, p<prob>, w<weights> "
+                f"(rand-m9-mstd0.5-inc1), got {self.rand_augment!r}")
         require(is_number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay",
                 f"must be in [0, 1), got {self.ema_decay!r}")
 
@@ -123,6 +125,10 @@ class TrainConfig:
         require(name in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got {name!r}")
         return replace(self, **{**RECIPES[name], "recipe": name, **overrides})
 
+
+# timm's RandAugment policy grammar (timm.data.auto_augment.rand_augment_transform), whose
+# parser skips a section it does not know without a word
+RAND_AUGMENT = re.compile(r"rand(-(mstd|mmax|inc|m|n|p|w)\d+(\.\d+)?)*")
 
 # Named recipes: what --recipe sets before the other options. "small" is this tool's own for
 # small data held in memory (Fashion-MNIST): its settings are TrainConfig's defaults and FINETUNE.
@@ -239,7 +245,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         opt, lambda s: warmup_cosine(s, total, int(cfg.warmup_epochs * steps)))
     if loss_fn is None:
         loss_fn = _default_loss(cfg, teacher, device)
-    mix = _mixer(cfg, splits.num_classes)
+    mix = _mixer(cfg, vit_shape(model).num_classes)  # soft targets as wide as the logits
     ema = None
     if cfg.ema_decay:
         from timm.utils import ModelEmaV3

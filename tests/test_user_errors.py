@@ -101,6 +101,8 @@ CASES: dict[str, tuple[list[str], str]] = {
                      "num_classes"),
     "negative classes": (["train", *TINY, *SYNTH, "--model-args", "num_classes=-3",
                           "--out", "{out}"], "num_classes"),
+    "model dir missing": (["eval", "--model", "{root}/nowhere", *SYNTH], "does not exist"),
+    "model is a file": (["eval", "--model", "{root}/tiny.pt", *SYNTH], "--checkpoint"),
     # devices and threads
     "device banana": (["score", *TINY, *SYNTH, "--device", "banana", "--out", "{out}"], "device"),
     "device mps": (["score", *TINY, *SYNTH, "--device", "mps", "--out", "{out}"], "mps"),

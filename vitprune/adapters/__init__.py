@@ -72,6 +72,12 @@ def adapter_named(name: str) -> Adapter:
     for a in _ADAPTERS:
         if a.knows(name):
             return a
+    if "/" in name or name.startswith("."):  # meant as a path: say what is there
+        path = Path(name)
+        what = ("is a file, not a model directory (pass a file of weights as --checkpoint "
+                "beside --model NAME)" if path.is_file() else "does not exist")
+        raise ModelError(f"{name} {what}; --model takes a model name or a directory saved by "
+                         "vitprune, timm or Hugging Face's save_pretrained")
     pool = [n for a in _ADAPTERS for n in a.names()]
     close = difflib.get_close_matches(name, pool, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -25,6 +25,12 @@ TINY = ["--model", "fmnist_vit_tiny"]
 SYNTH = ["--data", "synthetic"]
 
 
+def latency_search(table: str) -> list[str]:
+    """A search of the tiny model under a latency budget with the fixture's table ``table``."""
+    return ["search", *TINY, *SYNTH, "--budget", "0.6", "--budget-metric", "latency",
+            "--latency-table", f"{{root}}/{table}.json", "--out", "{out}"]
+
+
 # -- fixtures: a saved model, image folders good and bad, latency tables ---------------------
 def _folder(root: Path, *, size=(40, 48), channels=3, classes=("a", "b"), n=(6, 2)) -> Path:
     from PIL import Image
@@ -153,21 +159,11 @@ CASES: dict[str, tuple[list[str], str]] = {
     "depth on a family that cannot": (["search", "--model", "{root}/hf_vit", *SYNTH, "--budget",
                                        "0.6", "--depth", "--out", "{out}"], "--depth"),
     # malformed latency tables
-    "table batch is a string": (["search", *TINY, *SYNTH, "--budget", "0.6", "--budget-metric",
-                                 "latency", "--latency-table", "{root}/table_str_batch.json",
-                                 "--out", "{out}"], "meta.batch"),
-    "table model is a string": (["search", *TINY, *SYNTH, "--budget", "0.6", "--budget-metric",
-                                 "latency", "--latency-table", "{root}/table_str_model.json",
-                                 "--out", "{out}"], "meta.model"),
-    "bf16 table, float32 search": (["search", *TINY, *SYNTH, "--budget", "0.6",
-                                    "--budget-metric", "latency", "--latency-table",
-                                    "{root}/table_bf16.json", "--out", "{out}"], "bfloat16"),
-    "negative offset": (["search", *TINY, *SYNTH, "--budget", "0.6", "--budget-metric",
-                         "latency", "--latency-table", "{root}/table_negative.json",
-                         "--out", "{out}"], "offset"),
-    "grid short of the model": (["search", *TINY, *SYNTH, "--budget", "0.6", "--budget-metric",
-                                 "latency", "--latency-table", "{root}/table_short.json",
-                                 "--out", "{out}"], "cover"),
+    "table batch is a string": (latency_search("table_str_batch"), "meta.batch"),
+    "table model is a string": (latency_search("table_str_model"), "meta.model"),
+    "bf16 table, float32 search": (latency_search("table_bf16"), "bfloat16"),
+    "negative offset": (latency_search("table_negative"), "offset"),
+    "grid short of the model": (latency_search("table_short"), "cover"),
     "table for cost": (["cost", *TINY, "--latency-table", "{root}/table_str_batch.json"],
                        "meta.batch"),
     # checkpoints

@@ -71,18 +71,18 @@ def source_data_config(model: str | Path | ModelSource) -> dict | None:
     src = ModelSource.of(model)
     if src.is_dir and not src.is_vitprune_dir:  # a family's own layout: read from the model
         net = resolve_model(src)[0]
-        # no preprocessing recorded (no preprocessor_config.json): the defaults, at its size
-        return data_config(net) or {"input_size": list(input_shape(net))}
-    if src.is_dir:
-        cfg = read_config(src.name)
-        if cfg.get("data_config"):
-            return cfg["data_config"]
-        arch = ArchSpec.from_dict(cfg["arch"])
     else:
-        arch = ArchSpec(src.name, src.args)
-    with torch.device("meta"):  # no memory, no initialisation: only the configuration counts
-        net = build_model(arch)
-    # a model that names no preprocessing (the small configurations): its input size only
+        if src.is_dir:
+            cfg = read_config(src.name)
+            if cfg.get("data_config"):
+                return cfg["data_config"]
+            arch = ArchSpec.from_dict(cfg["arch"])
+        else:
+            arch = ArchSpec(src.name, src.args)
+        with torch.device("meta"):  # no memory, no initialisation: only the configuration
+            net = build_model(arch)
+    # a model that names no preprocessing (the small configurations, an HF directory without
+    # preprocessor_config.json): its input size only
     return data_config(net) or {"input_size": list(input_shape(net))}
 
 

@@ -91,10 +91,10 @@ def values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> d
 
 # -- shared options ----------------------------------------------------------------------------
 def _model(p: argparse.ArgumentParser) -> None:
+    from .adapters import supported  # the families are the registry's to list
+
     p.add_argument("--model", required=True,
-                   help="a registered name (fmnist_vit_d12), a timm ViT name, a T2T-ViT name "
-                        "(t2t_vit_14), a directory saved by vitprune, or a Hugging Face "
-                        "save_pretrained directory (ViT/DeiT; needs vitprune[hf])")
+                   help=f"a directory saved by vitprune, or {supported()}")
     p.add_argument("--checkpoint", help="weights for a model given by name: .safetensors, a "
                                         "state_dict, or a training file holding one under "
                                         "model / state_dict / state_dict_ema (read without "

@@ -7,7 +7,10 @@ Each family is one :class:`~vitprune.adapters.base.Adapter` registered here. Eve
 
 To add a family: write ``vitprune/adapters/<family>.py`` with an ``Adapter`` subclass (see
 ``base.py`` for what it must answer; ``timm_vit.TimmBlocks`` already does the block-level work
-for models built of timm ``Block``s) and add one :func:`register` call below.
+for models built of timm ``Block``s) and add one :func:`register` call below. A family of
+timm models names the timm modules it builds (:attr:`~vitprune.adapters.base.Adapter.timm_modules`):
+names are dispatched by the module timm says defines them, so the order of registration does not
+matter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 
 from ..cost import VitShape
 from ..errors import ModelError
-from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, token_stage
+from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, timm_module, token_stage
 from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
 from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
@@ -78,6 +81,10 @@ def adapter_named(name: str) -> Adapter:
                 "beside --model NAME)" if path.is_file() else "does not exist")
         raise ModelError(f"{name} {what}; --model takes a model name or a directory saved by "
                          "vitprune, timm or Hugging Face's save_pretrained")
+    module = timm_module(name)
+    if module is not None:
+        raise ModelError(f"model {name} is defined in timm's {module} module, which no vitprune "
+                         f"family prunes; vitprune prunes: {supported()}")
     pool = [n for a in _ADAPTERS for n in a.names()]
     close = difflib.get_close_matches(name, pool, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -94,15 +94,20 @@ class Adapter(ABC):
     family: str = ""
     #: what the family accepts, for error messages ("timm VisionTransformer names ...")
     describes: str = ""
+    #: the timm modules whose registered names this family builds (``("vision_transformer",
+    #: "deit")``); timm says which module defines a name, so a family registered for ``eva``
+    #: gets ``eva02_*`` whatever was registered before it
+    timm_modules: tuple[str, ...] = ()
 
     # ---- recognising and building models -------------------------------------------------
     @abstractmethod
     def handles(self, model: nn.Module) -> bool:
         """Whether ``model`` belongs to this family (an ``isinstance`` test, never a name)."""
 
-    @abstractmethod
     def knows(self, name: str) -> bool:
-        """Whether ``name`` is a model name (an :attr:`ArchSpec.name`) this family builds."""
+        """Whether ``name`` is a model name (an :attr:`ArchSpec.name`) this family builds: by
+        default, a timm name defined in one of :attr:`timm_modules`."""
+        return bool(self.timm_modules) and timm_module(name) in self.timm_modules
 
     @abstractmethod
     def build(self, arch: ArchSpec, pretrained: bool = False) -> nn.Module:
@@ -114,8 +119,13 @@ class Adapter(ABC):
         """
 
     def names(self) -> list[str]:
-        """Names to suggest in an 'unknown model' message."""
-        return []
+        """Names to suggest in an 'unknown model' message (by default every timm name of
+        :attr:`timm_modules`)."""
+        if not self.timm_modules:
+            return []
+        import timm
+
+        return timm.list_models(module=list(self.timm_modules))
 
     def arch(self, model: nn.Module) -> ArchSpec | None:
         """The architecture record of ``model`` read from the model alone (a Hugging Face model
@@ -368,3 +378,18 @@ def _fits(value: Any, default: Any) -> bool:
     if isinstance(default, str):
         return isinstance(value, str)
     return True
+
+
+def timm_module(name: str) -> str | None:
+    """The timm module that registers the model ``name`` (``"vision_transformer"``,
+    ``"eva"``, ``"swin_transformer"`` ...); None: timm has no such model."""
+    import timm
+    from timm.models import get_arch_name
+
+    arch = get_arch_name(name)  # "vit_small_patch16_224.augreg_in21k" -> its architecture
+    if not timm.is_model(arch):
+        return None
+    for module in timm.list_modules():
+        if timm.models.is_model_in_modules(arch, [module]):
+            return module
+    return None

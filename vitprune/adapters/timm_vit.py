@@ -229,17 +229,20 @@ class TimmViTAdapter(TimmBlocks):
 
     family = "timm"
     constructor = VisionTransformer
+    #: the timm modules that build ``VisionTransformer``s (their blocks are checked on build)
+    timm_modules = ("vision_transformer", "vision_transformer_hybrid", "deit", "vitamin")
     describes = ("a registered name (" + ", ".join(sorted(SMALL_CONFIGS)) + ") or a timm "
-                 "VisionTransformer name (see timm.list_models('deit*'))")
+                 "VisionTransformer name (timm.list_models(module='vision_transformer') or "
+                 "module='deit')")
 
     def handles(self, model: nn.Module) -> bool:
         return isinstance(model, VisionTransformer)
 
     def knows(self, name: str) -> bool:
-        return name in SMALL_CONFIGS or timm.is_model(name)
+        return name in SMALL_CONFIGS or super().knows(name)
 
     def names(self) -> list[str]:
-        return sorted(SMALL_CONFIGS) + timm.list_models(["vit_*", "deit*"])
+        return sorted(SMALL_CONFIGS) + super().names()
 
     def build(self, arch: ArchSpec, pretrained: bool = False) -> nn.Module:
         if arch.name in SMALL_CONFIGS:
@@ -334,10 +337,11 @@ def refuse_feature_maps(model: nn.Module, stages: Sequence[int]) -> None:
 
 def _check_vit(model: nn.Module, name: str = "") -> None:
     if not isinstance(model, VisionTransformer):
+        from . import supported  # the registry, read when refusing
+
         raise ModelError(
             f"model {name or type(model).__name__} is a {type(model).__name__}, not a timm "
-            "VisionTransformer; vitprune prunes ViT/DeiT-style models only (timm's "
-            "VisionTransformer and its subclasses, T2T-ViT, Hugging Face ViT/DeiT)."
+            f"VisionTransformer; vitprune prunes: {supported()}"
         )
 
 

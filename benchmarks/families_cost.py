@@ -17,8 +17,9 @@ import torch
 from vitprune import fsutil
 from vitprune.adapters import vit_shape
 from vitprune.adapters.t2t_vit import T2T_PUBLISHED
-from vitprune.cost import macs, params
+from vitprune.cost import macs
 from vitprune.models import build_model
+from vitprune.surgery import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # published (params M, GMACs at 224): T2T-ViT authors' README; ViT-B/16 and DeiT-B (distilled)
@@ -30,7 +31,7 @@ TIMM_PUBLISHED = {"vit_base_patch16_224": (86.6, 17.6), "deit_base_distilled_pat
 
 def _row(family: str, name: str, model: torch.nn.Module, published: tuple[float, float]) -> dict:
     shape = vit_shape(model)
-    p, m = params(shape) / 1e6, macs(shape).total / 1e9
+    p, m = count_params(model) / 1e6, macs(shape).total / 1e9
     return {"family": family, "model": name, "params_m": round(p, 3), "gmacs": round(m, 3),
             "published_params_m": published[0], "published_gmacs": published[1],
             "gmacs_off_pct": round(100 * (m / published[1] - 1), 1),

@@ -40,9 +40,10 @@ def _speed(speed: dict | None, budget: float, method: str) -> str:
 def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -> None:
     """Write the report; ``order``: the method names in the order of the benchmark's list."""
     from vitprune.adapters import vit_shape
-    from vitprune.cost import macs, params
+    from vitprune.cost import macs
     from vitprune.data import load_splits
     from vitprune.pipeline import test_metrics
+    from vitprune.surgery import count_params
 
     splits = load_splits("fashion-mnist", args.data_dir)
     dense_top1 = test_metrics(dense, splits)["test_top1"]
@@ -61,7 +62,7 @@ def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -
         f"`python benchmarks/results.py report{' --speed' if speed else ''} --out {args.out}`.",
         "",
         f"Baseline: the shipped ViT (depth 12, width 64, 4 heads of 16, 256 MLP units, 50 tokens), "
-        f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {params(vit_shape(dense)) / 1e6:.3f} M "
+        f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {count_params(dense) / 1e6:.3f} M "
         f"params, test top-1 **{dense_top1:.2f}**. Every method's plan is pruned physically and "
         f"fine-tuned with the same recipe: {first['epochs']} epoch(s) of distillation from the dense "
         f"model (AdamW 5e-4, cosine with warm-up, KD alpha {first['kd_alpha']}, T = 2, "

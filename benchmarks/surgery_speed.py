@@ -23,12 +23,12 @@ import torch
 
 from vitprune import fsutil
 from vitprune.adapters import vit_shape
-from vitprune.cost import macs, params
+from vitprune.cost import macs
 from vitprune.models import build_model
 from vitprune.plan import PrunePlan, planned_shape
 from vitprune.search.space import solve_uniform
 from vitprune.speed import measure
-from vitprune.surgery import prune
+from vitprune.surgery import count_params, prune
 
 # (label, target MACs fraction, dims on, neuron multiple)
 CONFIGS = [
@@ -80,7 +80,7 @@ def main() -> int:
         s = planned_shape(shape, plan)
         row = {"config": label, "ratio": round(r, 4), "plan": describe(plan),
                "gmacs": macs(s).total / 1e9, "macs_kept": macs(s).total / dense_macs,
-               "params_m": params(s) / 1e6}
+               "params_m": count_params(model) / 1e6}
         for b in args.batches:
             reps = args.repeats if b <= 8 else max(3, args.repeats // 2)
             m = measure(model, (3, 224, 224), b, warmup=2, repeats=reps, threads=args.threads,

@@ -273,9 +273,10 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 
 def cmd_cost(args: argparse.Namespace) -> dict:
     from .adapters import vit_shape
-    from .cost import macs, params
+    from .cost import macs
     from .jobs import MACS_CONVENTION, planned_model
     from .plan import planned_shape
+    from .surgery import count_params
 
     model, plan = planned_model(_source(args), plan=args.plan, img_size=_img_size(args),
                                 apply=False)
@@ -286,7 +287,7 @@ def cmd_cost(args: argparse.Namespace) -> dict:
     res = {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
            "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
            "gmacs_mlp": c.mlp / 1e9, "gmacs_attention_pool": c.pool / 1e9,
-           "params_m": params(shape) / 1e6,
+           "params_m": count_params(model, plan) / 1e6,
            "macs_convention": MACS_CONVENTION}
     if args.latency_table:
         from .latency import LatencyTable

@@ -2,7 +2,10 @@
 
 Counts multiply-accumulates (MACs), the ViT papers' "FLOPs" convention (fvcore's): DeiT-T 1.3G,
 DeiT-S 4.6G, DeiT-B 17.6G at 224x224, *including* the patch embedding and the classifier.
-Norms, biases, GELU and softmax are left out, as in those papers.
+Norms, biases, GELU and softmax are left out, as in those papers. :func:`batch_macs` is the one
+formula; :func:`macs` (one shape) and the search (thousands of candidate plans) both call it.
+Parameters are not computed here: they are counted from a model's tensors
+(:func:`vitprune.surgery.count_params`).
 
 Per block with ``h`` heads of width ``d``, MLP width ``D``, model width ``C``, ``N_in`` tokens
 entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects tokens):
@@ -17,6 +20,8 @@ leaving the last block, MLP width ``M``) adds ``2*L*C*C + 2*N*C*C + 2*L*N*C + 2*
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class PoolShape:
     Attributes:
         latent_len: latent queries (usually 1).
         mlp_hidden: its MLP's hidden units (0: no MLP).
-        params: its parameters (counted from the module).
+        params: its parameters (part of the shape's description, which fingerprints searches;
+            a model's parameters are counted from its tensors).
     """
 
     latent_len: int
@@ -121,59 +127,39 @@ def token_counts(shape: VitShape) -> list[tuple[int, int]]:
 
 def macs(shape: VitShape) -> Cost:
     """MACs of one image's forward pass through ``shape``."""
-    C = shape.embed_dim
-    attn = mlp = 0
-    for b, (n_in, n_out) in zip(shape.blocks, token_counts(shape)):
-        a = b.heads * b.head_dim
-        attn += 4 * n_in * C * a + 2 * n_in * n_in * a
-        mlp += 2 * n_out * C * b.mlp_hidden
-    return Cost(
-        patch_embed=(shape.stem.macs if shape.stem
-                     else shape.num_patches * shape.patch_macs * C),
-        attention=attn,
-        mlp=mlp,
-        head=shape.num_heads_out * C * shape.num_classes,
-        pool=pool_macs(shape),
-    )
+    counts = token_counts(shape)
+    parts = batch_macs(shape, np.array([[b.heads for b in shape.blocks]], dtype=np.int64),
+                       np.array([[b.mlp_hidden for b in shape.blocks]], dtype=np.int64),
+                       np.array([[n for n, _ in counts]], dtype=np.int64),
+                       np.array([[n for _, n in counts]], dtype=np.int64))
+    return Cost(**{k: int(np.asarray(v).reshape(-1)[0]) for k, v in parts.items()})
 
 
-def pool_macs(shape: VitShape) -> int:
-    """MACs of the attention-pooling head (0 without one): query and output projections of the
-    latents, key/value projection of every pooled token, attention, MLP."""
-    p = shape.pool
-    if p is None:
-        return 0
-    C, L = shape.embed_dim, p.latent_len
-    n = token_counts(shape)[-1][1] if shape.blocks else shape.num_prefix + shape.num_patches
-    return 2 * L * C * C + 2 * n * C * C + 2 * L * n * C + 2 * L * C * p.mlp_hidden
+def batch_macs(shape: VitShape, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
+               n_out: np.ndarray) -> dict[str, np.ndarray | int]:
+    """The cost formula (the only one): MACs per image of many variants of ``shape`` at once.
 
-
-def params(shape: VitShape) -> int:
-    """Number of parameters of a timm ViT of ``shape``.
-
-    Exact for timm's ``VisionTransformer`` as DeiT and the original ViTs build it, dense or
-    pruned: patch embedding with bias, class/distillation/register tokens, a position embedding
-    that covers the prefix tokens too, ``qkv_bias=True``, a final LayerNorm (``norm`` or
-    ``fc_norm``) and one or two linear classifiers. Not counted (a model with them has more):
-    layer scale (``init_values``), q/k norms (``qk_norm``), a pre-norm. An attention-pooling
-    head (``global_pool='map'``) is counted from its module (:class:`PoolShape`), a stem other
-    than a patch embedding (T2T-ViT) from its record (:class:`StemShape`). A model with
-    ``no_embed_class=True`` (e.g.
-    ``vit_base_patch16_reg4_gap_256``) has ``num_prefix * embed_dim`` fewer (no position
-    embedding for prefix tokens). ``qkv_bias=False`` is counted (``VitShape.qkv_bias``), and a
-    dropped attention or MLP keeps only its output bias. Token selection adds no parameters.
+    Args:
+        shape: the model's shape (width, head widths, embedding, classifier, pool).
+        heads, neurons: heads and MLP units kept in each block, shape (M, L) for M variants.
+        n_in, n_out: tokens entering and leaving each block (prefix included), (M, L).
+    Returns:
+        :class:`Cost`'s fields: ``attention``, ``mlp`` and ``pool`` of shape (M,),
+        ``patch_embed`` and ``head`` as ints (they do not vary), all int64.
     """
     C = shape.embed_dim
-    tokens = shape.num_patches + shape.num_prefix
-    embed = shape.patch_macs * C + C + shape.num_prefix * C + tokens * C  # conv, prefix, pos
-    if shape.stem:
-        embed = shape.stem.params
-    blocks = 0
-    for b in shape.blocks:
-        a, D = b.heads * b.head_dim, b.mlp_hidden
-        # a dropped half (no heads, or no neurons) keeps only its output bias, not its norm
-        blocks += (2 * C if a else 0) + (2 * C if D else 0)  # norm1, norm2 (weight + bias)
-        blocks += C * 3 * a + (3 * a if shape.qkv_bias else 0) + a * C + C  # qkv, proj
-        blocks += C * D + D + D * C + C  # fc1, fc2
-    head = 2 * C + shape.num_heads_out * (C * shape.num_classes + shape.num_classes)
-    return embed + blocks + head + (shape.pool.params if shape.pool else 0)
+    a = heads * np.array([b.head_dim for b in shape.blocks], dtype=np.int64)  # (M, L)
+    attn = 4 * n_in * C * a + 2 * n_in * n_in * a
+    mlp = 2 * n_out * C * neurons
+    pool = np.zeros(len(heads), dtype=np.int64)
+    if shape.pool is not None:  # its cost follows the tokens it pools
+        L = shape.pool.latent_len
+        n = n_out[:, -1] if shape.blocks else np.full(len(heads), shape.num_prefix
+                                                      + shape.num_patches)
+        pool = 2 * L * C * C + 2 * n * C * C + 2 * L * n * C + 2 * L * C * shape.pool.mlp_hidden
+    return {
+        "patch_embed": (shape.stem.macs if shape.stem
+                        else shape.num_patches * shape.patch_macs * C),
+        "attention": attn.sum(axis=1), "mlp": mlp.sum(axis=1),
+        "head": shape.num_heads_out * C * shape.num_classes, "pool": pool,
+    }

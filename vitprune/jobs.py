@@ -15,7 +15,7 @@ import torch
 from . import devices, dist, fsutil
 from .adapters import data_config, input_shape, vit_shape
 from .config import ScoreConfig, SearchSettings
-from .cost import macs, params, token_counts
+from .cost import macs, token_counts
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
 from .errors import ConfigError, ModelError, OutputError, is_int, require
@@ -40,7 +40,7 @@ from .plan import PrunePlan
 from .rundir import RunDir, check_inputs
 from .runtime import check_runtime, runner
 from .speed import measure
-from .surgery import prune
+from .surgery import count_params, prune
 from .train import TrainConfig, fit
 
 MACS_CONVENTION = "multiply-accumulates per image, patch embedding and classifier included"
@@ -170,7 +170,7 @@ def prune_model(model: str | Path | ModelSource, plan_path: str | Path, out: str
         run.mark_done("prune")
     dense_macs, small_macs = macs(vit_shape(net)).total, macs(vit_shape(small)).total
     return {"out": str(out), "gmacs_dense": dense_macs / 1e9, "gmacs_pruned": small_macs / 1e9,
-            "macs_kept": small_macs / dense_macs, "params_m_pruned": params(vit_shape(small)) / 1e6}
+            "macs_kept": small_macs / dense_macs, "params_m_pruned": count_params(small) / 1e6}
 
 
 def _new_file(out: str | Path, inputs: list, verb: str) -> Path:
@@ -310,6 +310,6 @@ def info_model(model: str | Path | ModelSource, *,
         "heads": [b.heads for b in shape.blocks], "head_dim": [b.head_dim for b in shape.blocks],
         "mlp_hidden": [b.mlp_hidden for b in shape.blocks],
         "tokens_per_block": [n for n, _ in token_counts(shape)],
-        "gmacs": cost.total / 1e9, "params_m": params(shape) / 1e6,
+        "gmacs": cost.total / 1e9, "params_m": count_params(net) / 1e6,
         "macs_convention": MACS_CONVENTION, "data_config": data_config(net),
     }

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import dist
 from .adapters import adapter_for, input_shape, logits_module, vit_shape
 from .config import DataConfig, SearchSettings, parse_budget
-from .cost import macs, params
+from .cost import macs
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
 from .devices import autocast, device_of
@@ -35,7 +35,7 @@ from .search.result import SearchResult
 from .search.sampler import resolve_band
 from .search.space import SearchSpace
 from .speed import compare, timing
-from .surgery import Masker
+from .surgery import Masker, count_params
 from .train import EVAL_BATCH, TrainConfig, evaluate, fit
 
 
@@ -458,7 +458,7 @@ def test_metrics(model: torch.nn.Module, splits: Splits,
     acc = evaluate(model.to(device), loader, device)
     shape = vit_shape(model)
     return {"test_top1": acc["top1"], "test_loss": acc["loss"], "test_images": acc["n"],
-            "macs": macs(shape).total, "params": params(shape)}
+            "macs": macs(shape).total, "params": count_params(model)}
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..cost import VitShape, macs
+from ..cost import VitShape, batch_macs, macs
 from ..errors import BudgetError
 from ..latency import LatencyTable
 from ..plan import BlockPlan, PrunePlan, TokenStage, base_of, planned_shape
@@ -324,10 +324,11 @@ class SearchSpace:
     def batch_macs(self, X: np.ndarray) -> np.ndarray:
         """:meth:`macs` of many points at once, without building plans.
 
-        Mirrors :func:`keep_count`, :func:`~vitprune.plan.kept_tokens` and
-        :func:`~vitprune.cost.macs` operation for operation (same float expressions, same
-        round-half-to-even), so it agrees with :meth:`macs` exactly; a test checks it. The
-        feasible sampler needs tens of thousands of costs per step, too many for plan objects.
+        The integer counts mirror :func:`keep_count` and :func:`~vitprune.plan.kept_tokens`
+        operation for operation (same float expressions, same round-half-to-even), and the MACs
+        are :func:`~vitprune.cost.batch_macs`, the formula :func:`~vitprune.cost.macs` uses, so
+        this agrees with :meth:`macs` exactly; a test checks it. The feasible sampler needs tens
+        of thousands of costs per step, too many for plan objects.
 
         Args:
             X: points, shape (M, 2L + 1).
@@ -335,20 +336,9 @@ class SearchSpace:
             MACs per image, shape (M,), int64.
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        C, s = self.shape.embed_dim, self.shape
-        head_dim = np.array([b.head_dim for b in s.blocks], dtype=np.int64)
-        h, d, n_in, n_out = self._counts(X)
-        a = h * head_dim
-        attn = 4 * n_in * C * a + 2 * n_in * n_in * a
-        mlp = 2 * n_out * C * d
-        embed = s.stem.macs if s.stem else s.num_patches * s.patch_macs * C
-        fixed = embed + s.num_heads_out * C * s.num_classes
-        total = attn.sum(axis=1) + mlp.sum(axis=1) + fixed
-        if s.pool is not None:  # the attention pool's cost follows the tokens it pools
-            lat, n = s.pool.latent_len, n_out[:, -1]
-            total = total + (2 * lat * C * C + 2 * n * C * C + 2 * lat * n * C
-                             + 2 * lat * C * s.pool.mlp_hidden)
-        return total
+        parts = batch_macs(self.shape, *self._counts(X))
+        return parts["attention"] + parts["mlp"] + parts["pool"] + (parts["patch_embed"]
+                                                                    + parts["head"])
 
     def _counts(self, X: np.ndarray) -> tuple[np.ndarray, ...]:
         """(heads, neurons, tokens in, tokens out), each (M, L), of points ``X`` (M, 2L + 1)."""

@@ -2,7 +2,7 @@
 
 from ..adapters.tokens import TokenSelecting, cls_attention, select_tokens
 from .masked import Masker
-from .prune import as_plan, prune, restructure
+from .prune import as_plan, count_params, prune, restructure
 
-__all__ = ["Masker", "TokenSelecting", "as_plan", "cls_attention", "prune", "restructure",
+__all__ = ["Masker", "TokenSelecting", "as_plan", "cls_attention", "count_params", "prune", "restructure",
            "select_tokens"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..adapters import adapter_for
@@ -76,3 +77,27 @@ def _refuse_hooks(model: nn.Module) -> None:
                 f"module {name or 'model'} has forward hooks (a Masker or a feature collector?); "
                 "remove them (Masker.remove()) before pruning"
             )
+
+
+def count_params(model: nn.Module, plan: PrunePlan | dict[str, Any] | None = None) -> int:
+    """Parameters of ``model`` (or of ``model`` pruned by ``plan``), counted from its tensors.
+
+    Exact for every family by construction: layer scale, register tokens, attention pools,
+    T2T stems and Hugging Face heads are whatever tensors the model holds (a tensor shared
+    between modules is counted once). A plan is applied to a copy of the model on the meta
+    device, so no weight is copied or sliced.
+    """
+    if plan is not None:
+        model = prune(_meta_copy(model), plan)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """``model`` with every parameter and buffer on the meta device (no memory), by a deep copy
+    whose memo maps each tensor to an empty meta one."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = (nn.Parameter(empty, requires_grad=t.requires_grad)
+                       if isinstance(t, nn.Parameter) else empty)
+    return copy.deepcopy(model, memo)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vitprune import fsutil
+from vitprune.io.model_dir import CONFIG
 
 
 def main() -> int:
@@ -34,7 +35,7 @@ def main() -> int:
              "fine-tuning, ablations) pays for the model's cost many times over.", ""]
     total = 0.0
     for run in args.runs:
-        meta = json.loads((run / "model.json").read_text())["meta"]["trained"]
+        meta = json.loads((run / CONFIG).read_text())["meta"]["trained"]
         hist = meta["history"]
         secs = sum(h["seconds"] for h in hist)
         total += secs

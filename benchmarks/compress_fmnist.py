@@ -27,6 +27,7 @@ import torch
 import vitprune
 from vitprune import fsutil
 from vitprune.config import CompressConfig
+from vitprune.rundir import SEARCH, TRIALS
 from vitprune.speed import THOROUGH, compare, timing
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -54,7 +55,7 @@ def main() -> int:
     for b, (res, _) in results.items():
         m = res.metrics["rows"]
         trials = [json.loads(line) for line in
-                  (res.out / "search" / "trials.jsonl").read_text().splitlines()]
+                  (res.out / SEARCH / TRIALS).read_text().splitlines()]
         rows.append({
             "budget": b, "macs_kept": m["finetuned"]["macs"] / m["dense"]["macs"],
             "mmacs": m["finetuned"]["macs"] / 1e6, "params_m": m["finetuned"]["params"] / 1e6,

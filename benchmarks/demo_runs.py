@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from vitprune import fsutil
+from vitprune.rundir import MANIFEST, METRICS
 
 WALL = "demo_wall.json"  # written beside each run directory when this script times it
 
@@ -33,8 +34,8 @@ def run(seed: int) -> dict:
     """Run (or read) the demo with ``seed``; its evaluation and wall time."""
     out = run_dir(seed)
     wall_file = out.parent / f"{out.name}.{WALL}"
-    done = (out / "run.json").exists() and "report" in json.loads(
-        (out / "run.json").read_text()).get("done", [])
+    done = (out / MANIFEST).exists() and "report" in json.loads(
+        (out / MANIFEST).read_text()).get("done", [])
     if not done:
         cmd = [sys.executable, "-m", "vitprune.demo"] + (
             [] if seed == 0 else ["--seed", str(seed), "--out", str(out)])
@@ -42,7 +43,7 @@ def run(seed: int) -> dict:
         subprocess.run(cmd, check=True)
         fsutil.write_json(wall_file, {"seconds": round(time.perf_counter() - t0, 1),
                                       "command": " ".join(cmd)})
-    metrics = json.loads((out / "eval.json").read_text())
+    metrics = json.loads((out / METRICS).read_text())
     rows = metrics["rows"]
     d, f = rows["dense"], rows["finetuned"]
     # timed by this script on quiet cores, or not: then neither its wall time nor its speed is kept

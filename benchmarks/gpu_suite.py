@@ -58,6 +58,7 @@ from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
 from vitprune.profile import build_table, device_name  # noqa: E402
+from vitprune.rundir import METRICS, SCORES  # noqa: E402
 from vitprune.search.space import Ratios, ratios_to_plan, solve_uniform  # noqa: E402
 from vitprune.speed import Timer, compare  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
@@ -257,8 +258,8 @@ def part_compress(torchrun: bool):
                          memory_gb if s.device == "cuda" else rss_gb, env=env)
         # where the stages ran, as the run recorded it: scoring in scores.json, the rest in
         # eval.json (the throughputs below say the same from the other side)
-        for key, file, field in (("scored_on", "scores.json", "device"),
-                                 ("evaluated_on", "eval.json", "device_name")):
+        for key, file, field in (("scored_on", SCORES, "device"),
+                                 ("evaluated_on", METRICS, "device_name")):
             if (out / file).exists():
                 rec[key] = _recorded(json.loads((out / file).read_text()), field)
         stage = {r["stage"].split(" ")[0]: r["seconds"] for r in rec["stages"]}

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from vitprune import fsutil
+from vitprune.io.model_dir import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "vitprune/assets/fmnist_vit_d12"
@@ -39,7 +40,7 @@ def _study(runs: Path) -> dict:
     commands = [c for c in (runs / "commands.txt").read_text().splitlines() if c.strip()]
     argv = shlex.split(next(c for c in commands if "results.py run" in c))
     model = _option(argv, "--model", BASELINE)
-    meta = json.loads((ROOT / model / "model.json").read_text())
+    meta = json.loads((ROOT / model / CONFIG).read_text())
     trained = meta["meta"]["trained"]
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*/b*/s*/result.json"))]
     rows = [r for r in rows if r["method"] in CAPS]

@@ -148,7 +148,7 @@ def test_export_bad_model_or_output_leaves_no_file(saved, tmp_path, capsys):
     d = tmp_path / "exports"
     d.mkdir()
     assert main(["export", "--model", "resnet50", "--out", str(d / "a.onnx")]) == 2
-    assert "not a timm" in capsys.readouterr().err
+    assert "no vitprune family prunes" in capsys.readouterr().err
     assert main(["export", "--model", str(saved), "--out", str(saved / "a.onnx")]) == 2
     assert "input" in capsys.readouterr().err
     assert _leftovers(d) == [] and "a.onnx" not in _leftovers(saved)

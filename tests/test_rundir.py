@@ -252,3 +252,37 @@ def test_cli_defaults_are_the_configs():
     args = cli.build_parser().parse_args(["compress", "--model", "m", "--out", "o"])
     settings = {k: v for k, v in vars(args).items() if k in CompressConfig.names()}
     assert CompressConfig.from_flat(**settings) == CompressConfig()
+
+
+# output files of the commands' run directories and model directories
+OUTPUT_NAMES = ("run.json", "scores.json", "plan.json", "eval.json", "report.md", "trials.jsonl",
+                "best_plan.json", "search.json", "checkpoint.pt", "train_log.jsonl", "model.json",
+                "model.safetensors")
+# names the benchmarks read runs by (their own input files, e.g. a plan they write, may reuse one)
+READ_BY_NAME = ("run.json", "eval.json", "report.md", "trials.jsonl", "best_plan.json",
+                "search.json", "checkpoint.pt", "train_log.jsonl", "model.json")
+
+
+def _string_constants(path) -> list[str]:
+    import ast
+
+    return [n.value for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_each_output_file_name_is_written_once_and_benchmarks_use_the_constants():
+    from collections import Counter
+    from pathlib import Path
+
+    import vitprune
+
+    pkg = Path(vitprune.__file__).parent
+    found = Counter(s for p in pkg.rglob("*.py") for s in _string_constants(p)
+                    if s in OUTPUT_NAMES)
+    # the Hugging Face family lists its own layout's weight files beside vitprune's
+    found["model.safetensors"] -= 1
+    assert {n: found[n] for n in OUTPUT_NAMES if found[n] != 1} == {}
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    by_name = {p.name: s for p in bench.glob("*.py") for s in _string_constants(p)
+               if s in READ_BY_NAME}
+    assert by_name == {}

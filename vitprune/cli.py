@@ -15,13 +15,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .config import CompressConfig, DataConfig, ScoreConfig, SearchSettings
+from .config import (
+    BenchSettings,
+    CompressConfig,
+    DataConfig,
+    ExportSettings,
+    LatencyTableSettings,
+    ScoreConfig,
+    SearchSettings,
+)
 from .devices import DEFAULT as DEFAULT_DEVICE
 from .devices import HELP as DEVICE_HELP
 from .errors import ConfigError, VitpruneError
-from .io.export import DEFAULT_OPSET, FORMATS
-from .runtime import RUNTIMES
-from .train import FINETUNE, TrainConfig
+from .train import FINETUNE, RECIPES, TrainConfig
 from .version import __version__
 
 DESCRIPTION = """\
@@ -71,6 +77,12 @@ def add_fields(p: argparse.ArgumentParser, cls: type, defaults: Any = None,
         tp, optional = _unwrap(hints[f.name])
         kw: dict[str, Any] = {"dest": f.name, "default": getattr(defaults, f.name),
                               "help": f.metadata["help"].replace("%", "%%")}
+        if f.metadata.get("recipe"):  # left to --recipe unless given
+            base = kw["default"] if f.name not in RECIPES["small"] else RECIPES["small"][f.name]
+            other = "".join(f"; --recipe {name}: {_shown(r[f.name])}" for name, r in RECIPES.items()
+                            if r.get(f.name, base) != base)
+            kw["help"] += f" (default: {_shown(base)}{other})"
+            kw["default"] = None
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is tuple:
@@ -106,6 +118,18 @@ def _model(p: argparse.ArgumentParser) -> None:
                    help="constructor arguments for a model given by name, values as JSON: "
                         "qk_norm=true drop_path_rate=0.1 global_pool=avg img_size=[224,160]; "
                         "saved with the model")
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if value == "" else str(value)
+
+
+def train_settings(args: argparse.Namespace, base: TrainConfig,
+                   skip: tuple[str, ...] = ()) -> TrainConfig:
+    """``base`` with the parsed --recipe, then the options given, applied (an option some
+    recipe sets, not given, is the recipe's)."""
+    given = values(args, TrainConfig, skip=(*skip, "recipe"))
+    return base.with_recipe(args.recipe, **given)
 
 
 def _img_size(args: argparse.Namespace) -> int | tuple[int, int] | None:
@@ -178,7 +202,7 @@ def _command(args: argparse.Namespace) -> str:
 def cmd_train(args: argparse.Namespace) -> dict:
     from .jobs import train
 
-    cfg = TrainConfig(**values(args, TrainConfig, KD_FIELDS))
+    cfg = train_settings(args, TrainConfig(), KD_FIELDS)
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
     src = _source(args)
@@ -190,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 def cmd_finetune(args: argparse.Namespace) -> dict:
     from .jobs import finetune_model
 
-    cfg = TrainConfig(**values(args, TrainConfig))
+    cfg = train_settings(args, FINETUNE)
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
     from .models import ModelSource
@@ -304,20 +328,17 @@ def cmd_latency_table(args: argparse.Namespace) -> dict:
     from .jobs import latency_table_model
 
     device = _setup(args)
-    return latency_table_model(_source(args), args.out, batch=args.batch, device=device,
-                               threads=args.threads, dtype=args.dtype,
-                               token_points=args.token_points, neuron_points=args.neuron_points,
-                               neuron_multiple=args.neuron_multiple, repeats=args.repeats,
-                               img_size=_img_size(args), progress=not args.quiet)
+    return latency_table_model(_source(args), args.out, device=device, threads=args.threads,
+                               img_size=_img_size(args), progress=not args.quiet,
+                               **values(args, LatencyTableSettings))
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
     from .jobs import bench_model
 
     device = _setup(args)
-    return bench_model(_source(args), runtime=args.runtime, int8=args.int8, batch=args.batch,
-                       warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                       device=device, plan=args.plan, img_size=_img_size(args))
+    return bench_model(_source(args), threads=args.threads, device=device, plan=args.plan,
+                       img_size=_img_size(args), **values(args, BenchSettings))
 
 
 def cmd_info(args: argparse.Namespace) -> dict:
@@ -329,9 +350,8 @@ def cmd_info(args: argparse.Namespace) -> dict:
 def cmd_export(args: argparse.Namespace) -> dict:
     from .jobs import export_model
 
-    return export_model(_source(args), args.out, fmt=args.format, opset=args.opset,
-                        dynamic_batch=args.dynamic_batch, batch=args.batch, int8=args.int8,
-                        plan=args.plan, img_size=_img_size(args))
+    return export_model(_source(args), args.out, plan=args.plan, img_size=_img_size(args),
+                        **values(args, ExportSettings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,15 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=DEFAULT_DEVICE,
                    help=DEVICE_HELP + " (the table holds for that device only)")
     p.add_argument("--threads", type=int, help="CPU threads (recorded; time at the same count)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="the dtype the model will run in")
-    p.add_argument("--token-points", type=int, help="grid points along the tokens (default: "
-                                                    "every count up to 64 patches, else 24)")
-    p.add_argument("--neuron-points", type=int, default=16, help="grid points along MLP width")
-    p.add_argument("--neuron-multiple", type=int, default=1,
-                   help="put the MLP-width grid on multiples of this")
-    p.add_argument("--repeats", type=int, default=7, help="timed calls per cell (fastest kept)")
+    add_fields(p, LatencyTableSettings)
     p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
                    help="input size for a model given by name: one value (square) or H W")
     p.add_argument("--out", required=True, type=Path, help="the table JSON file to create")
@@ -442,31 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "runtime", cmd_bench)
     _model(p), _common(p, data=False)
     _plan_and_size(p, "timing")
-    p.add_argument("--runtime", default="eager", choices=RUNTIMES,
-                   help="eager PyTorch, torch.compile (fullgraph) or onnxruntime (exported to "
-                        "a temporary file, needs vitprune[export])")
-    p.add_argument("--int8", action="store_true",
-                   help="dynamically quantized int8 linear layers (eager or onnxruntime, CPU)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forwards first (compile "
-                                                         "happens in the first)")
-    p.add_argument("--repeats", type=int, default=10, help="timed forwards (median reported)")
+    add_fields(p, BenchSettings)
     _json(p)
 
     p = command("export", "export a model to ONNX, checked against PyTorch with onnxruntime "
                           "(needs vitprune[export])", cmd_export)
     _model(p)
     _plan_and_size(p, "exporting")
-    p.add_argument("--format", default="onnx", choices=FORMATS, help="export format")
+    add_fields(p, ExportSettings)
     p.add_argument("--out", required=True, type=Path, help="the file to create (never "
                                                             "replaced)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="let the batch size vary at run time (default: fixed at --batch)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the exported graph "
-                                                        "(the first one checked)")
-    p.add_argument("--int8", action="store_true",
-                   help="dynamically quantize the linear layers to int8 (onnxruntime)")
     _json(p)
     return ap
 
@@ -520,12 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "recipe", None):  # a recipe sets the defaults the other options override
-        from .train import RECIPES
-
-        sub = parser._subparsers._group_actions[0].choices[args.cmd]  # noqa: SLF001
-        sub.set_defaults(**RECIPES[args.recipe])
-        args = parser.parse_args(argv)
     args.argv = argv
     from . import dist
 

@@ -9,6 +9,7 @@ last finished evaluation or epoch); a directory holding another run, or other fi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +41,7 @@ from .pipeline import (
 )
 from .plan import PrunePlan
 from .profile import device_name
-from .rundir import FINETUNE, MODEL, REPORT, SEARCH, RunDir
+from .rundir import FINETUNE, MODEL, SEARCH, TRIALS, RunDir
 from .search.report import summary
 from .surgery import prune
 
@@ -126,7 +127,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
             say(f"searching ({cfg.search.method}, {cfg.search.trials} evaluations)")
             res = policy_search(dense, splits, cfg.budget, run.file(SEARCH), scores=scores,
                                 settings=cfg.search, seed=cfg.seed, progress=progress,
-                                resume=(run.file(SEARCH) / "trials.jsonl").exists())
+                                resume=run.file(SEARCH, TRIALS).exists())
             return res.best_plan, summary(res)
 
         plan, search_summary = run.plan(search_stage)
@@ -134,7 +135,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
 
         def finetune_stage() -> tuple[torch.nn.Module, dict]:
             say(f"fine-tuning {cfg.finetune.epochs} epochs with distillation from the dense model")
-            student, t0 = prune(dense, plan), time.perf_counter()
+            student, t0 = copy.deepcopy(pruned), time.perf_counter()  # pruned stays as cut
             history = finetune(student, dense, splits, cfg.finetune, run.file(FINETUNE),
                                resume=True, device=device, progress=progress)
             return student, {"finetuned": {"history": history, "config": asdict(cfg.finetune),
@@ -160,14 +161,14 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
 
         metrics = run.metrics(evaluate_stage)
 
-        def write_report(_: None) -> None:
+        def write_report(directory: Path) -> Path:
             from .report import write_report
 
-            write_report(run.path, metrics, plan, vit_shape(dense), search_summary, cfg.flat())
+            return write_report(directory, metrics, plan, vit_shape(dense), search_summary,
+                                cfg.flat())
 
-        run.stage("report", lambda: None, write_report, lambda: None)
-    return CompressResult(run.path, run.file(MODEL), plan, metrics, run.file(REPORT),
-                          student.cpu().eval())
+        report = run.report(write_report)
+    return CompressResult(run.path, run.file(MODEL), plan, metrics, report, student.cpu().eval())
 
 
 def _config(config: CompressConfig | None, budget: str | float, data: str | Splits,

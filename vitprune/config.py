@@ -19,11 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import profile, speed
 from .data import DATASETS
 from .errors import ConfigError, is_int, is_number, require
+from .io.export import DEFAULT_OPSET, FORMATS
+from .io.export import check_settings as check_export_settings
 from .latency import LatencyTable
-from .scoring import available_criteria
+from .runtime import RUNTIMES
+from .scoring import SCORE_IMAGES, available_criteria
 from .search.config import DIMS, METHODS, OBJECTIVES, Budget, SearchConfig
+from .search.space import MAX_RATIO
 from .search.surrogate import check_dependencies
 from .train import FINETUNE, TrainConfig
 
@@ -118,7 +123,7 @@ class ScoreConfig:
 
     criterion: str = field(default="hsic", metadata={
         "help": "ranks heads and neurons", "choices": tuple(available_criteria())})
-    score_images: int = field(default=256, metadata={"help": "calibration images scored"})
+    score_images: int = field(default=SCORE_IMAGES, metadata={"help": "calibration images scored"})
 
     def __post_init__(self) -> None:
         names = available_criteria()
@@ -135,13 +140,13 @@ class SearchSettings:
     method: str = field(default="gp-ei", metadata={
         "help": "gp-ei (Gaussian process + expected improvement), random, or uniform (one "
                 "ratio everywhere)", "choices": METHODS})
-    trials: int = field(default=50, metadata={"help": "evaluations in all, init included"})
-    init: int = field(default=20, metadata={"help": "random feasible evaluations before the GP"})
+    trials: int = field(default=SearchConfig.trials, metadata={
+        "help": "evaluations in all, init included"})
+    init: int = field(default=SearchConfig.init, metadata={
+        "help": "random feasible evaluations before the GP"})
     calib_images: int = field(default=2000, metadata={
         "help": "calibration images per evaluation"})
-    # 0.9, not the method's 0.5: never worse after fine-tuning on two models, better before it
-    # and after short fine-tuning (docs/max_ratio.md)
-    max_ratio: float = field(default=0.9, metadata={
+    max_ratio: float = field(default=MAX_RATIO, metadata={
         "help": "largest prune ratio of any block and dimension, in (0, 1); the method's "
                 "authors used 0.5"})
     dims: tuple[str, ...] = field(default=DIMS, metadata={
@@ -204,6 +209,81 @@ class SearchSettings:
         """The search loop's configuration for these settings."""
         return SearchConfig(method=self.method, trials=self.trials, init=self.init, seed=seed,
                             objective=self.objective)
+
+
+@dataclass(frozen=True)
+class LatencyTableSettings:
+    """How ``latency-table`` times a model's parts (see :func:`vitprune.profile.build_table`)."""
+
+    batch: int = field(default=1, metadata={"help": "images per forward pass"})
+    dtype: str = field(default="float32", metadata={
+        "help": "the dtype the model will run in", "choices": tuple(profile.DTYPES)})
+    token_points: int | None = field(default=None, metadata={
+        "help": "grid points along the tokens (default: every count up to 64 patches, else 24)"})
+    neuron_points: int = field(default=profile.NEURON_POINTS, metadata={
+        "help": "grid points along MLP width"})
+    neuron_multiple: int = field(default=1, metadata={
+        "help": "put the MLP-width grid on multiples of this"})
+    repeats: int = field(default=profile.REPEATS, metadata={
+        "help": "timed calls per cell (fastest kept)"})
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch", "neuron_multiple", "repeats")
+        require(self.dtype in profile.DTYPES, "dtype",
+                f"must be one of {', '.join(profile.DTYPES)}, got {self.dtype!r}")
+        t = self.token_points
+        require(t is None or (is_int(t) and t >= 2), "token_points", f"must be >= 2, got {t!r}")
+        require(is_int(self.neuron_points) and self.neuron_points >= 2, "neuron_points",
+                f"must be >= 2, got {self.neuron_points!r}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How ``bench`` times a model: the runtime, and warm-up and median of repeats."""
+
+    runtime: str = field(default="eager", metadata={
+        "help": "eager PyTorch, torch.compile (fullgraph) or onnxruntime (exported to a "
+                "temporary file, needs vitprune[export])", "choices": RUNTIMES})
+    int8: bool = field(default=False, metadata={
+        "help": "dynamically quantized int8 linear layers (eager or onnxruntime, CPU)"})
+    batch: int = field(default=1, metadata={"help": "images per forward pass"})
+    warmup: int = field(default=speed.WARMUP, metadata={
+        "help": "untimed forwards first (compile happens in the first)"})
+    repeats: int = field(default=speed.REPEATS, metadata={
+        "help": "timed forwards (median reported)"})
+
+    def __post_init__(self) -> None:
+        require(self.runtime in RUNTIMES, "runtime",
+                f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        require(isinstance(self.int8, bool), "int8", f"must be true or false, got {self.int8!r}")
+        _positive(self, "batch", "warmup", "repeats")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What ``export`` writes: the format, opset and batch of the graph."""
+
+    format: str = field(default="onnx", metadata={"help": "export format", "choices": FORMATS})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version"})
+    dynamic_batch: bool = field(default=False, metadata={
+        "help": "let the batch size vary at run time (default: fixed at --batch)"})
+    batch: int = field(default=1, metadata={
+        "help": "batch size of the exported graph (the first one checked)"})
+    int8: bool = field(default=False, metadata={
+        "help": "dynamically quantize the linear layers to int8 (onnxruntime)"})
+
+    def __post_init__(self) -> None:
+        check_export_settings(self.format, self.opset)
+        for name in ("dynamic_batch", "int8"):
+            v = getattr(self, name)
+            require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        _positive(self, "batch")
+
+
+def _positive(settings: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(settings, name)
+        require(is_int(v) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
 
 
 @dataclass(frozen=True)

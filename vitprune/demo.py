@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from .cli import main as cli_main
+from .io.model_dir import CONFIG, WEIGHTS
+from .report import REPORT
 
 ASSETS = Path(__file__).parent / "assets"
 BASELINE = ASSETS / "fmnist_vit_d12"
@@ -28,12 +30,12 @@ PHASES = [
 
 def baseline_dir(runs: Path = Path("runs")) -> Path:
     """The shipped baseline, or one trained now into ``runs/`` by the committed commands."""
-    if (BASELINE / "model.safetensors").exists():
+    if (BASELINE / WEIGHTS).exists():
         return BASELINE
     prev = None
     for name, args in PHASES:
         out = runs / name
-        if not (out / "model.json").exists():
+        if not (out / CONFIG).exists():
             print(f"No shipped baseline at {BASELINE}; training {out} (resumable).", flush=True)
             cmd = [str(prev) if a == "{prev}" else a for a in args]
             # --resume continues an interrupted phase, and starts one that never began
@@ -58,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     rc = cli_main(["compress", "--model", str(base), "--data", "fashion-mnist", *DEMO,
                    "--out", str(out)] + [a for a in argv if a not in ("--out", str(out))])
     if rc == 0:
-        report = (out / "report.md").read_text().split("\n## ")[0]
-        print("\n" + report + f"\nFull report: {out / 'report.md'}")
+        report = (out / REPORT).read_text().split("\n## ")[0]
+        print("\n" + report + f"\nFull report: {out / REPORT}")
     return rc
 
 

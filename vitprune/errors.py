@@ -87,3 +87,16 @@ def is_number(v: object) -> bool:
     import math
 
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def settings_of(cls: type, values: dict):
+    """``cls(**values)`` for a settings dataclass, with an unknown name refused as a
+    :class:`ConfigError` that lists the known ones (instead of Python's ``TypeError``)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for name in values:
+        if name not in known:
+            raise ConfigError(name, f"is not a setting of {cls.__name__}; known: "
+                                    f"{', '.join(sorted(known))}")
+    return cls(**values)

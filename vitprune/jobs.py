@@ -14,13 +14,13 @@ import torch
 
 from . import devices, dist, fsutil
 from .adapters import data_config, input_shape, vit_shape
-from .config import ScoreConfig, SearchSettings
+from .config import BenchSettings, ExportSettings, LatencyTableSettings, ScoreConfig, SearchSettings
 from .cost import macs, token_counts
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
-from .errors import ConfigError, ModelError, OutputError, is_int, require
+from .errors import ConfigError, ModelError, OutputError, require, settings_of
 from .io import resolve_for_data, resolve_model, save
-from .io.export import DEFAULT_OPSET, check_settings, export_onnx, require_onnx
+from .io.export import export_onnx, require_onnx
 from .io.model_dir import read_config
 from .models import ArchSpec, ModelSource
 from .pipeline import (
@@ -37,7 +37,7 @@ from .pipeline import (
     test_metrics,
 )
 from .plan import PrunePlan
-from .rundir import RunDir, check_inputs
+from .rundir import BEST_PLAN, RunDir, check_inputs
 from .runtime import check_runtime, runner
 from .speed import measure
 from .surgery import count_params, prune
@@ -138,7 +138,7 @@ def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, ou
         run.mark_done("search")
     return {"out": str(out), "method": settings.method, "trials": len(res.trials),
             "best_value": res.best.value, "best_trial": res.best.trial,
-            "macs_kept": res.best.macs_fraction, "best_plan": str(Path(out) / "best_plan.json")}
+            "macs_kept": res.best.macs_fraction, "best_plan": str(Path(out) / BEST_PLAN)}
 
 
 def score_model(model: str | Path | ModelSource, splits: Splits, cfg: ScoreConfig, out: str | Path, *,
@@ -208,41 +208,41 @@ def planned_model(model: str | Path | ModelSource, *, checkpoint: str | Path | N
     return net, extra
 
 
-def export_model(model: str | Path | ModelSource, out: str | Path, *, fmt: str = "onnx",
-                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, batch: int = 1,
-                 int8: bool = False, checkpoint: str | Path | None = None,
-                 plan: str | Path | None = None,
-                 img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+def export_model(model: str | Path | ModelSource, out: str | Path, *,
+                 checkpoint: str | Path | None = None, plan: str | Path | None = None,
+                 img_size: int | tuple[int, int] | None = None, **settings: Any) -> dict[str, Any]:
     """Export ``model`` (optionally with ``plan`` applied) to the new file ``out``, checked
-    against PyTorch with onnxruntime before it is kept (see :func:`vitprune.io.export_onnx`)."""
-    check_settings(fmt, opset)
-    require(is_int(batch) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+    against PyTorch with onnxruntime before it is kept (see :func:`vitprune.io.export_onnx`).
+
+    ``settings``: :class:`~vitprune.config.ExportSettings`' fields (``format``, ``opset``,
+    ``dynamic_batch``, ``batch``, ``int8``)."""
+    s = settings_of(ExportSettings, settings)
     require_onnx()
     src = ModelSource.of(model, checkpoint)
     src.check()
     out = _new_file(out, [*src.inputs(), plan], "export")
     net, _ = planned_model(src, plan=plan, img_size=img_size)
-    res = export_onnx(net, input_shape(net), out, opset=opset, dynamic_batch=dynamic_batch,
-                      batch=batch, int8=int8)
-    return {"model": src.name, "plan": plan and str(plan), "format": fmt,
+    res = export_onnx(net, input_shape(net), out, opset=s.opset, dynamic_batch=s.dynamic_batch,
+                      batch=s.batch, int8=s.int8)
+    return {"model": src.name, "plan": plan and str(plan), "format": s.format,
             "gmacs": macs(vit_shape(net)).total / 1e9, **res}
 
 
-def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, batch: int = 1,
-                        device: str = DEFAULT_DEVICE, threads: int | None = None, dtype: str = "float32",
-                        token_points: int | None = None, neuron_points: int = 16,
-                        neuron_multiple: int = 1, repeats: int = 7,
+def latency_table_model(model: str | Path | ModelSource, out: str | Path, *,
+                        device: str = DEFAULT_DEVICE, threads: int | None = None,
                         checkpoint: str | Path | None = None,
                         img_size: int | tuple[int, int] | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Measure ``model``'s latency table on ``device`` (see :mod:`vitprune.profile`) into the
-    new JSON file ``out``."""
+    new JSON file ``out``.
+
+    ``settings``: :class:`~vitprune.config.LatencyTableSettings`' fields (``batch``,
+    ``dtype``, ``token_points``, ``neuron_points``, ``neuron_multiple``, ``repeats``)."""
+    s = settings_of(LatencyTableSettings, settings)
     device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
     from .profile import build_table, check_table_settings
 
-    check_table_settings(batch, dtype, device)
-    require(is_int(neuron_multiple) and neuron_multiple >= 1, "neuron_multiple",
-            f"must be an integer >= 1, got {neuron_multiple!r}")
+    check_table_settings(s.batch, s.dtype, device)
     src = ModelSource.of(model, checkpoint)
     src.check()
     out = _new_file(out, src.inputs(), "latency-table")
@@ -250,38 +250,39 @@ def latency_table_model(model: str | Path | ModelSource, out: str | Path, *, bat
     if src.is_vitprune_dir and read_config(src.name).get("plan") is not None:
         raise ModelError(f"{src.name} is a pruned model: build the latency table on its dense "
                          "base model (the plans the search tries are cut from the dense one)")
-    table = build_table(net, batch=batch, device=device, threads=threads, dtype=dtype,
-                        token_points=token_points, neuron_points=neuron_points,
-                        neuron_multiple=neuron_multiple, repeats=repeats, progress=progress)
+    table = build_table(net, device=device, threads=threads, progress=progress,
+                        **dataclasses.asdict(s))
     fsutil.write_json(out, table.to_dict(), exclusive=True)
     m = table.meta
-    return {"out": str(out), "device": m["device_name"], "batch": batch, "dtype": dtype,
+    return {"out": str(out), "device": m["device_name"], "batch": s.batch, "dtype": s.dtype,
             "threads": m["threads"], "cells": table.attn_ms.size + table.mlp_ms.size
             + table.select_ms.size, "dense_ms_measured": m["dense_ms_measured"],
             "dense_ms_predicted": table.predict(vit_shape(net)), "scale": table.scale,
             "build_s": m["build_s"]}
 
 
-def bench_model(model: str | Path | ModelSource, *, runtime: str = "eager", int8: bool = False,
-                batch: int = 1, warmup: int = 3, repeats: int = 10, threads: int | None = None,
+def bench_model(model: str | Path | ModelSource, *, threads: int | None = None,
                 device: str = DEFAULT_DEVICE, checkpoint: str | Path | None = None,
                 plan: str | Path | None = None,
-                img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
-    """Latency and throughput of ``model`` (optionally with ``plan`` applied) in ``runtime``
-    (see :mod:`vitprune.runtime`), median of ``repeats`` forwards after ``warmup``."""
+                img_size: int | tuple[int, int] | None = None, **settings: Any) -> dict[str, Any]:
+    """Latency and throughput of ``model`` (optionally with ``plan`` applied) in a runtime
+    (see :mod:`vitprune.runtime`), median of ``repeats`` forwards after ``warmup``.
+
+    ``settings``: :class:`~vitprune.config.BenchSettings`' fields (``runtime``, ``int8``,
+    ``batch``, ``warmup``, ``repeats``)."""
+    s = settings_of(BenchSettings, settings)
     device = devices.resolve(device)  # the CLI passes it resolved; the API may pass auto
-    check_runtime(runtime, int8, device)
-    for name, v, low in (("batch", batch, 1), ("warmup", warmup, 1), ("repeats", repeats, 1)):
-        require(is_int(v) and v >= low, name, f"must be an integer >= {low}, got {v!r}")
+    check_runtime(s.runtime, s.int8, device)
     src = ModelSource.of(model, checkpoint)
     src.check()
     net, _ = planned_model(src, plan=plan, img_size=img_size)
     threads = threads or torch.get_num_threads()
     shape = input_shape(net)
-    with runner(net, runtime, shape, batch, int8=int8, threads=threads, device=device) as run:
-        res = measure(run, shape, batch, warmup=warmup, repeats=repeats, threads=threads,
+    with runner(net, s.runtime, shape, s.batch, int8=s.int8, threads=threads,
+                device=device) as run:
+        res = measure(run, shape, s.batch, warmup=s.warmup, repeats=s.repeats, threads=threads,
                       device=device)
-    return {"model": src.name, "plan": plan and str(plan), "runtime": runtime, "int8": int8,
+    return {"model": src.name, "plan": plan and str(plan), "runtime": s.runtime, "int8": s.int8,
             "device": device, "gmacs": macs(vit_shape(net)).total / 1e9, **res}
 
 

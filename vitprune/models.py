@@ -20,6 +20,9 @@ from . import fsutil
 from .adapters import SMALL_CONFIGS, ArchSpec, adapter_for, adapter_named
 from .errors import ConfigError, ModelError
 
+#: the record of a model directory saved by vitprune (its architecture, plan and checksum)
+MODEL_CONFIG = "model.json"
+
 __all__ = ["SMALL_CONFIGS", "ArchSpec", "ModelSource", "available_models", "build_model",
            "check_supported", "load_weights", "parse_model_args", "read_state_dict"]
 
@@ -56,7 +59,7 @@ class ModelSource:
     @property
     def is_vitprune_dir(self) -> bool:
         """A directory saved by vitprune (it holds ``model.json``)."""
-        return (Path(self.name) / "model.json").is_file()
+        return (Path(self.name) / MODEL_CONFIG).is_file()
 
     def inputs(self) -> list[str | None]:
         """The files and directories this source reads (for ``--out`` checks)."""

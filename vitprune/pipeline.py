@@ -27,7 +27,15 @@ from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
 from .plan import PrunePlan
-from .scoring import BlockScores, check_scores, get_criterion, load_scores, rankings, save_scores
+from .scoring import (
+    SCORE_IMAGES,
+    BlockScores,
+    check_scores,
+    get_criterion,
+    load_scores,
+    rankings,
+    save_scores,
+)
 from .search import Ratios
 from .search.config import OBJECTIVES, Budget
 from .search.loop import search
@@ -197,7 +205,7 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
 
 
 def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
-           n_images: int = 256, **options: Any) -> tuple[list[BlockScores], dict[str, Any]]:
+           n_images: int = SCORE_IMAGES, **options: Any) -> tuple[list[BlockScores], dict[str, Any]]:
     """Score every head and neuron of ``model`` on calibration images, on the device the model
     is on (features, Gram matrices and scores alike).
 
@@ -206,7 +214,7 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
     """
     crit = get_criterion(criterion, **options)
     if hasattr(crit, "max_images") and "max_images" not in options:
-        crit = dataclasses.replace(crit, max_images=n_images)  # its own default is 256
+        crit = dataclasses.replace(crit, max_images=n_images)
     batches = calibration_batches(splits, n_images, batch_size=min(64, n_images),
                                   device=device_of(model))
     used = min(n_images, len(splits.calib))  # the split may hold fewer: say what was used
@@ -216,7 +224,7 @@ def scored(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
 
 
 def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
-          n_images: int = 256, out: str | Path | None = None,
+          n_images: int = SCORE_IMAGES, out: str | Path | None = None,
           **options: Any) -> list[BlockScores]:
     """:func:`scored`'s scores; with ``out``, also saved there (never over an existing file)."""
     scores, meta = scored(model, splits, criterion, n_images=n_images, **options)
@@ -364,7 +372,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
     if scores is None:
-        scores, _ = scored(model, splits, n_images=min(256, settings.calib_images))
+        scores, _ = scored(model, splits, n_images=min(SCORE_IMAGES, settings.calib_images))
     space = search_space(model, settings, scores)
     _check_table_run(space, model)
     budget = parse_budget(budget)

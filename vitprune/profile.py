@@ -29,8 +29,12 @@ from .errors import ConfigError, ModelError, require
 from .latency import LatencyTable, model_key, monotone
 from .plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from .progress import min_interval
-from .speed import Timer
+from .speed import WARMUP, Timer
 from .surgery import prune
+
+# a table build's defaults: MLP-width grid points and timed calls per cell (the fastest kept)
+NEURON_POINTS = 16
+REPEATS = 7
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -54,8 +58,8 @@ def grid(low: int, high: int, points: int, multiple: int = 1) -> tuple[int, ...]
 
 def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: int | None = None,
                 dtype: str = "float32", token_points: int | None = None,
-                neuron_points: int = 16, neuron_multiple: int = 1, warmup: int = 3,
-                repeats: int = 7, passes: int = 2, calibration_plans: int = 8,
+                neuron_points: int = NEURON_POINTS, neuron_multiple: int = 1, warmup: int = WARMUP,
+                repeats: int = REPEATS, passes: int = 2, calibration_plans: int = 8,
                 statistic: str = "min",
                 progress: bool = True) -> LatencyTable:
     """Time ``model``'s parts on ``device`` at ``batch`` into a :class:`LatencyTable`.

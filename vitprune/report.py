@@ -10,6 +10,9 @@ from . import fsutil
 from .cost import VitShape, token_counts
 from .plan import PrunePlan, planned_shape
 
+# the report and its plots, as a compression run directory holds them
+REPORT, PLAN_PLOT, FINETUNE_PLOT = "report.md", "plan.png", "finetune.png"
+
 NAMES = {"dense": "dense", "pruned": "pruned, before fine-tuning", "finetuned": "pruned + fine-tuned"}
 
 
@@ -26,14 +29,14 @@ def write_report(out: Path, metrics: dict[str, Any], plan: PrunePlan, dense: Vit
     """
     plots = []
     try:
-        _plot_plan(out / "plan.png", plan, dense)
-        _plot_finetune(out / "finetune.png", metrics)
-        plots = ["plan.png", "finetune.png"]
+        _plot_plan(out / PLAN_PLOT, plan, dense)
+        _plot_finetune(out / FINETUNE_PLOT, metrics)
+        plots = [PLAN_PLOT, FINETUNE_PLOT]
     except ImportError:
         warnings.warn("matplotlib is not installed: the report has no plots", stacklevel=2)
     text = "\n".join(_summary(metrics, config) + _plan_table(plan, dense) + _search(search, plots))
-    fsutil.write_text(out / "report.md", text + "\n")
-    return out / "report.md"
+    fsutil.write_text(out / REPORT, text + "\n")
+    return out / REPORT
 
 
 def _summary(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:

@@ -1,5 +1,8 @@
-"""Run directories: the one place that knows output file names, ownership, the lock and what
-"stage done" means.
+"""Run directories: output file names, ownership, the lock and what "stage done" means.
+
+Every output file name is a constant written once (a test keeps it so): the stage outputs here,
+the search's and the training's files in the layers that write them, re-exported here, so that
+the commands and the benchmarks name every file through this module.
 
 Every command that writes a directory claims it first (:meth:`RunDir.claim`):
 
@@ -35,7 +38,15 @@ from .io.model_dir import CONFIG as MODEL_CONFIG
 from .io.model_dir import read_config
 from .models import ArchSpec
 from .plan import PrunePlan
+from .report import REPORT
 from .scoring import BlockScores, load_scores, save_scores
+
+# named by the layers that write them; re-exported so that callers name them through here
+from .search.report import BEST_PLAN as BEST_PLAN
+from .search.report import SUMMARY as SUMMARY
+from .search.trials import TRIALS as TRIALS
+from .train.loop import CKPT as CKPT
+from .train.loop import LOG as LOG
 from .version import __version__
 
 FORMAT = "vitprune.run"
@@ -43,9 +54,10 @@ VERSION = 1
 MANIFEST = "run.json"
 LEGACY_COMPRESS = "compress.json"  # a compress run made before run.json existed
 
-# the outputs of compress's stages, by stage
-SCORES, SEARCH, PLAN, FINETUNE, MODEL, METRICS, REPORT = (
-    "scores.json", "search", "plan.json", "finetune", "model", "eval.json", "report.md")
+# the outputs of compress's stages, by stage (the report's name is the report's, the search's
+# and fine-tuning's files are named by the layers that write them, re-exported here)
+SCORES, SEARCH, PLAN, FINETUNE, MODEL, METRICS = (
+    "scores.json", "search", "plan.json", "finetune", "model", "eval.json")
 
 T = TypeVar("T")
 
@@ -168,9 +180,9 @@ class RunDir:
         dist.barrier()
         return value
 
-    def file(self, name: str) -> Path:
-        """The path of output ``name`` (one of this module's constants)."""
-        return self.path / name
+    def file(self, *names: str) -> Path:
+        """The path of output ``names`` (this module's constants: ``file(SEARCH, TRIALS)``)."""
+        return self.path.joinpath(*names)
 
     # typed stages of a compression run
     def scores(self, compute: Callable[[], tuple[list[BlockScores], dict]]) -> list[BlockScores]:
@@ -196,6 +208,15 @@ class RunDir:
         return self.stage("finetune", compute,
                           lambda v: save(self.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1]),
                           lambda: (load(self.file(MODEL)), read_config(self.file(MODEL))["meta"]))
+
+    def report(self, write: Callable[[Path], Path]) -> Path:
+        """The report (``report.md`` and its plots), written by ``write(directory)`` once."""
+        def read() -> Path:
+            if not self.file(REPORT).is_file():
+                raise OSError(f"{self.file(REPORT)} is missing")
+            return self.file(REPORT)
+
+        return self.stage("report", lambda: self.file(REPORT), lambda _: write(self.path), read)
 
     def metrics(self, compute: Callable[[], dict]) -> dict:
         """The evaluation (``eval.json``)."""

@@ -11,6 +11,10 @@ import torch
 
 from .devices import autocast
 
+# a measurement's defaults (bench, compress's speed rows, the latency table's warm-ups)
+WARMUP = 3  # untimed calls first (a compiled runtime compiles in the first)
+REPEATS = 10  # timed calls; the median is reported
+
 # What is timed: a module, or any callable taking the input batch (see vitprune.runtime).
 Runnable = torch.nn.Module | Callable[[torch.Tensor], Any]
 
@@ -22,7 +26,7 @@ def _ready(model: Any, device: str) -> Any:
 
 @torch.inference_mode()
 def measure(model: Runnable, input_shape: tuple[int, int, int], batch: int, *,
-            warmup: int = 3, repeats: int = 10, threads: int | None = None,
+            warmup: int = WARMUP, repeats: int = REPEATS, threads: int | None = None,
             device: str = "cpu") -> dict[str, float]:
     """Median latency of ``model`` on a random batch, after warm-up.
 
@@ -75,7 +79,7 @@ def timing(batch: int, plan: dict[str, int] = QUICK) -> dict[str, int]:
 
 @torch.inference_mode()
 def compare(models: dict[str, Runnable], input_shape: tuple[int, int, int], batch: int, *,
-            rounds: int = 15, reps: int = 5, warmup: int = 3,
+            rounds: int = 15, reps: int = 5, warmup: int = WARMUP,
             device: str = "cpu", amp: bool | None = None,
             dtype: torch.dtype = torch.float32) -> dict[str, dict[str, float]]:
     """Latency of several models timed in turn, round after round, so that drifts in machine

@@ -80,8 +80,10 @@ def fast() -> dict:
 
 @pytest.fixture
 def small_space() -> SearchSpace:
-    """A 4-block search space (9 dimensions), default bounds and token blocks."""
-    return SearchSpace(small_shape())
+    """A 4-block search space (9 dimensions), the method's bounds (ratios up to 0.5; the
+    objectives' optima are placed inside them) and default token blocks."""
+    half = (0.0, 0.5)
+    return SearchSpace(small_shape(), head_bounds=half, neuron_bounds=half, token_bounds=half)
 
 
 @pytest.fixture

@@ -336,7 +336,7 @@ class HFAdapter(Adapter):
                              "trust it, re-save the model as model.safetensors "
                              "(save_pretrained(..., safe_serialization=True))") from None
         except SafetensorError as exc:
-            raise ModelError(f"{path / 'model.safetensors'} is damaged or truncated "
+            raise ModelError(f"{path / WEIGHT_FILES[0]} is damaged or truncated "
                              f"({fsutil.first_line(exc)}); copy it again or re-save the model "
                              "with save_pretrained") from None
         except (OSError, ValueError, RuntimeError) as exc:

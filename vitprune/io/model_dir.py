@@ -16,13 +16,13 @@ from safetensors.torch import save_file
 from .. import fsutil
 from ..adapters import adapter_for, data_config, from_directory
 from ..errors import ModelError
-from ..models import ArchSpec, ModelSource, build_model, load_weights, read_state_dict
+from ..models import MODEL_CONFIG, ArchSpec, ModelSource, build_model, load_weights, read_state_dict
 from ..plan import PrunePlan
 from ..surgery import restructure
 
 FORMAT = "vitprune.model"
 VERSION = 1
-WEIGHTS, CONFIG = "model.safetensors", "model.json"
+WEIGHTS, CONFIG = "model.safetensors", MODEL_CONFIG
 
 
 def _sha256(path: Path) -> str:

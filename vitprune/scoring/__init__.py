@@ -5,6 +5,7 @@ features over a calibration loader, ``criteria`` the criteria behind one interfa
 """
 
 from ..errors import ScoringError
+from .collect import SCORE_IMAGES
 from .criteria import (
                        BlockScores,
                        Criterion,
@@ -17,5 +18,5 @@ from .criteria import (
                        save_scores,
 )
 
-__all__ = ["BlockScores", "Criterion", "ScoringError", "available_criteria", "check_scores",
+__all__ = ["SCORE_IMAGES", "BlockScores", "Criterion", "ScoringError", "available_criteria", "check_scores",
            "get_criterion", "load_scores", "rankings", "register", "save_scores"]

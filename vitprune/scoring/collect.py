@@ -37,6 +37,9 @@ from ..cost import VitShape
 from ..devices import autocast
 from ..errors import DataError, ScoringError
 
+#: calibration images scored by default: every criterion and the ``score`` command start here
+SCORE_IMAGES = 256
+
 
 @dataclass
 class BlockFeatures:
@@ -206,7 +209,7 @@ class _Recorder:
 
 
 def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequence[int] = (),
-            max_images: int = 256, feature_dtype: torch.dtype = torch.float16,
+            max_images: int = SCORE_IMAGES, feature_dtype: torch.dtype = torch.float16,
             amp: bool | None = None,
             statistics: bool = True) -> Collected:
     """One pass over ``loader``: features of ``blocks`` and, with ``statistics``, predictions,
@@ -283,7 +286,7 @@ def _checksum(images: torch.Tensor, offset: int) -> float:
 
 
 def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
-                   max_images: int = 256) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                   max_images: int = SCORE_IMAGES) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """First-order Taylor scores: per image ``|sum over tokens (and channels) of a * dCE/da|``,
     averaged over images, for each head (its ``proj`` input channels) and neuron (``fc2`` input).
 

@@ -42,7 +42,7 @@ from .. import fsutil
 from ..adapters import BlockParts, adapter_for, check_prunable, vit_shape
 from ..cost import VitShape
 from ..errors import ScoringError
-from .collect import Collected, collect, collect_taylor, feature_groups
+from .collect import SCORE_IMAGES, Collected, collect, collect_taylor, feature_groups
 from .hsic import DEFAULT_SIGMAS, hsic_pairwise, hsic_to_target, linear_gram
 
 SCORES_VERSION = 1
@@ -203,7 +203,7 @@ class HSICCriterion(Criterion):
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     bandwidth: str = "median"
     unbiased: bool = False
-    max_images: int = 256
+    max_images: int = SCORE_IMAGES
     chunk: int = 32
     feature_dtype: str = "float16"
     max_feature_bytes: int = 1 << 30
@@ -343,7 +343,7 @@ class ActivationCriterion(Criterion):
         max_images: calibration images used.
     """
 
-    max_images: int = 256
+    max_images: int = SCORE_IMAGES
 
     def __call__(self, model: nn.Module, loader: Iterable | None = None) -> list[BlockScores]:
         loader = _need_loader(loader, self.name)
@@ -362,7 +362,7 @@ class TaylorCriterion(Criterion):
         max_images: calibration images used (each costs a forward and a backward pass).
     """
 
-    max_images: int = 256
+    max_images: int = SCORE_IMAGES
 
     def __call__(self, model: nn.Module, loader: Iterable | None = None) -> list[BlockScores]:
         loader = _need_loader(loader, self.name)

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from ..errors import SearchError, require  # noqa: F401  (SearchError re-exported)
+from ..errors import SearchError, require, settings_of  # noqa: F401  (SearchError re-exported)
 
 METHODS = ("gp-ei", "random", "uniform")
 DIMS = ("heads", "neurons", "tokens")  # the dimensions a plan can prune
@@ -112,8 +112,8 @@ class SearchConfig:
     """
 
     method: Method = "gp-ei"
-    trials: int = 100
-    init: int = 30
+    trials: int = 50
+    init: int = 20
     seed: int = 0
     n_candidates: int = 2000
     n_local: int = 500
@@ -142,6 +142,11 @@ class SearchConfig:
                 "must be at least 1 when n_local > 0 (it perturbs the best trials)")
         require(isinstance(self.local_scale, (int, float)) and 0 < self.local_scale <= 1,
                 "local_scale", f"must be in (0, 1], got {self.local_scale!r}")
+
+    @classmethod
+    def of(cls, **settings) -> SearchConfig:
+        """A configuration from keyword settings; an unknown name is refused."""
+        return settings_of(cls, settings)
 
     def proposal_settings(self) -> dict:
         """The settings that decide which points are proposed (``trials`` only says how many):

@@ -31,7 +31,7 @@ from .result import SearchResult
 from .sampler import FeasibleSampler, resolve_band
 from .space import Ratios, SearchSpace, plan_macs
 from .surrogate import GPSurrogate, Surrogate
-from .trials import Trial, append_trial, fingerprint, read_trials
+from .trials import TRIALS, Trial, append_trial, fingerprint, read_trials
 
 
 class Objective(Protocol):
@@ -53,28 +53,28 @@ def trial_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
-           method: str = "gp-ei", trials: int = 100, init: int = 30, seed: int = 0,
            trials_path: str | Path | None = None, resume: bool = False,
            out_dir: str | Path | None = None, progress: bool = True,
            surrogate: SurrogateFactory | None = None, config: SearchConfig | None = None,
-           **tuning) -> SearchResult:
+           **settings) -> SearchResult:
     """Search prune ratios that maximise ``objective`` within ``budget``.
 
     Args:
         objective: scores a plan (see :class:`Objective`).
         space: the ratios searched and their bounds.
         budget: a :class:`Budget`, or a fraction of the dense MACs (0.6 keeps 60%).
-        method, trials, init, seed: see :class:`SearchConfig`; ``**tuning`` sets its other
-            fields (``n_candidates``, ``n_local``, ...).
+        settings: :class:`SearchConfig`'s fields (``method``, ``trials``, ``init``, ``seed``,
+            ``n_candidates`` ...), its defaults for those not given; or ``config``, not both.
         trials_path: JSON-lines file that receives each evaluation as it completes (default
-            ``out_dir / "trials.jsonl"``; ``None`` with no ``out_dir``: nothing is written).
+            ``out_dir /`` :data:`~vitprune.search.trials.TRIALS`; ``None`` with no ``out_dir``:
+            nothing is written).
         resume: continue the search stored in ``trials_path``; without it an existing non-empty
             trials file is an error rather than silently overwritten.
         out_dir: where the best plan, a summary and a plot go at the end (default: the trials
             file's directory).
         progress: show a progress bar with the best value so far.
         surrogate: ``seed -> Surrogate`` for the GP step (default :class:`GPSurrogate`).
-        config: a ready :class:`SearchConfig`, used instead of ``method`` ... ``**tuning``.
+        config: a ready :class:`SearchConfig`, instead of ``**settings``.
     Returns:
         The :class:`SearchResult`.
     Raises:
@@ -83,11 +83,14 @@ def search(objective: Objective, space: SearchSpace, budget: Budget | float, *,
         OutputError: the trials file exists (without ``resume``) or belongs to another search.
     """
     if config is None:
-        config = SearchConfig(method=method, trials=trials, init=init, seed=seed, **tuning)
+        config = SearchConfig.of(**settings)
+    elif settings:
+        raise SearchError(f"{', '.join(sorted(settings))} given beside config=: put every "
+                          "setting in the SearchConfig, or pass none")
     if not isinstance(budget, Budget):
         budget = Budget(budget)
     if trials_path is None and out_dir is not None:
-        trials_path = Path(out_dir) / "trials.jsonl"
+        trials_path = Path(out_dir) / TRIALS
     if out_dir is None and trials_path is not None:
         out_dir = Path(trials_path).parent
     result = run_search(objective, space, budget, config, trials_path=trials_path,

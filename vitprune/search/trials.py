@@ -17,6 +17,9 @@ from .. import fsutil
 from ..errors import OutputError, SearchError
 
 # fields that measure the machine, not the search: a resumed run matches all the others
+#: the trials file a search appends each evaluation to
+TRIALS = "trials.jsonl"
+
 TIMING_FIELDS = ("wall_s", "propose_s")
 
 

@@ -45,24 +45,28 @@ class TrainConfig:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
     warmup_epochs: float = field(default=1.0, metadata={
         "help": "linear warm-up, in epochs, before the cosine decay"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "of the label cross-entropy"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "of the label cross-entropy",
+                                                           "recipe": True})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: none)"})
     augment: bool = field(default=True, metadata={
         "help": "random augmentation: shifts and flips for in-memory sets; for imagefolder "
                 "data timm's training transform (random resized crop, flip, and --rand-augment "
-                "/ --random-erasing when set)"})
+                "/ --random-erasing when set)", "recipe": True})
     recipe: str = field(default="small", metadata={
         "help": "named settings the other options start from: small (this tool's recipe for "
                 "small data such as Fashion-MNIST) or deit (DeiT's: RandAugment, random "
                 "erasing, Mixup 0.8 / CutMix 1.0 with soft targets, label smoothing 0.1)",
         "choices": ("small", "deit")})
-    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off); soft targets"})
-    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (0: off); soft targets"})
-    rand_augment: str = field(default="", metadata={
+    # None: the recipe's (set in construction, so a config never names a recipe it lacks)
+    mixup: float | None = field(default=None, metadata={
+        "help": "Mixup alpha (0: off); soft targets", "recipe": True})
+    cutmix: float | None = field(default=None, metadata={
+        "help": "CutMix alpha (0: off); soft targets", "recipe": True})
+    rand_augment: str | None = field(default=None, metadata={
         "help": "timm RandAugment policy for imagefolder data, e.g. rand-m9-mstd0.5-inc1 "
-                "('': none)"})
-    random_erasing: float = field(default=0.0, metadata={
-        "help": "random erasing probability for imagefolder data"})
+                "('': none)", "recipe": True})
+    random_erasing: float | None = field(default=None, metadata={
+        "help": "random erasing probability for imagefolder data", "recipe": True})
     ema_decay: float = field(default=0.0, metadata={
         "help": "keep an exponential moving average of the weights with this decay (e.g. "
                 "0.9998; 0: off); the saved model is the average"})
@@ -78,6 +82,11 @@ class TrainConfig:
         "help": "hard distillation: cross-entropy against the teacher's arg-max"})
 
     def __post_init__(self):
+        require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
+                f"{self.recipe!r}")
+        for name in MIXING:  # the recipe's value where none was given
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, RECIPES[self.recipe][name])
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             require(is_int(v) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
@@ -100,8 +109,6 @@ class TrainConfig:
         for name in ("augment", "kd_hard"):
             v = getattr(self, name)
             require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
-        require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
-                f"{self.recipe!r}")
         for name in ("mixup", "cutmix"):
             v = getattr(self, name)
             require(is_number(v) and v >= 0, name, f"must be >= 0, got {v!r}")
@@ -121,9 +128,11 @@ class TrainConfig:
         return self.mixup > 0 or self.cutmix > 0
 
     def with_recipe(self, name: str, **overrides) -> TrainConfig:
-        """This configuration with recipe ``name``'s settings, then ``overrides``, applied."""
+        """This configuration with recipe ``name``'s settings, then ``overrides``, applied (an
+        override of a recipe's setting that is None leaves the recipe's value)."""
         require(name in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got {name!r}")
-        return replace(self, **{**RECIPES[name], "recipe": name, **overrides})
+        given = {k: v for k, v in overrides.items() if v is not None or k not in RECIPE_FIELDS}
+        return replace(self, **{**RECIPES[name], "recipe": name, **given})
 
 
 # timm's RandAugment policy grammar (timm.data.auto_augment.rand_augment_transform), whose
@@ -138,6 +147,10 @@ RECIPES: dict[str, dict] = {
     "deit": {"augment": True, "mixup": 0.8, "cutmix": 1.0, "rand_augment": "rand-m9-mstd0.5-inc1",
              "random_erasing": 0.25, "label_smoothing": 0.1},
 }
+# what every recipe sets (TrainConfig takes them from its recipe when given None) ...
+MIXING = ("mixup", "cutmix", "rand_augment", "random_erasing")
+# ... and every setting some recipe sets (the command line leaves these to --recipe)
+RECIPE_FIELDS = tuple(sorted({k for r in RECIPES.values() for k in r}))
 
 
 # The fine-tuning recipe of a pruned model (finetune, compress and the benchmarks): no

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import random_plan, sharpen
+
+from tests.helpers import random_plan, sharpen
 
 
 @pytest.fixture

@@ -74,9 +74,9 @@ def _umask() -> int:
 
 
 def test_a_pruned_model_keeps_its_parents_data_config(tmp_path):
-    from helpers import random_plan
     from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+    from tests.helpers import random_plan
     from vitprune.adapters import data_config, vit_shape
     from vitprune.io.model_dir import read_config
     from vitprune.jobs import info_model

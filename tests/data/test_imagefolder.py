@@ -37,7 +37,11 @@ def test_imagefolder_tree_loads_with_splits(tmp_path):
             d.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=4)
+    s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=3)
+    assert (len(s.train), len(s.calib), len(s.test)) == (17, 3, 8)
+    # a calibration split asked larger than a fifth of the training images is capped at it,
+    # so training keeps four fifths
+    s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=1000)
     assert (len(s.train), len(s.calib), len(s.test)) == (16, 4, 8)
     assert (s.num_classes, s.in_chans, s.img_size) == (2, 3, 32)
     x, y = next(iter(make_loader(s.test, 8)))

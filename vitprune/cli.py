@@ -12,6 +12,7 @@ import shlex
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -354,20 +355,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
                         **values(args, ExportSettings))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = _Help
-    ap = argparse.ArgumentParser(prog="vitprune", description=DESCRIPTION, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", action="version", version=f"vitprune {__version__}")
-    ap.add_argument("--debug", action="store_true",
-                    help="show the traceback of an unexpected error (or set VITPRUNE_DEBUG=1)")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    def command(name: str, text: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text, formatter_class=fmt)
-        p.set_defaults(func=func)
-        return p
-
+def _options_compress(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("compress", "the whole job: score, search, prune, fine-tune, evaluate, report",
                 cmd_compress)
     _model(p), _common(p)
@@ -376,21 +364,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(p, TrainConfig, FINETUNE, skip=("seed",))
     _out(p, "run directory; the same command again resumes an interrupted run"), _json(p)
 
+
+def _options_train(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("train", "train a baseline ViT", cmd_train)
     _model(p), _common(p)
     add_fields(p, TrainConfig, skip=KD_FIELDS)
     _out(p, "model directory to create (with the run's checkpoint)",
          resume="continue the interrupted run in --out exactly"), _json(p)
 
+
+def _options_eval(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("eval", "test top-1, loss, MACs and parameters of a model", cmd_eval)
     _model(p), _common(p), _json(p)
 
+
+def _options_score(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("score", "score every head and MLP neuron with a criterion", cmd_score)
     _model(p), _common(p)
     add_fields(p, ScoreConfig)
     p.add_argument("--out", required=True, type=Path, help="the scores JSON file to create")
     _json(p)
 
+
+def _options_search(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("search", "search per-block prune ratios under a MACs or latency budget",
                 cmd_search)
     _model(p), _common(p)
@@ -402,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     _out(p, "run directory of the search (trials, best plan, summary, plot)",
          resume="continue the trials in --out"), _json(p)
 
+
+def _options_finetune(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("finetune", "fine-tune a pruned model by distillation from a teacher",
                 cmd_finetune)
     p.add_argument("--student", required=True, help="a pruned model directory")
@@ -414,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     _out(p, "model directory to create (with the run's checkpoint)",
          resume="continue the interrupted fine-tuning in --out"), _json(p)
 
+
+def _options_prune(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("prune", "apply a plan: write a physically smaller model directory", cmd_prune)
     _model(p)
     p.add_argument("--plan", required=True, help="plan JSON (kept heads/neurons per block, "
@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="model directory to create")
     _json(p)
 
+
+def _options_cost(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("cost", "MACs and parameters of a model, or of a plan applied to it", cmd_cost)
     _model(p)
     _plan_and_size(p, "counting")
@@ -428,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict the time per batch from this latency table")
     _json(p)
 
+
+def _options_latency_table(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("latency-table", "measure, on this device, the time of the parts a plan "
                                  "changes (attention by heads and tokens, MLP by width and "
                                  "tokens, token stages, the rest) for latency budgets",
@@ -443,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _json(p)
 
+
+def _options_info(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("info", "what a model is: architecture, shape, MACs, parameters and the "
                         "preprocessing it expects", cmd_info)
     _model(p)
@@ -450,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size for a model given by name: one value (square) or H W")
     _json(p)
 
+
+def _options_bench(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("bench", "measured latency and throughput (warm-up, median of repeats) in a "
                          "runtime", cmd_bench)
     _model(p), _common(p, data=False)
@@ -457,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(p, BenchSettings)
     _json(p)
 
+
+def _options_export(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("export", "export a model to ONNX, checked against PyTorch with onnxruntime "
                           "(needs vitprune[export])", cmd_export)
     _model(p)
@@ -465,6 +475,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the file to create (never "
                                                             "replaced)")
     _json(p)
+
+
+# each command's options, in the order --help lists them
+COMMANDS = (
+    _options_compress,
+    _options_train,
+    _options_eval,
+    _options_score,
+    _options_search,
+    _options_finetune,
+    _options_prune,
+    _options_cost,
+    _options_latency_table,
+    _options_info,
+    _options_bench,
+    _options_export,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _Help
+    ap = argparse.ArgumentParser(prog="vitprune", description=DESCRIPTION, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"vitprune {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an unexpected error (or set VITPRUNE_DEBUG=1)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=fmt)
+        p.set_defaults(func=func)
+        return p
+
+    for options in COMMANDS:
+        options(command)
     return ap
 
 

@@ -84,14 +84,7 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     Raises:
         ConfigError: a setting is out of range. ModelError: the model cannot be tabled.
     """
-    require(isinstance(batch, int) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
-    require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    require(token_points is None or (isinstance(token_points, int) and token_points >= 2),
-            "token_points", "must be >= 2")
-    require(isinstance(neuron_points, int) and neuron_points >= 2, "neuron_points", "must be >= 2")
-    require(isinstance(repeats, int) and repeats >= 1, "repeats", "must be >= 1")
-    require(isinstance(passes, int) and passes >= 1, "passes", "must be >= 1")
-    require(statistic in ("min", "median"), "statistic", f"must be min or median, got {statistic!r}")
+    _check_build(batch, dtype, token_points, neuron_points, repeats, passes, statistic)
     adapter = adapter_for(model)
     shape = adapter.shape(model)
     blocks = adapter.blocks(model)
@@ -124,25 +117,12 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
                                                  head_dim=b0.head_dim))[0] for h in heads]
             mlp_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt,
                                                 neurons=range(d)))[1] for d in neurons]
-            sel = _selection(b0.heads, b0.head_dim, P)
             drop_half = _dropped(adapter, blocks[0], device, dt)
-            drop = np.full(len(tokens), np.inf)
-            attn = np.full((len(heads), len(tokens)), np.inf)
-            mlp = np.full((len(neurons), len(tokens)), np.inf)
-            select = np.full(len(tokens), np.inf)
-            for _ in range(passes):
-                for j, n in enumerate(tokens):
-                    xs = torch.randn(batch, n, C, device=device, dtype=dt)
-                    for i, half in enumerate(attn_blocks):
-                        attn[i, j] = min(attn[i, j], timer(half, xs))
-                    for i, half in enumerate(mlp_blocks):
-                        mlp[i, j] = min(mlp[i, j], timer(half, xs))
-                    qkv = torch.randn(batch, n, 3 * b0.heads * b0.head_dim, device=device,
-                                      dtype=dt)
-                    select[j] = min(select[j], timer(sel, xs, qkv))
-                    if drop_half is not None:
-                        drop[j] = min(drop[j], timer(drop_half, xs))
-                    bar.update(len(heads) + len(neurons) + 1)
+            halves = {"attn": attn_blocks, "mlp": mlp_blocks, "drop": [drop_half] * (
+                drop_half is not None)}
+            attn, mlp, select, drop = _time_grid(
+                timer, halves, _selection(b0.heads, b0.head_dim, P), tokens, passes, bar,
+                (batch, C, 3 * b0.heads * b0.head_dim), device, dt)
             x = torch.randn(batch, *adapter.input_shape(model), device=device, dtype=dt)
             fixed = timer(logits_module(_skipped(adapter, model, device, dt)), x)
             bar.update(1)
@@ -176,6 +156,51 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
                         mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,
                         scale=scale, offset_ms=offset, meta=meta, drop_ms=table.drop_ms)
+
+
+def _check_build(batch: int, dtype: str, token_points: int | None, neuron_points: int,
+                 repeats: int, passes: int, statistic: str) -> None:
+    require(isinstance(batch, int) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+    require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    require(token_points is None or (isinstance(token_points, int) and token_points >= 2),
+            "token_points", "must be >= 2")
+    require(isinstance(neuron_points, int) and neuron_points >= 2, "neuron_points", "must be >= 2")
+    require(isinstance(repeats, int) and repeats >= 1, "repeats", "must be >= 1")
+    require(isinstance(passes, int) and passes >= 1, "passes", "must be >= 1")
+    require(statistic in ("min", "median"), "statistic", f"must be min or median, got {statistic!r}")
+
+
+def _time_grid(timer: Timer, halves: dict[str, list], sel: Callable, tokens: tuple[int, ...],
+               passes: int, bar: Any, widths: tuple[int, int, int], device: str,
+               dt: torch.dtype) -> tuple[np.ndarray, ...]:
+    """Each half's time at each token count, the fastest of ``passes`` passes over the grid.
+
+    Args:
+        halves: ``attn`` (one per head count), ``mlp`` (one per width) and ``drop`` (a dropped
+            half, or none) callables of the tokens (B, N, C).
+        sel: the token-selection step, of the tokens and the qkv (B, N, 3*h*d).
+        widths: (batch B, model width C, qkv width 3*h*d).
+    Returns:
+        (attention (heads, tokens), MLP (widths, tokens), selection (tokens,), dropped half
+        (tokens,), inf where there is none), in ms.
+    """
+    batch, C, qkv_width = widths
+    attn = np.full((len(halves["attn"]), len(tokens)), np.inf)
+    mlp = np.full((len(halves["mlp"]), len(tokens)), np.inf)
+    select, drop = np.full(len(tokens), np.inf), np.full(len(tokens), np.inf)
+    for _ in range(passes):
+        for j, n in enumerate(tokens):
+            xs = torch.randn(batch, n, C, device=device, dtype=dt)  # (B, N, C)
+            for i, half in enumerate(halves["attn"]):
+                attn[i, j] = min(attn[i, j], timer(half, xs))
+            for i, half in enumerate(halves["mlp"]):
+                mlp[i, j] = min(mlp[i, j], timer(half, xs))
+            qkv = torch.randn(batch, n, qkv_width, device=device, dtype=dt)  # (B, N, 3hd)
+            select[j] = min(select[j], timer(sel, xs, qkv))
+            for half in halves["drop"]:
+                drop[j] = min(drop[j], timer(half, xs))
+            bar.update(len(halves["attn"]) + len(halves["mlp"]) + 1)
+    return attn, mlp, select, drop
 
 
 def fit_calibration(points: list[tuple[float, float]],

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -244,41 +245,17 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     if cfg.mixes and (cfg.batch_size // world) % 2:
         raise ConfigError("batch_size", f"must give each of the {world} process(es) an even "
                           f"batch when mixing images (Mixup/CutMix pair them), got {cfg.batch_size}")
-    train_ds = training_set(splits, augment=cfg.augment, rand_augment=cfg.rand_augment,
-                            random_erasing=cfg.random_erasing)
-    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         augment=cfg.augment, drop_last=True, rank=rank, world=world,
-                         num_workers=splits.workers)
-    calib = make_loader(splits.calib, EVAL_BATCH, rank=rank, world=world,
-                        num_workers=splits.workers)
+    loader, calib = _loaders(splits, cfg, rank, world)
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
-    total = steps * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, total, int(cfg.warmup_epochs * steps)))
-    if loss_fn is None:
-        loss_fn = _default_loss(cfg, teacher, device)
-    mix = _mixer(cfg, vit_shape(model).num_classes)  # soft targets as wide as the logits
-    ema = None
-    if cfg.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema_decay)
-
+        opt, lambda s: warmup_cosine(s, steps * cfg.epochs, int(cfg.warmup_epochs * steps)))
+    step = _Step(model, opt, sched, loss_fn or _default_loss(cfg, teacher, device),
+                 _mixer(cfg, vit_shape(model).num_classes),  # soft targets as wide as the logits
+                 _ema(model, cfg.ema_decay), cfg.grad_clip, device, amp)
     history, start = [], 0
     if state is not None:
-        saved = TrainConfig(**state["config"])
-        if saved != cfg:
-            raise OutputError(
-                f"{out} holds a run with another configuration ({saved}); resume it with the same "
-                "arguments, or choose another --out."
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = state["epoch"], json.loads(state["history"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
+        start, history = _restore(state, cfg, out, step)
     net = logits_module(model)  # shares model's parameters; its forward returns logits
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -289,49 +266,112 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         np.random.seed(epoch_seed(cfg.seed, epoch, rank) % 2**32)  # timm's Mixup draws here
         loader.set_epoch(epoch)
         net.train()
-        t0, loss_sum = time.perf_counter(), 0.0
+        t0 = time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main),
                    mininterval=min_interval(),
                    leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(loader):
-            if step >= steps:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if mix is not None:
-                x, y = mix(x, y)  # mixed images, soft targets (B, classes), smoothing included
-            with autocast(device, False if amp is False else None):
-                loss = loss_fn(net(x), y, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model, step=epoch * steps + step)
-            loss_sum += loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", refresh=False)
+        loss_sum = step.epoch(net, loader, steps, epoch, bar)
         bar.close()
         loss_sum = dist.sum_([loss_sum], device)[0] / world
-        val = evaluate(model if ema is None else ema.module, calib, device)
+        val = evaluate(model if step.ema is None else step.ema.module, calib, device)
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "calib_top1": val["top1"],
                "calib_loss": val["loss"], "seconds": time.perf_counter() - t0}
         history.append(rec)
         if main:
             if progress:
                 print(json.dumps(rec), flush=True)
-            fsutil.torch_save(out / CKPT, {
-                "config": dataclasses.asdict(cfg), "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "history": json.dumps(history),
-                **({"ema": ema.module.state_dict()} if ema is not None else {}),
-            })
-            fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+            _save(out, cfg, epoch + 1, step, history)
         dist.barrier()
-    if ema is not None:  # the weights a run with weight averaging hands over are the average
-        model.load_state_dict(ema.module.state_dict())
+    if step.ema is not None:  # the weights a run with weight averaging hands over are the average
+        model.load_state_dict(step.ema.module.state_dict())
     return history
+
+
+def _loaders(splits: Splits, cfg: TrainConfig, rank: int, world: int) -> tuple:
+    """(training loader, calibration loader) of this process's part of the data."""
+    train_ds = training_set(splits, augment=cfg.augment, rand_augment=cfg.rand_augment,
+                            random_erasing=cfg.random_erasing)
+    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                         augment=cfg.augment, drop_last=True, rank=rank, world=world,
+                         num_workers=splits.workers)
+    calib = make_loader(splits.calib, EVAL_BATCH, rank=rank, world=world,
+                        num_workers=splits.workers)
+    return loader, calib
+
+
+def _ema(model: torch.nn.Module, decay: float):
+    """timm's weight average of ``model`` (None without one)."""
+    if not decay:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
+@dataclass
+class _Step:
+    """The optimisation step of a run: what one batch does to the model."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    loss_fn: LossFn
+    mix: Any
+    ema: Any
+    grad_clip: float
+    device: str
+    amp: bool | None
+
+    def epoch(self, net: torch.nn.Module, loader, steps: int, epoch: int, bar) -> float:
+        """Train one epoch of ``steps`` batches through ``net``; the summed loss."""
+        loss_sum = 0.0
+        for i, (x, y) in enumerate(loader):
+            if i >= steps:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.mix is not None:
+                x, y = self.mix(x, y)  # mixed images, soft targets (B, classes), smoothing included
+            with autocast(self.device, False if self.amp is False else None):
+                loss = self.loss_fn(net(x), y, x)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=epoch * steps + i)
+            loss_sum += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", refresh=False)
+        return loss_sum
+
+
+def _restore(state: dict, cfg: TrainConfig, out: Path, step: _Step) -> tuple[int, list[dict]]:
+    """Load a checkpoint's model, optimiser, schedule and average; (next epoch, history)."""
+    saved = TrainConfig(**state["config"])
+    if saved != cfg:
+        raise OutputError(
+            f"{out} holds a run with another configuration ({saved}); resume it with the same "
+            "arguments, or choose another --out."
+        )
+    step.model.load_state_dict(state["model"])
+    step.opt.load_state_dict(state["optimizer"])
+    step.sched.load_state_dict(state["scheduler"])
+    if step.ema is not None:
+        step.ema.module.load_state_dict(state["ema"])
+    return state["epoch"], json.loads(state["history"])
+
+
+def _save(out: Path, cfg: TrainConfig, epoch: int, step: _Step, history: list[dict]) -> None:
+    """The checkpoint after ``epoch`` epochs (atomic), and the log of every epoch so far."""
+    fsutil.torch_save(out / CKPT, {
+        "config": dataclasses.asdict(cfg), "epoch": epoch,
+        "model": step.model.state_dict(), "optimizer": step.opt.state_dict(),
+        "scheduler": step.sched.state_dict(), "history": json.dumps(history),
+        **({"ema": step.ema.module.state_dict()} if step.ema is not None else {}),
+    })
+    fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str) -> LossFn:

@@ -270,24 +270,12 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from .adapters import vit_shape
-    from .cost import macs
-    from .io import resolve_for_data
-    from .jobs import MACS_CONVENTION
-    from .pipeline import fit_data, test_metrics
+    from .jobs import eval_model
 
     data = DataConfig(**values(args, DataConfig))
     device = _setup(args)
     src = _source(args)
-    splits = _splits(data, src)
-    model, _, _ = resolve_for_data(src, splits, device=device)
-    splits = fit_data(model, splits, source=src.name)
-    res = test_metrics(model, splits, device)
-    cost = macs(vit_shape(model))
-    return {"model": args.model, "data": splits.name, "split": "test", "top1": res["test_top1"],
-            "loss": res["test_loss"], "images": res["test_images"], "gmacs": cost.total / 1e9,
-            "gmacs_blocks_only": cost.blocks / 1e9, "params_m": res["params"] / 1e6,
-            "macs_convention": MACS_CONVENTION}
+    return eval_model(src, _splits(data, src), device=device)
 
 
 def cmd_prune(args: argparse.Namespace) -> dict:
@@ -297,32 +285,10 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 
 
 def cmd_cost(args: argparse.Namespace) -> dict:
-    from .adapters import vit_shape
-    from .cost import macs
-    from .jobs import MACS_CONVENTION, planned_model
-    from .plan import planned_shape
-    from .surgery import count_params
+    from .jobs import cost_model
 
-    model, plan = planned_model(_source(args), plan=args.plan, img_size=_img_size(args),
-                                apply=False)
-    shape = vit_shape(model)
-    if plan is not None:
-        shape = planned_shape(shape, plan)  # validates the plan against the model
-    c = macs(shape)
-    res = {"model": args.model, "plan": args.plan, "gmacs": c.total / 1e9,
-           "gmacs_blocks_only": c.blocks / 1e9, "gmacs_attention": c.attention / 1e9,
-           "gmacs_mlp": c.mlp / 1e9, "gmacs_attention_pool": c.pool / 1e9,
-           "params_m": count_params(model, plan) / 1e6,
-           "macs_convention": MACS_CONVENTION}
-    if args.latency_table:
-        from .latency import LatencyTable
-
-        table = LatencyTable.load(args.latency_table)
-        table.check_model(vit_shape(model))
-        res.update({"predicted_ms": table.predict(shape),
-                    "dense_ms": table.dense_ms(vit_shape(model)) if plan else None,
-                    "latency_table": table.describe()})
-    return res
+    return cost_model(_source(args), plan=args.plan, img_size=_img_size(args),
+                      latency_table=args.latency_table)
 
 
 def cmd_latency_table(args: argparse.Namespace) -> dict:

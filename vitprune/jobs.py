@@ -36,7 +36,7 @@ from .pipeline import (
     score,
     test_metrics,
 )
-from .plan import PrunePlan
+from .plan import PrunePlan, planned_shape
 from .rundir import BEST_PLAN, RunDir, check_inputs
 from .runtime import check_runtime, runner
 from .speed import measure
@@ -186,6 +186,47 @@ def _new_file(out: str | Path, inputs: list, verb: str) -> Path:
 
 def _file_id(path: str | Path) -> str:
     return "sha256:" + fsutil.sha256_file(path)
+
+
+def eval_model(model: str | Path | ModelSource, splits: Splits, *,
+               device: str = DEFAULT_DEVICE) -> dict[str, Any]:
+    """Test top-1 and loss of ``model`` on ``splits`` (fitted to the model first), with its MACs
+    and parameters."""
+    src = ModelSource.of(model)
+    device = devices.resolve(device)
+    net, _, _ = resolve_for_data(src, splits, device=device)
+    splits = fit_data(net, splits, source=src.name)
+    res = test_metrics(net, splits, device)
+    cost = macs(vit_shape(net))
+    return {"model": src.name, "data": splits.name, "split": "test", "top1": res["test_top1"],
+            "loss": res["test_loss"], "images": res["test_images"], "gmacs": cost.total / 1e9,
+            "gmacs_blocks_only": cost.blocks / 1e9, "params_m": res["params"] / 1e6,
+            "macs_convention": MACS_CONVENTION}
+
+
+def cost_model(model: str | Path | ModelSource, *, plan: str | Path | None = None,
+               img_size: int | tuple[int, int] | None = None,
+               latency_table: str | Path | None = None) -> dict[str, Any]:
+    """MACs by part and parameters of ``model``, or of ``plan`` applied to it (counted on the
+    meta device, nothing pruned); with ``latency_table``, the time it predicts too."""
+    net, extra = planned_model(model, plan=plan, img_size=img_size, apply=False)
+    dense = vit_shape(net)
+    shape = dense if extra is None else planned_shape(dense, extra)  # validated against it
+    c = macs(shape)
+    res = {"model": ModelSource.of(model).name, "plan": plan and str(plan),
+           "gmacs": c.total / 1e9, "gmacs_blocks_only": c.blocks / 1e9,
+           "gmacs_attention": c.attention / 1e9, "gmacs_mlp": c.mlp / 1e9,
+           "gmacs_attention_pool": c.pool / 1e9, "params_m": count_params(net, extra) / 1e6,
+           "macs_convention": MACS_CONVENTION}
+    if latency_table:
+        from .latency import LatencyTable
+
+        table = LatencyTable.load(latency_table)
+        table.check_model(dense)
+        res.update({"predicted_ms": table.predict(shape),
+                    "dense_ms": table.dense_ms(dense) if extra is not None else None,
+                    "latency_table": table.describe()})
+    return res
 
 
 def planned_model(model: str | Path | ModelSource, *, checkpoint: str | Path | None = None,

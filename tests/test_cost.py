@@ -135,3 +135,23 @@ def test_shapes_without_a_pool_describe_themselves_as_before():
     pooled = vit_shape(_meta("vit_base_patch16_siglip_224", depth=2))
     assert "pool=PoolShape" in SearchSpace(pooled).describe()["shape"]
     assert "pool" not in SearchSpace(plain).describe()["shape"]
+
+
+def test_a_gated_mlp_counts_three_matrices_in_the_scalar_and_the_search_cost():
+    import dataclasses
+
+    import numpy as np
+
+    from vitprune.search.space import SearchSpace
+
+    plain = cost.VitShape(64, 49, 1, 16, 10, 1, (cost.BlockShape(4, 16, 256),) * 3)
+    gated = dataclasses.replace(plain, blocks=tuple(
+        dataclasses.replace(b, mlp_matrices=3) for b in plain.blocks))
+    assert cost.macs(gated).mlp * 2 == cost.macs(plain).mlp * 3
+    assert cost.macs(gated).attention == cost.macs(plain).attention
+    space = SearchSpace(gated)
+    X = np.random.default_rng(0).uniform(0.0, 0.5, (6, space.dim))
+    assert space.batch_macs(X).tolist() == [space.macs(x) for x in X]
+    assert space.describe() != SearchSpace(plain).describe()  # a trials file tells them apart
+    plan = _plan(gated)
+    assert planned_shape(gated, plan).blocks[0].mlp_matrices == 3

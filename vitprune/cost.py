@@ -11,7 +11,7 @@ Per block with ``h`` heads of width ``d``, MLP width ``D``, model width ``C``, `
 entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects tokens):
 
     attention = 4 * N_in * C * (h*d) + 2 * N_in**2 * (h*d)
-    mlp       = 2 * N_out * C * D
+    mlp       = m * N_out * C * D      (m = 2 matrices, 3 for a gated MLP)
 
 An attention-pooling head (``global_pool='map'``: ``L`` latent queries over the ``N`` tokens
 leaving the last block, MLP width ``M``) adds ``2*L*C*C + 2*N*C*C + 2*L*N*C + 2*L*C*M``.
@@ -35,6 +35,8 @@ class BlockShape:
         keep_patches: patch tokens kept by a token-selection stage after this block's attention
             (``None``: no selection in this block).
         fuse: whether the dropped tokens are fused into one extra token.
+        mlp_matrices: C x D matrices of the MLP: 2 (``fc1``, ``fc2``), 3 for a gated MLP
+            (SwiGLU's gate, value and output).
     """
 
     heads: int
@@ -42,6 +44,8 @@ class BlockShape:
     mlp_hidden: int
     keep_patches: int | None = None
     fuse: bool = True
+    # not in the repr, so that searches fingerprinted before gated MLPs were counted resume
+    mlp_matrices: int = field(default=2, repr=False)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def batch_macs(shape: VitShape, heads: np.ndarray, neurons: np.ndarray, n_in: np
     C = shape.embed_dim
     a = heads * np.array([b.head_dim for b in shape.blocks], dtype=np.int64)  # (M, L)
     attn = 4 * n_in * C * a + 2 * n_in * n_in * a
-    mlp = 2 * n_out * C * neurons
+    mlp = np.array([b.mlp_matrices for b in shape.blocks], dtype=np.int64) * n_out * C * neurons
     pool = np.zeros(len(heads), dtype=np.int64)
     if shape.pool is not None:  # its cost follows the tokens it pools
         L = shape.pool.latent_len

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsutil
-from .cost import BlockShape, VitShape
+from .cost import VitShape
 from .errors import PlanError
 
 # 2: a plan records the shape of the model it was made for ("base"); version-1 plans have none
@@ -296,8 +296,7 @@ def planned_shape(shape: VitShape, plan: PrunePlan) -> VitShape:
     """
     plan.validate(shape)
     blocks = tuple(
-        BlockShape(heads=len(bp.heads), head_dim=bs.head_dim, mlp_hidden=len(bp.neurons),
-                   keep_patches=bs.keep_patches, fuse=bs.fuse)
+        replace(bs, heads=len(bp.heads), mlp_hidden=len(bp.neurons))  # the rest as built
         for bp, bs in zip(plan.blocks, shape.blocks)
     )
     out = replace(shape, blocks=blocks)

@@ -119,7 +119,7 @@ def test_masking_channels_equals_slicing_them(kind):
     for block, (heads, neurons) in zip(ADAPTER.blocks(masked), KEEP):
         p = ADAPTER.parts(block)
         for lin, keep, size in ((p.proj, head_channels(heads, 8), 32),
-                                (p.fc2, torch.as_tensor(neurons), 64)):
+                                (p.mlp_out, torch.as_tensor(neurons), 64)):
             mask = torch.zeros(size)
             mask[keep] = 1.0
             lin.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,))

@@ -67,14 +67,16 @@ class BlockParts:
             are laid out (3, heads, head_dim) (timm), or three layers (q, k, v) whose outputs
             are each (heads, head_dim) (Hugging Face).
         proj: the attention's output projection; its inputs are (heads, head_dim).
-        fc1: the MLP's first layer (outputs: hidden neurons).
-        fc2: the MLP's second layer (inputs: hidden neurons).
+        mlp_in: the MLP's layers whose outputs are its hidden units, pruned by rows together:
+            one (``fc1``), or two for a gated MLP (SwiGLU's gate and value).
+        mlp_out: the MLP's output layer; its inputs are the hidden units (what masking and the
+            neuron features see).
     """
 
     qkv: tuple[nn.Linear, ...]
     proj: nn.Linear
-    fc1: nn.Linear
-    fc2: nn.Linear
+    mlp_in: tuple[nn.Linear, ...]
+    mlp_out: nn.Linear
 
     def qkv_weight(self, heads: int, head_dim: int) -> torch.Tensor:
         """(3, heads, head_dim, C) weights of q, k and v, whichever layout the block keeps."""
@@ -272,9 +274,10 @@ class Adapter(ABC):
                 slice_linear(p.proj, cols=ch)
                 self.set_heads(block, len(heads))
             if neurons is not None:
-                idx = torch.as_tensor(neurons, dtype=torch.long, device=p.fc1.weight.device)
-                slice_linear(p.fc1, rows=idx)
-                slice_linear(p.fc2, cols=idx)
+                idx = torch.as_tensor(neurons, dtype=torch.long, device=p.mlp_out.weight.device)
+                for lin in p.mlp_in:
+                    slice_linear(lin, rows=idx)
+                slice_linear(p.mlp_out, cols=idx)
         for half in drop:
             self.drop_half(block, half)
 

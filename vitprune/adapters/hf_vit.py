@@ -424,7 +424,7 @@ class HFAdapter(Adapter):
 
     def parts(self, block: nn.Module) -> BlockParts:
         a = block.attention
-        return BlockParts((a.q_proj, a.k_proj, a.v_proj), a.o_proj, block.mlp.fc1, block.mlp.fc2)
+        return BlockParts((a.q_proj, a.k_proj, a.v_proj), a.o_proj, (block.mlp.fc1,), block.mlp.fc2)
 
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
         pe = model.base_model.embeddings.patch_embeddings

@@ -139,7 +139,7 @@ class TimmBlocks(Adapter):
         if isinstance(block.attn, DroppedHalf) or isinstance(block.mlp, DroppedHalf):
             raise ModelError("this block's attention or MLP was dropped: score, mask and prune "
                              "the dense model")
-        return BlockParts((block.attn.qkv,), block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+        return BlockParts((block.attn.qkv,), block.attn.proj, (block.mlp.fc1,), block.mlp.fc2)
 
     def drop_half(self, block: nn.Module, half: str) -> None:
         if half == "attention":

@@ -5,7 +5,7 @@ tokens:
 
 * head features: the input of ``attn.proj`` (B, N, H*d), split per head and averaged over ``d``
   -> a vector of ``N`` per head and image, stored as (H, n, N);
-* neuron features: the input of ``mlp.fc2`` (after GELU), (B, N, D) -> stored as (D, n, N);
+* neuron features: the input of the MLP's output layer (after GELU), (B, N, D) -> stored as (D, n, N);
 * the dense model's softmax prediction (n, classes) and the labels (n,);
 * running sums of |head output| and |neuron activation| (for magnitude-of-activation scores).
 
@@ -182,7 +182,7 @@ class _Recorder:
                 self.heads[i].append(xh.mean(dim=-1).permute(2, 0, 1).to(self.dtype))  # (h, B, N)
         return hook
 
-    def fc2_hook(self, i: int):
+    def hidden_hook(self, i: int):
         def hook(_module: nn.Module, args: tuple) -> None:
             x = args[0].detach()  # (B, N, D), after GELU
             if self.statistics:
@@ -244,7 +244,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
     try:
         for i, p in enumerate(parts):
             handles.append(p.proj.register_forward_pre_hook(rec.proj_hook(i)))
-            handles.append(p.fc2.register_forward_pre_hook(rec.fc2_hook(i)))
+            handles.append(p.mlp_out.register_forward_pre_hook(rec.hidden_hook(i)))
         # bf16 autocast on CUDA (features are stored in feature_dtype and the HSIC arithmetic
         # upcasts to float32, so only the forward runs in bf16)
         with eval_mode(model), torch.no_grad(), autocast(device, amp):
@@ -288,7 +288,7 @@ def _checksum(images: torch.Tensor, offset: int) -> float:
 def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
                    max_images: int = SCORE_IMAGES) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """First-order Taylor scores: per image ``|sum over tokens (and channels) of a * dCE/da|``,
-    averaged over images, for each head (its ``proj`` input channels) and neuron (``fc2`` input).
+    averaged over images, for each head (its ``proj`` input channels) and neuron (its output layer's input).
 
     That sum is the first-order change of the image's loss when the component is zeroed.
     Gradients come from ``torch.autograd.grad`` with respect to the captured activations only,
@@ -315,7 +315,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
     try:
         for i, p in enumerate(parts):
             handles.append(p.proj.register_forward_pre_hook(keep(("head", i))))
-            handles.append(p.fc2.register_forward_pre_hook(keep(("neuron", i))))
+            handles.append(p.mlp_out.register_forward_pre_hook(keep(("neuron", i))))
         with eval_mode(model), torch.enable_grad():
             for images, y in _limited(loader, max_images, device):
                 if y is None:

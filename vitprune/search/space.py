@@ -380,7 +380,7 @@ class SearchSpace:
         """A JSON-ready description, used to tell one search's trials file from another's."""
         return {
             "shape": repr(self.shape) + (f" pool={self.shape.pool!r}" if self.shape.pool else "")
-            + (f" stem={self.shape.stem!r}" if self.shape.stem else ""),
+            + (f" stem={self.shape.stem!r}" if self.shape.stem else "") + _gated(self.shape),
             "head_bounds": list(self.head_bounds),
             "neuron_bounds": list(self.neuron_bounds), "token_bounds": list(self.token_bounds),
             "token_blocks": list(self.token_blocks), "neuron_multiple": self.neuron_multiple,
@@ -400,3 +400,10 @@ def _keep_counts(total: np.ndarray, ratios: np.ndarray, multiple_of: int,
         keep = np.maximum(keep, np.minimum(multiple_of, total))
     keep = np.minimum(total, np.maximum(1, keep)).astype(np.int64)
     return np.where(ratios >= DROP_AT, 0, keep) if drop else keep
+
+
+def _gated(shape: VitShape) -> str:
+    """The MLP matrices of each block where a block is gated ('' for plain MLPs, so that the
+    fingerprints of searches made before gated MLPs were described stay the same)."""
+    m = [b.mlp_matrices for b in shape.blocks]
+    return f" mlp_matrices={m}" if any(x != 2 for x in m) else ""

@@ -56,7 +56,7 @@ class Masker:
         for i, p in enumerate(self._parts):
             self._handles += [
                 p.proj.register_forward_pre_hook(_mask_hook(self._head_masks, i)),
-                p.fc2.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
+                p.mlp_out.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
             ]
         self._removed = False
 

@@ -1,0 +1,31 @@
+"""The shared block slicing (``vitprune/adapters/base.py``): an MLP is its matrices."""
+
+import torch
+from torch import nn
+
+from vitprune.adapters.base import BlockParts
+from vitprune.adapters.timm_vit import TimmViTAdapter
+from vitprune.models import build_model
+
+
+class _Gated(TimmViTAdapter):
+    """timm blocks given a second input matrix of the MLP (a gate beside ``fc1``)."""
+
+    def parts(self, block: nn.Module) -> BlockParts:
+        p = super().parts(block)
+        return BlockParts(p.qkv, p.proj, (p.mlp_in[0], block.gate), p.mlp_out)
+
+
+def test_every_input_matrix_of_the_mlp_is_sliced_by_rows_and_the_output_by_columns():
+    torch.manual_seed(0)
+    block = build_model("fmnist_vit_tiny").blocks[0]
+    hidden, width = block.mlp.fc1.out_features, block.mlp.fc1.in_features
+    block.gate = nn.Linear(width, hidden)
+    before = {n: m.weight.detach().clone() for n, m in
+              (("fc1", block.mlp.fc1), ("gate", block.gate), ("fc2", block.mlp.fc2))}
+    keep = [5, 0, hidden - 1]
+    _Gated().prune_block(block, None, keep, head_dim=block.attn.head_dim)
+    assert torch.equal(block.mlp.fc1.weight, before["fc1"][keep])
+    assert torch.equal(block.gate.weight, before["gate"][keep])
+    assert torch.equal(block.mlp.fc2.weight, before["fc2"][:, keep])
+    assert block.gate.out_features == block.mlp.fc1.out_features == 3

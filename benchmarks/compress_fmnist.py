@@ -53,24 +53,23 @@ def main() -> int:
              for b in (1, 64)}
     rows = []
     for b, (res, _) in results.items():
-        m = res.metrics["rows"]
+        m, hist = res.metrics.rows, res.metrics.finetune_history
         trials = [json.loads(line) for line in
                   (res.out / SEARCH / TRIALS).read_text().splitlines()]
         rows.append({
-            "budget": b, "macs_kept": m["finetuned"]["macs"] / m["dense"]["macs"],
-            "mmacs": m["finetuned"]["macs"] / 1e6, "params_m": m["finetuned"]["params"] / 1e6,
-            "dense_top1": m["dense"]["test_top1"], "pruned_top1": m["pruned"]["test_top1"],
-            "finetuned_top1": m["finetuned"]["test_top1"],
+            "budget": b, "macs_kept": res.metrics.macs_kept,
+            "mmacs": m["finetuned"].macs / 1e6, "params_m": m["finetuned"].params / 1e6,
+            "dense_top1": m["dense"].test_top1, "pruned_top1": m["pruned"].test_top1,
+            "finetuned_top1": m["finetuned"].test_top1,
             "search_calib_top1": max(t["value"] for t in trials),
             "latency_speedup_b1": speed[1]["dense"] / speed[1][b],
             "throughput_speedup_b64": speed[64]["dense"] / speed[64][b],
             "latency_ms_b1": 1e3 * speed[1][b], "throughput_b64": 64 / speed[64][b],
             "search_s": sum(t["wall_s"] + t["propose_s"] for t in trials),
-            "finetune_s": sum(h["seconds"] for h in res.metrics["finetune_history"]),
-            "epochs": len(res.metrics["finetune_history"]),
-            "finetune_calib_top1": [h["calib_top1"] for h in res.metrics["finetune_history"]],
+            "finetune_s": sum(h.seconds for h in hist), "epochs": len(hist),
+            "finetune_calib_top1": [h.calib_top1 for h in hist],
         })
-    dense = {"mmacs": results[args.budgets[0]][0].metrics["rows"]["dense"]["macs"] / 1e6,
+    dense = {"mmacs": results[args.budgets[0]][0].metrics.rows["dense"].macs / 1e6,
              "latency_ms_b1": 1e3 * speed[1]["dense"], "throughput_b64": 64 / speed[64]["dense"]}
     fsutil.write_json(args.out.with_suffix(".json"), {
         "command": "python " + " ".join(sys.argv), "threads": args.threads, "dense": dense,

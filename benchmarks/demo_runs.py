@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from vitprune import fsutil
+from vitprune.records import Evaluation
 from vitprune.rundir import MANIFEST, METRICS
 
 WALL = "demo_wall.json"  # written beside each run directory when this script times it
@@ -43,20 +44,20 @@ def run(seed: int) -> dict:
         subprocess.run(cmd, check=True)
         fsutil.write_json(wall_file, {"seconds": round(time.perf_counter() - t0, 1),
                                       "command": " ".join(cmd)})
-    metrics = json.loads((out / METRICS).read_text())
-    rows = metrics["rows"]
+    metrics = Evaluation.from_dict(json.loads((out / METRICS).read_text()))
+    rows = metrics.rows
     d, f = rows["dense"], rows["finetuned"]
     # timed by this script on quiet cores, or not: then neither its wall time nor its speed is kept
     wall = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else None
-    speed = {"throughput_speedup_b64": f["cpu"]["batch64"]["throughput"]
-             / d["cpu"]["batch64"]["throughput"],
-             "latency_speedup_b1": d["cpu"]["batch1"]["latency_ms"]
-             / f["cpu"]["batch1"]["latency_ms"]} if wall else {
+    speed = {"throughput_speedup_b64": f.timed("cpu", 64)["throughput"]
+             / d.timed("cpu", 64)["throughput"],
+             "latency_speedup_b1": d.timed("cpu", 1)["latency_ms"]
+             / f.timed("cpu", 1)["latency_ms"]} if wall else {
         "throughput_speedup_b64": None, "latency_speedup_b1": None}
-    return {"seed": seed, "out": str(out), "wall_seconds": wall, "threads": metrics["threads"],
-            "macs_kept": f["macs"] / d["macs"], "params_m": f["params"] / 1e6,
-            "dense_top1": d["test_top1"], "pruned_top1": rows["pruned"]["test_top1"],
-            "finetuned_top1": f["test_top1"], **speed}
+    return {"seed": seed, "out": str(out), "wall_seconds": wall, "threads": metrics.threads,
+            "macs_kept": metrics.macs_kept, "params_m": f.params / 1e6,
+            "dense_top1": d.test_top1, "pruned_top1": rows["pruned"].test_top1,
+            "finetuned_top1": f.test_top1, **speed}
 
 
 def spread(values: list[float], fmt: str) -> str:

@@ -33,16 +33,23 @@ def test_compress_runs_end_to_end_and_the_model_reloads(run):
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model(x), run.model(x))
-    rows = run.metrics["rows"]
-    kept = rows["finetuned"]["macs"] / rows["dense"]["macs"]
+    rows = run.metrics.rows
+    kept = rows["finetuned"].macs / rows["dense"].macs
+    assert kept == run.metrics.macs_kept
     assert 0.588 <= kept <= 0.6  # inside the default 2% band below the budget
-    assert rows["finetuned"]["macs"] == macs(vit_shape(model)).total  # the real, smaller model
-    assert rows["finetuned"]["params"] < rows["dense"]["params"]
-    assert sum(p.numel() for p in model.parameters()) == rows["finetuned"]["params"]
+    assert rows["finetuned"].macs == macs(vit_shape(model)).total  # the real, smaller model
+    assert rows["finetuned"].params < rows["dense"].params
+    assert sum(p.numel() for p in model.parameters()) == rows["finetuned"].params
     report = (run.out / "report.md").read_text()
-    assert f"{rows['finetuned']['test_top1']:.2f}" in report and "| 3 |" in report
-    hist = run.metrics["finetune_history"]
-    assert [h["epoch"] for h in hist] == [1, 2]
+    assert f"{rows['finetuned'].test_top1:.2f}" in report and "| 3 |" in report
+    hist = run.metrics.finetune_history
+    assert [h.epoch for h in hist] == [1, 2]
+    # the record is what eval.json holds, field for field
+    from vitprune.records import Evaluation
+
+    on_disk = json.loads((run.out / "eval.json").read_text())
+    assert Evaluation.from_dict(on_disk) == run.metrics and run.metrics.to_dict() == on_disk
+    assert rows["dense"].timed("cpu", 1)["latency_ms"] > 0 and rows["pruned"].speed == {}
     record = json.loads((run.out / "run.json").read_text())
     assert record["kind"] == "compress"
     assert record["done"] == ["scores", "search", "finetune", "evaluate", "report"]
@@ -61,7 +68,7 @@ def test_rerun_resumes_at_the_first_unfinished_stage(run):
                               run.out, **QUICK)
     assert (run.out / "search" / "trials.jsonl").stat().st_mtime_ns == stamp  # no new search
     assert (run.model_dir / "model.safetensors").read_bytes() == weights  # no new fine-tuning
-    assert again.metrics["rows"]["finetuned"]["test_top1"] == run.metrics["rows"]["finetuned"]["test_top1"]
+    assert again.metrics.rows["finetuned"].test_top1 == run.metrics.rows["finetuned"].test_top1
     assert json.loads((run.out / "eval.json").read_text())["rows"]
     assert json.loads((run.out / "run.json").read_text())["done"] == record["done"]
 

@@ -300,7 +300,7 @@ def test_compress_under_a_latency_budget_reports_predicted_beside_measured_time(
                             tmp_path / "run", trials=3, init=2, calib_images=32,
                             score_images=32, epochs=1, max_steps_per_epoch=1, progress=False,
                             budget_metric="latency", latency_table=str(path))
-    lat = res.metrics["latency"]
+    lat = res.metrics.latency
     table = LatencyTable.load(path)
     assert lat["predicted_ms"] == table.predict(vit_shape(res.model))
     assert 0.98 * 0.7 <= lat["predicted_fraction"] <= 0.7

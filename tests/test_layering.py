@@ -9,7 +9,7 @@ import vitprune
 PKG = Path(vitprune.__file__).parent
 # lower number = lower layer
 LAYER = {
-    "errors": 0, "version": 0, "fsutil": 1, "cost": 1, "dist": 1, "progress": 1, "plan": 2,
+    "errors": 0, "version": 0, "records": 0, "fsutil": 1, "cost": 1, "dist": 1, "progress": 1, "plan": 2,
     "latency": 2, "devices": 2,
     "adapters": 3, "models": 4,
     "scoring": 5, "surgery": 5, "search": 5, "data": 5,

@@ -235,12 +235,11 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     device = _setup(args)
     res = compress(_source(args), cfg.data.data, cfg.budget, args.out,
                    device=device, progress=not args.quiet, config=cfg)
-    rows = res.metrics["rows"]
+    rows = res.metrics.rows
     return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
-            "macs_kept": rows["finetuned"]["macs"] / rows["dense"]["macs"],
-            "test_top1_dense": rows["dense"]["test_top1"],
-            "test_top1_pruned": rows["pruned"]["test_top1"],
-            "test_top1_finetuned": rows["finetuned"]["test_top1"]}
+            "macs_kept": res.metrics.macs_kept, "test_top1_dense": rows["dense"].test_top1,
+            "test_top1_pruned": rows["pruned"].test_top1,
+            "test_top1_finetuned": rows["finetuned"].test_top1}
 
 
 def cmd_search(args: argparse.Namespace) -> dict:

@@ -41,6 +41,7 @@ from .pipeline import (
 )
 from .plan import PrunePlan
 from .profile import device_name
+from .records import EpochRecord, EvalRow, Evaluation
 from .rundir import FINETUNE, MODEL, SEARCH, TRIALS, RunDir
 from .search.report import summary
 from .surgery import prune
@@ -62,7 +63,7 @@ class CompressResult:
     out: Path
     model_dir: Path
     plan: PrunePlan
-    metrics: dict[str, Any]
+    metrics: Evaluation
     report: Path
     model: torch.nn.Module
 
@@ -145,19 +146,21 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
         student, trained = run.model(finetune_stage, arch, plan)
         student = student.to(device)  # read back from its directory (on the CPU) on a resume
 
-        def evaluate_stage() -> dict:
+        def evaluate_stage() -> Evaluation:
             say(f"evaluating on the test and calibration splits and measuring speed on {device}")
             rows = evaluate_models({"dense": dense, "pruned": pruned, "finetuned": student},
                                    splits, timed=("dense", "finetuned"),
                                    bench_batches=cfg.bench_batches, device=device)
-            out = {"rows": rows, "threads": torch.get_num_threads(),
-                   "device_type": torch.device(device).type, "device_name": device_name(device),
-                   "finetune_history": trained["finetuned"]["history"],
-                   "test_images": rows["dense"]["test_images"]}
             table = cfg.search.latency()
-            if table is not None:  # a latency budget: predicted beside measured, at its batch
-                out["latency"] = latency_check(table, dense, student)
-            return out
+            return Evaluation(
+                rows={k: EvalRow.from_dict(r) for k, r in rows.items()},
+                threads=torch.get_num_threads(), device_type=torch.device(device).type,
+                device_name=device_name(device),
+                finetune_history=tuple(EpochRecord.from_dict(h)
+                                       for h in trained["finetuned"]["history"]),
+                test_images=rows["dense"]["test_images"],
+                # a latency budget: predicted beside measured, at its batch
+                latency=None if table is None else latency_check(table, dense, student))
 
         metrics = run.metrics(evaluate_stage)
 

@@ -9,6 +9,7 @@ from typing import Any
 from . import fsutil
 from .cost import VitShape, token_counts
 from .plan import PrunePlan, planned_shape
+from .records import Evaluation
 
 # the report and its plots, as a compression run directory holds them
 REPORT, PLAN_PLOT, FINETUNE_PLOT = "report.md", "plan.png", "finetune.png"
@@ -16,7 +17,7 @@ REPORT, PLAN_PLOT, FINETUNE_PLOT = "report.md", "plan.png", "finetune.png"
 NAMES = {"dense": "dense", "pruned": "pruned, before fine-tuning", "finetuned": "pruned + fine-tuned"}
 
 
-def write_report(out: Path, metrics: dict[str, Any], plan: PrunePlan, dense: VitShape,
+def write_report(out: Path, metrics: Evaluation, plan: PrunePlan, dense: VitShape,
                  search: dict[str, Any], config: dict[str, Any]) -> Path:
     """Write ``report.md``, ``plan.png`` and ``finetune.png`` into ``out``.
 
@@ -39,35 +40,36 @@ def write_report(out: Path, metrics: dict[str, Any], plan: PrunePlan, dense: Vit
     return out / REPORT
 
 
-def _summary(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    rows, d = metrics["rows"], metrics["rows"]["dense"]
+def _summary(metrics: Evaluation, config: dict[str, Any]) -> list[str]:
+    rows, d = metrics.rows, metrics.rows["dense"]
     batches = config["bench_batches"]
     lat, thr = f"batch{batches[0]}", f"batch{batches[-1]}"
     lines = ["# Compression report", "",
              f"Budget {config['budget']} ({config['criterion']} criterion, {config['method']} search, "
              f"{config['trials']} evaluations), then {config['epochs']} epochs of fine-tuning with "
              f"distillation from the dense model (alpha {config['kd_alpha']}, T "
-             f"{config['kd_temperature']}). Test split: {metrics['test_images']} images. "
-             + (f"CPU speed with {metrics['threads']} threads" if metrics.get("device_type", "cpu")
-                == "cpu" else f"Speed on {metrics.get('device_name', 'the GPU')} (bf16 autocast)")
+             f"{config['kd_temperature']}). Test split: {metrics.test_images} images. "
+             + (f"CPU speed with {metrics.threads} threads" if metrics.device_type == "cpu"
+                else f"Speed on {metrics.device_name or 'the GPU'} (bf16 autocast)")
              + " (median of repeats after warm-up).", "",
              f"| model | MMACs | MACs kept | params (M) | test top-1 | latency b{batches[0]} (ms) "
              f"| throughput b{batches[-1]} (img/s) | speed-up b{batches[0]} / b{batches[-1]} |",
              "|---|---|---|---|---|---|---|---|"]
-    kind = metrics.get("device_type", "cpu")  # where the speed was measured
+    kind = metrics.device_type  # where the speed was measured
     for key, r in rows.items():
-        cpu = r.get(kind)  # measured for dense and fine-tuned (pruned has the same structure)
+        cpu = r.speed.get(kind)  # measured for dense and fine-tuned (pruned has the same structure)
         speed = ["-", "-", "-"]
         if cpu:
+            dk = d.speed[kind]
             speed = [f"{cpu[lat]['latency_ms']:.2f}", f"{cpu[thr]['throughput']:.0f}",
-                     f"{d[kind][lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
-                     f"{cpu[thr]['throughput'] / d[kind][thr]['throughput']:.2f}x"]
-        lines.append(f"| {NAMES[key]} | {r['macs'] / 1e6:.1f} | {r['macs'] / d['macs']:.1%} | "
-                     f"{r['params'] / 1e6:.3f} | {r['test_top1']:.2f} | " + " | ".join(speed) + " |")
-    drop = rows["finetuned"]["test_top1"] - d["test_top1"]
+                     f"{dk[lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
+                     f"{cpu[thr]['throughput'] / dk[thr]['throughput']:.2f}x"]
+        lines.append(f"| {NAMES[key]} | {r.macs / 1e6:.1f} | {r.macs / d.macs:.1%} | "
+                     f"{r.params / 1e6:.3f} | {r.test_top1:.2f} | " + " | ".join(speed) + " |")
+    drop = rows["finetuned"].test_top1 - d.test_top1
     lines += ["", f"Accuracy change after fine-tuning: {drop:+.2f} points; before fine-tuning: "
-                  f"{rows['pruned']['test_top1'] - d['test_top1']:+.2f}.", ""]
-    lat = metrics.get("latency")
+                  f"{rows['pruned'].test_top1 - d.test_top1:+.2f}.", ""]
+    lat = metrics.latency
     if lat:
         lines += [f"Latency budget on the table of {lat['table']}: predicted "
                   f"{lat['predicted_ms']:.2f} ms per batch of {lat['batch']} "
@@ -132,19 +134,19 @@ def _plot_plan(dest: Path, plan: PrunePlan, dense: VitShape) -> None:
     fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))
 
 
-def _plot_finetune(dest: Path, metrics: dict[str, Any]) -> None:
+def _plot_finetune(dest: Path, metrics: Evaluation) -> None:
     """Calibration top-1 after each fine-tuning epoch, against the dense and pruned models'
     calibration top-1: like with like (the test split is never seen during fine-tuning)."""
-    hist = metrics["finetune_history"]
-    rows = metrics["rows"]
+    hist = metrics.finetune_history
+    rows = metrics.rows
     fig = _figure((6, 3.5))
     ax = fig.subplots()
-    ax.plot([h["epoch"] for h in hist], [h["calib_top1"] for h in hist], "o-",
+    ax.plot([h.epoch for h in hist], [h.calib_top1 for h in hist], "o-",
             label="pruned, fine-tuning")
     for key, style, label in (("dense", dict(color="0.3", ls="--"), "dense"),
                               ("pruned", dict(color="C3", ls=":"), "pruned before fine-tuning")):
-        if "calib_top1" in rows[key]:  # runs made before it was measured have only test top-1
-            ax.axhline(rows[key]["calib_top1"], label=label, **style)
+        if rows[key].calib_top1 is not None:  # older runs measured only test top-1
+            ax.axhline(rows[key].calib_top1, label=label, **style)
     ax.set(xlabel="epoch", ylabel="calibration top-1 (%)", title="fine-tuning")
     ax.legend(loc="lower right")
     fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))

@@ -38,6 +38,7 @@ from .io.model_dir import CONFIG as MODEL_CONFIG
 from .io.model_dir import read_config
 from .models import ArchSpec
 from .plan import PrunePlan
+from .records import Evaluation
 from .report import REPORT
 from .scoring import BlockScores, load_scores, save_scores
 
@@ -218,10 +219,11 @@ class RunDir:
 
         return self.stage("report", lambda: self.file(REPORT), lambda _: write(self.path), read)
 
-    def metrics(self, compute: Callable[[], dict]) -> dict:
+    def metrics(self, compute: Callable[[], Evaluation]) -> Evaluation:
         """The evaluation (``eval.json``)."""
-        return self.stage("evaluate", compute, lambda v: fsutil.write_json(self.file(METRICS), v),
-                          lambda: json.loads(self.file(METRICS).read_text()))
+        return self.stage(
+            "evaluate", compute, lambda v: fsutil.write_json(self.file(METRICS), v.to_dict()),
+            lambda: Evaluation.from_dict(json.loads(self.file(METRICS).read_text())))
 
 
 def _remove_temporaries(out: Path) -> None:

@@ -116,8 +116,10 @@ def test_compress_runs_every_stage_on_the_resolved_device(spy, tmp_path, monkeyp
     out = str(tmp_path / "run")
     real = {name: getattr(compression, name) for name in
             ("policy_search", "finetune", "evaluate_models")}
+    # (stage, the function of vitprune that makes its first forward, the stage a CPU run stops at);
+    # fine-tuning's first forward is in fit's optimisation step (_Step.epoch)
     steps = [("scoring", "collect", None), ("search", "_counts", "policy_search"),
-             ("fine-tuning", "fit", "finetune"), ("evaluation", "evaluate", "evaluate_models")]
+             ("fine-tuning", "epoch", "finetune"), ("evaluation", "evaluate", "evaluate_models")]
     for stage, caller, stopped in steps:
         if stopped is not None:  # a CPU run up to this stage
             for name, fn in real.items():

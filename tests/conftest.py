@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny timm ViTs with random weights and small synthetic data."""
+"""Shared fixtures: tiny timm ViTs with random weights, small synthetic data, and pruned models of
+the layouts deployment must handle."""
 
 from __future__ import annotations
 
@@ -23,3 +24,25 @@ def synth_splits():
     from vitprune.data import load_splits
 
     return load_splits("synthetic", calib_size=64)
+
+
+@pytest.fixture(scope="module", params=["avg_pool", "deit_distilled", "register_tokens"])
+def pruned(request):
+    """Each of the layouts deployment must handle, pruned in heads, neurons and tokens."""
+    from tests.helpers import FAMILIES, pruned_family
+
+    assert request.param in FAMILIES
+    return pruned_family(request.param)
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_vit):
+    """The tiny ViT pruned (heads, neurons, two token stages) and saved as a model directory."""
+    from tests.helpers import random_plan
+    from vitprune.adapters import vit_shape
+    from vitprune.io import save
+    from vitprune.models import ArchSpec
+    from vitprune.surgery import prune
+
+    plan = random_plan(vit_shape(tiny_vit), 3, stages=(1, 3))
+    return save(tmp_path / "model", prune(tiny_vit, plan), ArchSpec("fmnist_vit_tiny"), plan=plan)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import random
+import struct
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from vitprune.cost import VitShape
+from vitprune.adapters import vit_shape
+from vitprune.cost import VitShape, token_counts
+from vitprune.models import build_model
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage
+from vitprune.surgery import prune
 
 
 def random_plan(shape: VitShape, seed: int, stages: tuple[int, ...] = (),
@@ -46,3 +53,48 @@ def sharpen(model: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
                 qkv[0].weight *= factor
                 qkv[1].weight *= factor
     return model
+
+
+# Small versions of the three layouts deployment must handle: a distilled DeiT (two heads, two prefix
+# tokens), a register-token ViT (five prefix tokens, layer scale), a global-average-pool ViT
+# without class token. Each is pruned with heads, neurons and tokens cut.
+
+
+FAMILIES = {
+    "deit_distilled": ("deit_tiny_distilled_patch16_224",
+                       dict(img_size=48, depth=3, num_classes=10)),
+    "register_tokens": ("vit_small_patch14_reg4_dinov2",
+                        dict(img_size=42, depth=3, num_classes=10, init_values=0.5)),
+    "avg_pool": ("vit_small_patch16_224",
+                 dict(img_size=48, depth=3, class_token=False, global_pool="avg",
+                      num_classes=10)),
+}
+
+
+def pruned_family(family: str) -> torch.nn.Module:
+    name, kw = FAMILIES[family]
+    torch.manual_seed(0)
+    dense = sharpen(build_model(name, **kw).eval())
+    with torch.no_grad():  # logits of order one, so that a 1e-4 agreement means something
+        for head in (dense.head, getattr(dense, "head_dist", None)):
+            if head is not None:
+                head.weight.normal_(0, 1.0)
+    plan = random_plan(vit_shape(dense), 0, stages=(1, 2))
+    model = prune(dense, plan).eval()
+    assert token_counts(vit_shape(model))[-1] < token_counts(vit_shape(dense))[-1]
+    return model
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
+    """``arr`` (uint8) as an IDX file, gzipped unless ``gz`` is False."""
+    code = {np.uint8: 0x08}[arr.dtype.type]
+    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def fake_fmnist(d: Path, n_train=100, n_test=40) -> None:
+    """Random Fashion-MNIST files (the four IDX files of its layout) in ``d``."""
+    rng = np.random.default_rng(0)
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(d / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(d / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))

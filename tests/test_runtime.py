@@ -8,54 +8,10 @@ import json
 import pytest
 import torch
 
-from tests.helpers import random_plan, sharpen
-from vitprune.adapters import input_shape, vit_shape
+from tests.helpers import pruned_family
+from vitprune.adapters import input_shape
 from vitprune.cli import main
-from vitprune.cost import token_counts
-from vitprune.io import save
-from vitprune.models import ArchSpec, build_model
 from vitprune.runtime import quantize_eager, runner
-from vitprune.surgery import prune
-
-# Small versions of the three layouts the issue names: a distilled DeiT (two heads, two prefix
-# tokens), a register-token ViT (five prefix tokens, layer scale), a global-average-pool ViT
-# without class token. Each is pruned with heads, neurons and tokens cut.
-
-
-FAMILIES = {
-    "deit_distilled": ("deit_tiny_distilled_patch16_224",
-                       dict(img_size=48, depth=3, num_classes=10)),
-    "register_tokens": ("vit_small_patch14_reg4_dinov2",
-                        dict(img_size=42, depth=3, num_classes=10, init_values=0.5)),
-    "avg_pool": ("vit_small_patch16_224",
-                 dict(img_size=48, depth=3, class_token=False, global_pool="avg",
-                      num_classes=10)),
-}
-
-
-def _pruned(family: str) -> torch.nn.Module:
-    name, kw = FAMILIES[family]
-    torch.manual_seed(0)
-    dense = sharpen(build_model(name, **kw).eval())
-    with torch.no_grad():  # logits of order one, so that a 1e-4 agreement means something
-        for head in (dense.head, getattr(dense, "head_dist", None)):
-            if head is not None:
-                head.weight.normal_(0, 1.0)
-    plan = random_plan(vit_shape(dense), 0, stages=(1, 2))
-    model = prune(dense, plan).eval()
-    assert token_counts(vit_shape(model))[-1] < token_counts(vit_shape(dense))[-1]
-    return model
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pruned(request):
-    return _pruned(request.param)
-
-
-@pytest.fixture
-def saved(tmp_path, tiny_vit):
-    plan = random_plan(vit_shape(tiny_vit), 3, stages=(1, 3))
-    return save(tmp_path / "model", prune(tiny_vit, plan), ArchSpec("fmnist_vit_tiny"), plan=plan)
 
 
 def test_compile_fullgraph_matches_eager(pruned):
@@ -67,7 +23,7 @@ def test_compile_fullgraph_matches_eager(pruned):
 
 
 def test_inductor_compiled_pruned_model_matches_eager():
-    model = _pruned("deit_distilled")
+    model = pruned_family("deit_distilled")
     torch._dynamo.reset()
     with torch.no_grad():
         x = torch.randn(2, *input_shape(model))

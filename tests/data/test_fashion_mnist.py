@@ -1,13 +1,12 @@
 """Tests of Fashion-MNIST (vitprune/data/fashion_mnist.py): reading, errors, the calibration carve."""
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import fake_fmnist, write_idx
 from vitprune.data import fashion_mnist, load_splits, make_loader
 from vitprune.errors import DataError
 
@@ -19,21 +18,8 @@ needs_fmnist = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
-def _write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
-    code = {np.uint8: 0x08}[arr.dtype.type]
-    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-
-
-def _fake_fmnist(d: Path, n_train=100, n_test=40) -> None:
-    rng = np.random.default_rng(0)
-    for part, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(d / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        _write_idx(d / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
-
-
 def test_missing_files_say_how_to_get_them(tmp_path):
-    _fake_fmnist(tmp_path)
+    fake_fmnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError) as err:
         fashion_mnist.load(tmp_path)
@@ -43,7 +29,7 @@ def test_missing_files_say_how_to_get_them(tmp_path):
 
 
 def test_user_directory_is_loaded(tmp_path):
-    _fake_fmnist(tmp_path, n_train=100, n_test=40)
+    fake_fmnist(tmp_path, n_train=100, n_test=40)
     s = fashion_mnist.load(tmp_path, calib_size=20)
     assert (len(s.train), len(s.calib), len(s.test)) == (80, 20, 40)
 
@@ -67,10 +53,10 @@ def test_calibration_never_overlaps_test(tmp_path):
     n_train, n_test = 100, 40
     imgs = np.zeros((n_train + n_test, 28, 28), dtype=np.uint8)
     imgs.reshape(len(imgs), -1)[:, :2] = np.stack(np.divmod(np.arange(len(imgs)), 256), 1)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs[:n_train])
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs[n_train:])
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs[:n_train])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs[n_train:])
     for part, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.zeros(n, dtype=np.uint8))
+        write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.zeros(n, dtype=np.uint8))
     s = fashion_mnist.load(tmp_path, calib_size=30)
     key = lambda ds: {bytes(im.numpy().tobytes()) for im in ds.images}  # noqa: E731
     assert not key(s.calib) & key(s.test)

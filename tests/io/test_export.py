@@ -10,55 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import random_plan, sharpen
+from tests.helpers import random_plan
 from vitprune.adapters import input_shape, vit_shape
 from vitprune.cli import main
-from vitprune.cost import token_counts
 from vitprune.errors import DependencyError, ModelError, OutputError
-from vitprune.io import save
 from vitprune.io.export import export_onnx, ort_runner
-from vitprune.models import ArchSpec, build_model
+from vitprune.models import build_model
 from vitprune.surgery import prune
-
-# Small versions of the three layouts the issue names: a distilled DeiT (two heads, two prefix
-# tokens), a register-token ViT (five prefix tokens, layer scale), a global-average-pool ViT
-# without class token. Each is pruned with heads, neurons and tokens cut.
-
-
-FAMILIES = {
-    "deit_distilled": ("deit_tiny_distilled_patch16_224",
-                       dict(img_size=48, depth=3, num_classes=10)),
-    "register_tokens": ("vit_small_patch14_reg4_dinov2",
-                        dict(img_size=42, depth=3, num_classes=10, init_values=0.5)),
-    "avg_pool": ("vit_small_patch16_224",
-                 dict(img_size=48, depth=3, class_token=False, global_pool="avg",
-                      num_classes=10)),
-}
-
-
-def _pruned(family: str) -> torch.nn.Module:
-    name, kw = FAMILIES[family]
-    torch.manual_seed(0)
-    dense = sharpen(build_model(name, **kw).eval())
-    with torch.no_grad():  # logits of order one, so that a 1e-4 agreement means something
-        for head in (dense.head, getattr(dense, "head_dist", None)):
-            if head is not None:
-                head.weight.normal_(0, 1.0)
-    plan = random_plan(vit_shape(dense), 0, stages=(1, 2))
-    model = prune(dense, plan).eval()
-    assert token_counts(vit_shape(model))[-1] < token_counts(vit_shape(dense))[-1]
-    return model
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pruned(request):
-    return _pruned(request.param)
-
-
-@pytest.fixture
-def saved(tmp_path, tiny_vit):
-    plan = random_plan(vit_shape(tiny_vit), 3, stages=(1, 3))
-    return save(tmp_path / "model", prune(tiny_vit, plan), ArchSpec("fmnist_vit_tiny"), plan=plan)
 
 
 def _leftovers(d: Path) -> list[str]:

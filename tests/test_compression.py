@@ -148,3 +148,15 @@ def test_a_compress_run_of_the_previous_layout_resumes(run, tmp_path):
     assert (old / "model" / "model.safetensors").read_bytes() == weights
     assert again.plan == run.plan
     assert json.loads((old / "run.json").read_text())["done"][-2:] == ["evaluate", "report"]
+
+
+def test_a_budget_beside_a_config_that_says_otherwise_is_refused_before_any_work(tmp_path):
+    from vitprune.config import CompressConfig
+    from vitprune.errors import ConfigError
+
+    cfg = CompressConfig.from_flat(budget="0.6")
+    with pytest.raises(ConfigError, match="budget 0.4 contradicts config's budget '0.6'"):
+        vitprune.compress("fmnist_vit_tiny", "synthetic", 0.4, tmp_path / "c", config=cfg)
+    with pytest.raises(ConfigError, match="trials was given beside config="):
+        vitprune.compress("fmnist_vit_tiny", "synthetic", out=tmp_path / "c", config=cfg, trials=3)
+    assert not (tmp_path / "c").exists()

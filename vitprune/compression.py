@@ -20,7 +20,7 @@ import torch
 
 from . import dist
 from .adapters import vit_shape
-from .config import CompressConfig
+from .config import CompressConfig, parse_budget
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
 from .devices import setup
@@ -69,7 +69,7 @@ class CompressResult:
 
 
 def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnist",
-             budget: str | float = 0.6, out: str | Path = "runs/compress", *,
+             budget: str | float | None = None, out: str | Path = "runs/compress", *,
              checkpoint: str | Path | None = None,
              data_dir: str | Path | None = None, device: str = DEFAULT_DEVICE,
              progress: bool = True, config: CompressConfig | None = None,
@@ -83,7 +83,8 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
         data: a dataset name (``fashion-mnist``, ``imagefolder``, ``synthetic``), read as the
             command line reads it (:func:`vitprune.pipeline.load_data`: an image folder gets the
             model's own preprocessing), or ready splits.
-        budget: fraction of the dense MACs to keep (``0.6``, ``"60%"``) or ``"2.7G"`` (GMACs).
+        budget: fraction of the dense MACs to keep (``0.6``, ``"60%"``) or ``"2.7G"`` (GMACs);
+            default :class:`CompressConfig`'s (or ``config``'s, which it may not contradict).
         out: the run directory; re-running with the same arguments resumes it.
         checkpoint: weights for a model given by name.
         data_dir: where the dataset is.
@@ -174,7 +175,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
     return CompressResult(run.path, run.file(MODEL), plan, metrics, report, student.cpu().eval())
 
 
-def _config(config: CompressConfig | None, budget: str | float, data: str | Splits,
+def _config(config: CompressConfig | None, budget: str | float | None, data: str | Splits,
             data_dir: str | Path | None, settings: dict[str, Any]) -> CompressConfig:
     """The run's settings from either ``config`` or flat names, with the dataset named by
     ``data`` and ``data_dir``; settings given twice are refused rather than one dropped."""
@@ -182,7 +183,11 @@ def _config(config: CompressConfig | None, budget: str | float, data: str | Spli
     if data_dir is not None:
         named["data_dir"] = str(data_dir)
     if config is None:
-        return CompressConfig.from_flat(budget=str(budget), **named, **settings)
+        given = {} if budget is None else {"budget": str(budget)}
+        return CompressConfig.from_flat(**given, **named, **settings)
+    if budget is not None and parse_budget(budget) != parse_budget(config.budget):
+        raise ConfigError("budget", f"{budget!r} contradicts config's budget {config.budget!r}: "
+                          "give it in one place")
     if settings:
         raise ConfigError(next(iter(settings)), "was given beside config=: put every setting in "
                           "the CompressConfig (CompressConfig.from_flat(...)) or none")

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import dist
+from . import dist, fsutil
 from .adapters import vit_shape
 from .config import CompressConfig, parse_budget
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
 from .devices import setup
 from .errors import ConfigError
-from .models import ModelSource
+from .io import load, save
+from .io.model_dir import read_config
+from .models import ArchSpec, ModelSource
 from .pipeline import (
     check_budget,
     check_training,
@@ -42,7 +46,8 @@ from .pipeline import (
 from .plan import PrunePlan
 from .profile import device_name
 from .records import EpochRecord, EvalRow, Evaluation
-from .rundir import FINETUNE, MODEL, SEARCH, TRIALS, RunDir
+from .rundir import FINETUNE, METRICS, MODEL, PLAN, REPORT, SCORES, SEARCH, TRIALS, RunDir
+from .scoring import BlockScores, load_scores, save_scores
 from .search.report import summary
 from .surgery import prune
 
@@ -117,13 +122,14 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
     with RunDir.claim(out, "compress", identity, inputs=src.inputs(), defaults=defaults,
                       info={"model_path": src.name, "checkpoint": src.checkpoint}
                       ) as run:
+        stages = _Stages(run)
         def score_stage() -> tuple[list, dict]:
             say(f"scoring heads and neurons ({cfg.score.criterion}, {cfg.score.score_images} "
                 "images)")
             return scored(dense, splits, cfg.score.criterion, n_images=cfg.score.score_images)
             # (dense is on device: scoring runs there)
 
-        scores = run.scores(score_stage)
+        scores = stages.scores(score_stage)
 
         def search_stage() -> tuple[PrunePlan, dict]:
             say(f"searching ({cfg.search.method}, {cfg.search.trials} evaluations)")
@@ -132,7 +138,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
                                 resume=run.file(SEARCH, TRIALS).exists())
             return res.best_plan, summary(res)
 
-        plan, search_summary = run.plan(search_stage)
+        plan, search_summary = stages.plan(search_stage)
         pruned = prune(dense, plan)  # exact and quick: recomputed, never re-read
 
         def finetune_stage() -> tuple[torch.nn.Module, dict]:
@@ -144,7 +150,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
                                            "wall_seconds_this_run":
                                                round(time.perf_counter() - t0, 1)}}
 
-        student, trained = run.model(finetune_stage, arch, plan)
+        student, trained = stages.model(finetune_stage, arch, plan)
         student = student.to(device)  # read back from its directory (on the CPU) on a resume
 
         def evaluate_stage() -> Evaluation:
@@ -163,7 +169,7 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
                 # a latency budget: predicted beside measured, at its batch
                 latency=None if table is None else latency_check(table, dense, student))
 
-        metrics = run.metrics(evaluate_stage)
+        metrics = stages.metrics(evaluate_stage)
 
         def write_report(directory: Path) -> Path:
             from .report import write_report
@@ -171,8 +177,55 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
             return write_report(directory, metrics, plan, vit_shape(dense), search_summary,
                                 cfg.flat())
 
-        report = run.report(write_report)
+        report = stages.report(write_report)
     return CompressResult(run.path, run.file(MODEL), plan, metrics, report, student.cpu().eval())
+
+
+class _Stages:
+    """The typed stages of a compression run in its run directory: each value is computed once,
+    written atomically, and read back on a resume."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def scores(self, compute: Callable[[], tuple[list[BlockScores], dict]]) -> list[BlockScores]:
+        """The component scores (``scores.json``)."""
+        return self.run.stage("scores", compute, lambda v: save_scores(self.run.file(SCORES), *v),
+                          lambda: load_scores(self.run.file(SCORES)))[0]
+
+    def plan(self, compute: Callable[[], tuple[PrunePlan, dict]]) -> tuple[PrunePlan, dict]:
+        """The searched plan and the search's summary (``plan.json``; the search's own files
+        are under ``search/``)."""
+        def write(v: tuple[PrunePlan, dict]) -> None:
+            fsutil.write_json(self.run.file(PLAN), {"plan": v[0].to_dict(), "search": v[1]})
+
+        def read() -> tuple[PrunePlan, dict]:
+            d = json.loads(self.run.file(PLAN).read_text())
+            return PrunePlan.from_dict(d["plan"]), d["search"]
+
+        return self.run.stage("search", compute, write, read)
+
+    def model(self, compute: Callable[[], tuple[torch.nn.Module, dict]], arch: ArchSpec,
+              plan: PrunePlan) -> tuple[torch.nn.Module, dict]:
+        """The fine-tuned model and its metadata (``model/``, a plain model directory)."""
+        return self.run.stage("finetune", compute,
+                          lambda v: save(self.run.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1]),
+                          lambda: (load(self.run.file(MODEL)), read_config(self.run.file(MODEL))["meta"]))
+
+    def report(self, write: Callable[[Path], Path]) -> Path:
+        """The report (``report.md`` and its plots), written by ``write(directory)`` once."""
+        def read() -> Path:
+            if not self.run.file(REPORT).is_file():
+                raise OSError(f"{self.run.file(REPORT)} is missing")
+            return self.run.file(REPORT)
+
+        return self.run.stage("report", lambda: self.run.file(REPORT), lambda _: write(self.run.path), read)
+
+    def metrics(self, compute: Callable[[], Evaluation]) -> Evaluation:
+        """The evaluation (``eval.json``)."""
+        return self.run.stage(
+            "evaluate", compute, lambda v: fsutil.write_json(self.run.file(METRICS), v.to_dict()),
+            lambda: Evaluation.from_dict(json.loads(self.run.file(METRICS).read_text())))
 
 
 def _config(config: CompressConfig | None, budget: str | float | None, data: str | Splits,

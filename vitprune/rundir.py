@@ -12,7 +12,8 @@ Every command that writes a directory claims it first (:meth:`RunDir.claim`):
 - **one writer**: an exclusive ``flock`` on the directory, which the OS releases when the
   process ends, however it ends, so a killed run resumes and a second writer is refused;
 - **stages**: a stage's output is written atomically, then the stage is recorded as done in
-  ``run.json``; a stage recorded as done is loaded instead of run again.
+  ``run.json``; a stage recorded as done is loaded instead of run again (:meth:`RunDir.stage`;
+  a command's typed stages are its own, e.g. compress's in :mod:`vitprune.compression`).
 
 Under torchrun, rank 0 claims, locks and writes; the other ranks compute alongside it.
 """
@@ -29,18 +30,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
 from . import dist, fsutil
 from .errors import OutputError, VitpruneError
-from .io import load, save
 from .io.model_dir import CONFIG as MODEL_CONFIG
-from .io.model_dir import read_config
-from .models import ArchSpec
-from .plan import PrunePlan
-from .records import Evaluation
 from .report import REPORT
-from .scoring import BlockScores, load_scores, save_scores
 
 # named by the layers that write them; re-exported so that callers name them through here
 from .search.report import BEST_PLAN as BEST_PLAN
@@ -184,46 +177,6 @@ class RunDir:
     def file(self, *names: str) -> Path:
         """The path of output ``names`` (this module's constants: ``file(SEARCH, TRIALS)``)."""
         return self.path.joinpath(*names)
-
-    # typed stages of a compression run
-    def scores(self, compute: Callable[[], tuple[list[BlockScores], dict]]) -> list[BlockScores]:
-        """The component scores (``scores.json``)."""
-        return self.stage("scores", compute, lambda v: save_scores(self.file(SCORES), *v),
-                          lambda: load_scores(self.file(SCORES)))[0]
-
-    def plan(self, compute: Callable[[], tuple[PrunePlan, dict]]) -> tuple[PrunePlan, dict]:
-        """The searched plan and the search's summary (``plan.json``; the search's own files
-        are under ``search/``)."""
-        def write(v: tuple[PrunePlan, dict]) -> None:
-            fsutil.write_json(self.file(PLAN), {"plan": v[0].to_dict(), "search": v[1]})
-
-        def read() -> tuple[PrunePlan, dict]:
-            d = json.loads(self.file(PLAN).read_text())
-            return PrunePlan.from_dict(d["plan"]), d["search"]
-
-        return self.stage("search", compute, write, read)
-
-    def model(self, compute: Callable[[], tuple[torch.nn.Module, dict]], arch: ArchSpec,
-              plan: PrunePlan) -> tuple[torch.nn.Module, dict]:
-        """The fine-tuned model and its metadata (``model/``, a plain model directory)."""
-        return self.stage("finetune", compute,
-                          lambda v: save(self.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1]),
-                          lambda: (load(self.file(MODEL)), read_config(self.file(MODEL))["meta"]))
-
-    def report(self, write: Callable[[Path], Path]) -> Path:
-        """The report (``report.md`` and its plots), written by ``write(directory)`` once."""
-        def read() -> Path:
-            if not self.file(REPORT).is_file():
-                raise OSError(f"{self.file(REPORT)} is missing")
-            return self.file(REPORT)
-
-        return self.stage("report", lambda: self.file(REPORT), lambda _: write(self.path), read)
-
-    def metrics(self, compute: Callable[[], Evaluation]) -> Evaluation:
-        """The evaluation (``eval.json``)."""
-        return self.stage(
-            "evaluate", compute, lambda v: fsutil.write_json(self.file(METRICS), v.to_dict()),
-            lambda: Evaluation.from_dict(json.loads(self.file(METRICS).read_text())))
 
 
 def _remove_temporaries(out: Path) -> None:

@@ -46,3 +46,20 @@ def saved(tmp_path, tiny_vit):
 
     plan = random_plan(vit_shape(tiny_vit), 3, stages=(1, 3))
     return save(tmp_path / "model", prune(tiny_vit, plan), ArchSpec("fmnist_vit_tiny"), plan=plan)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny registered ViT, as latency tables are built on it (eval mode)."""
+    from vitprune.models import build_model
+
+    return build_model("fmnist_vit_tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def table(tiny):
+    """A real latency table of ``tiny``, built fast (its times mean nothing here)."""
+    from vitprune.profile import build_table
+
+    return build_table(tiny, batch=2, threads=1, repeats=1, warmup=1, passes=1,
+                       neuron_points=4, calibration_plans=4, progress=False)

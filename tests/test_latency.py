@@ -21,22 +21,9 @@ from vitprune.errors import ConfigError
 from vitprune.latency import LatencyTable, isotonic, monotone
 from vitprune.models import build_model
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
-from vitprune.profile import build_table
 from vitprune.search import Budget, SearchSpace
 from vitprune.search.config import SearchConfig
 from vitprune.search.loop import search
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_model("fmnist_vit_tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def table(tiny):
-    """A real table of the tiny model, built fast (its times mean nothing here)."""
-    return build_table(tiny, batch=2, threads=1, repeats=1, warmup=1, passes=1,
-                       neuron_points=4, calibration_plans=4, progress=False)
 
 
 def synthetic(shape) -> LatencyTable:
@@ -52,17 +39,6 @@ def synthetic(shape) -> LatencyTable:
                         mlp_ms=0.001 * np.outer(neurons, tokens) + 0.005,
                         select_ms=0.0005 * np.array(tokens), fixed_ms=0.05,
                         meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
-
-
-def test_the_table_covers_the_model(table, tiny):
-    shape = vit_shape(tiny)
-    assert table.heads == tuple(range(1, shape.blocks[0].heads + 1))
-    assert table.neurons[-1] == shape.blocks[0].mlp_hidden
-    assert table.tokens[0] == shape.num_prefix + 1
-    assert table.tokens[-1] == shape.num_prefix + shape.num_patches
-    assert table.meta["batch"] == 2 and table.meta["threads"] == 1
-    assert len(table.meta["calibration"]) == 5  # the dense model and four pruned ones
-    assert table.scale > 0
 
 
 def test_predictions_never_rise_when_a_plan_keeps_less(table, tiny):
@@ -306,12 +282,3 @@ def test_compress_under_a_latency_budget_reports_predicted_beside_measured_time(
     assert 0.98 * 0.7 <= lat["predicted_fraction"] <= 0.7
     assert lat["measured_ms"] > 0 and lat["batch"] == 2
     assert "Latency budget on the table" in res.report.read_text()
-
-
-def test_a_calibration_that_would_predict_no_time_falls_back_to_a_ratio():
-    from vitprune.profile import fit_calibration
-
-    points = [(10.0, 4.0), (20.0, 6.0), (30.0, 8.0)]  # measured = 5 * parts - 10
-    assert fit_calibration(points, floor=3.0) == pytest.approx((5.0, -10.0))  # 5 ms left
-    scale, offset = fit_calibration(points, floor=1.0)  # the line would say -5 ms
-    assert offset == 0.0 and scale == pytest.approx(np.median([10 / 4, 20 / 6, 30 / 8]))

@@ -1,0 +1,59 @@
+"""Building latency tables (``vitprune/profile.py``): the grid covers the model, each cell keeps
+its fastest pass, and the calibration fit falls back to a ratio when its line would predict no
+time. No test asserts a measured time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vitprune.adapters import vit_shape
+
+
+def test_the_table_covers_the_model(table, tiny):
+    shape = vit_shape(tiny)
+    assert table.heads == tuple(range(1, shape.blocks[0].heads + 1))
+    assert table.neurons[-1] == shape.blocks[0].mlp_hidden
+    assert table.tokens[0] == shape.num_prefix + 1
+    assert table.tokens[-1] == shape.num_prefix + shape.num_patches
+    assert table.meta["batch"] == 2 and table.meta["threads"] == 1
+    assert len(table.meta["calibration"]) == 5  # the dense model and four pruned ones
+    assert table.scale > 0
+
+
+def test_a_calibration_that_would_predict_no_time_falls_back_to_a_ratio():
+    from vitprune.profile import fit_calibration
+
+    points = [(10.0, 4.0), (20.0, 6.0), (30.0, 8.0)]  # measured = 5 * parts - 10
+    assert fit_calibration(points, floor=3.0) == pytest.approx((5.0, -10.0))  # 5 ms left
+    scale, offset = fit_calibration(points, floor=1.0)  # the line would say -5 ms
+    assert offset == 0.0 and scale == pytest.approx(np.median([10 / 4, 20 / 6, 30 / 8]))
+
+
+def test_each_cell_keeps_its_fastest_pass_and_every_half_is_timed_at_every_token_count():
+    import torch
+
+    from vitprune.profile import _time_grid
+
+    calls = []
+
+    def timer(fn, *args):  # pass 1 times everything at 5 ms, pass 2 at 3 ms but one cell at 9
+        calls.append((fn, args[0].shape[1]))
+        second = len(calls) > 2 * 4  # a pass: 2 token counts x (2 attention, 1 MLP, selection)
+        return 9.0 if (second and fn == "a1" and args[0].shape[1] == 4) else (3.0 if second else 5.0)
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    halves = {"attn": ["a0", "a1"], "mlp": ["m0"], "drop": []}
+    attn, mlp, select, drop = _time_grid(timer, halves, "sel", (3, 4), 2, bar, (2, 8, 24), "cpu",
+                                         torch.float32)
+    assert len(calls) == 2 * 2 * (2 + 1 + 1)  # passes x tokens x (attention, MLP, selection)
+    assert attn.tolist() == [[3.0, 3.0], [3.0, 5.0]]  # the slow second pass kept the first's 5
+    assert mlp.tolist() == [[3.0, 3.0]] and select.tolist() == [3.0, 3.0]
+    assert np.isinf(drop).all()  # no dropped half to time
+    assert bar.n == len(calls)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
@@ -37,7 +36,7 @@ from ..cost import BlockShape, VitShape
 from ..errors import DependencyError, ModelError
 from ..plan import TokenStage, apply_token_stages
 from .base import Adapter, ArchSpec, BlockParts, token_stage
-from .tokens import TokenSelecting
+from .tokens import TokenSelecting, attend
 
 #: :attr:`ArchSpec.name` of every model of this family; the config travels in its kwargs
 ARCH_NAME = "transformers"
@@ -174,13 +173,8 @@ def attention(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     qkv = torch.cat([q, k, v], dim=-1)
     q, k, v = (t.view(B, N, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, h, N, d)
     drop = attn.attention_dropout if attn.training else 0.0
-    if _is_eager(attn.config._attn_implementation):  # the explicit path counters can see
-        w = (q @ k.transpose(2, 3)) * attn.scaling  # (B, h, N, N)
-        w = F.dropout(w.softmax(dim=-1, dtype=torch.float32).to(q.dtype), p=drop,
-                      training=attn.training)
-        y = w @ v
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scaling)
+    y = attend(q, k, v, attn.scaling, drop, explicit=_is_eager(attn.config._attn_implementation),
+               softmax_float32=True)
     return attn.o_proj(y.transpose(1, 2).reshape(B, N, -1)), qkv
 
 

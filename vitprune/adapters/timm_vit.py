@@ -19,7 +19,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention, AttentionPoolLatent, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -29,7 +28,7 @@ from ..cost import BlockShape, PoolShape, VitShape
 from ..errors import ModelError
 from ..plan import TokenStage, apply_token_stages
 from .base import Adapter, ArchSpec, BlockParts, DroppedHalf, token_stage
-from .tokens import TokenSelecting
+from .tokens import TokenSelecting, attend
 
 # Small ViTs for 28x28 grey images. Patch 4 gives 7x7 = 49 patches + 1 class token = 50 tokens.
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -76,11 +75,8 @@ def attention(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     qkv = attn.qkv(x)
     q, k, v = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)  # (B, h, N, d) each, y too
-    if attn.fused_attn:
-        drop = attn.attn_drop.p if attn.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
-    else:  # timm's explicit path, which counters of operations (and some exporters) can see
-        y = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    drop = attn.attn_drop.p if attn.training else 0.0
+    y = attend(q, k, v, attn.scale, drop, explicit=not attn.fused_attn)
     y = attn.norm(y.transpose(1, 2).reshape(B, N, attn.attn_dim))
     return attn.proj_drop(attn.proj(y)), qkv
 

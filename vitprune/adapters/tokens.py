@@ -8,9 +8,29 @@ and runs the two functions; the family's block computes attention and hands over
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..plan import TokenStage, kept_tokens
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float, *,
+           explicit: bool, softmax_float32: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention of (B, h, N, d) queries, keys and values -> (B, h, N, d): the
+    core every family's attention-with-qkv forward shares (the projections are the family's).
+
+    Args:
+        dropout: attention dropout probability (0 when not training).
+        explicit: the explicit formula (which operation counters and some exporters can see)
+            instead of PyTorch's fused ``scaled_dot_product_attention``.
+        softmax_float32: on the explicit path, the softmax in float32 and cast back (as
+            transformers computes it); else in the inputs' dtype (as timm does).
+    """
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)
+    w = (q * scale) @ k.transpose(-2, -1) if not softmax_float32 else (q @ k.transpose(-2, -1)) * scale
+    w = w.softmax(dim=-1, dtype=torch.float32).to(q.dtype) if softmax_float32 else w.softmax(dim=-1)
+    return F.dropout(w, p=dropout, training=dropout > 0) @ v  # (B, h, N, d)
 
 
 def cls_attention(

@@ -191,3 +191,21 @@ def test_unknown_or_doubled_keyword_settings_are_errors(tmp_path):
         SearchConfig.of(n_candidatez=5)
     with pytest.raises(ValueError, match="trials given beside config="):
         search(lambda plan: 0.0, None, 0.5, config=SearchConfig(), trials=3)
+
+
+def test_the_api_and_the_cli_give_the_same_results(tmp_path, capsys):
+    import json
+
+    from tests.helpers import random_plan
+    from vitprune.adapters import vit_shape
+    from vitprune.cli import main
+    from vitprune.jobs import cost_model, info_model
+    from vitprune.models import build_model
+
+    plan = random_plan(vit_shape(build_model("fmnist_vit_tiny")), 1, stages=(2,))
+    plan.save(tmp_path / "plan.json")
+    for argv, api in ((["cost", "--plan", str(tmp_path / "plan.json")],
+                       cost_model("fmnist_vit_tiny", plan=tmp_path / "plan.json")),
+                      (["info"], info_model("fmnist_vit_tiny"))):
+        assert main([argv[0], "--model", "fmnist_vit_tiny", *argv[1:], "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(api))

@@ -98,3 +98,22 @@ def fake_fmnist(d: Path, n_train=100, n_test=40) -> None:
     for part, n in (("train", n_train), ("t10k", n_test)):
         write_idx(d / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(d / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
+
+
+def image_folder(root: Path, *, size: tuple[int, int] = (40, 48), channels: int = 3,
+                 classes: tuple[str, ...] = ("a", "b"), n: tuple[int, int] = (6, 2),
+                 suffix: str = ".png") -> Path:
+    """An ImageFolder tree under ``root``: ``train/`` and ``val/`` with ``n`` random images of
+    ``size`` (H, W) per class (RGB, or grey with ``channels=1``), the same images for the same
+    arguments."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, k in zip(("train", "val"), n):
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(k):
+                shape = (*size, channels) if channels == 3 else size
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}{suffix}")
+    return root

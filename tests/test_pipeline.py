@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from tests.helpers import image_folder
 from vitprune.adapters import vit_shape
 from vitprune.cli import main
 from vitprune.config import parse_budget
@@ -181,19 +182,6 @@ def test_scoring_uses_every_image_it_is_asked_for(monkeypatch):
     assert meta["options"]["max_images"] == 300
 
 
-def _image_folder(root):
-    """An ImageFolder tree of random RGB images, two classes."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for cls in ("a", "b"):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-                    d / f"{i}.png")
 
 
 def test_api_and_cli_feed_an_image_folder_the_same_tensors(tmp_path, monkeypatch):
@@ -215,7 +203,7 @@ def test_api_and_cli_feed_an_image_folder_the_same_tensors(tmp_path, monkeypatch
 
     monkeypatch.setattr(compression, "load_dense", capture)
     monkeypatch.setenv("VITPRUNE_DEBUG", "1")  # the command line lets Seen through
-    _image_folder(tmp_path / "data")
+    image_folder(tmp_path / "data")
     settings = dict(calib_size=3, img_size=(32,), split_seed=5, workers=0)
     with pytest.raises(Seen):
         vitprune.compress(ModelSource("vit_tiny_patch16_224", args={"depth": 1}), "imagefolder",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import image_folder
 from vitprune.cli import main
 from vitprune.io import save
 from vitprune.models import ArchSpec, build_model
@@ -32,18 +33,6 @@ def latency_search(table: str) -> list[str]:
 
 
 # -- fixtures: a saved model, image folders good and bad, latency tables ---------------------
-def _folder(root: Path, *, size=(40, 48), channels=3, classes=("a", "b"), n=(6, 2)) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, k in zip(("train", "val"), n):
-        for cls in classes:
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(k):
-                shape = (*size, channels) if channels == 3 else size
-                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +44,19 @@ def root(tmp_path_factory) -> Path:
     torch.save(build_model("fmnist_vit_tiny").state_dict(), r / "tiny.pt")
     rgb = ArchSpec("fmnist_vit_tiny", {"in_chans": 3, "img_size": 32})
     save(r / "rgb32", build_model(rgb).eval(), rgb)
-    _folder(r / "folder")
-    _folder(r / "grey_folder", channels=1, size=(28, 28))
-    _folder(r / "many_classes", channels=1, size=(28, 28), classes=tuple("abcdefghijkl"), n=(2, 1))
-    empty_class = _folder(r / "empty_class")
+    image_folder(r / "folder")
+    image_folder(r / "grey_folder", channels=1, size=(28, 28))
+    image_folder(r / "many_classes", channels=1, size=(28, 28), classes=tuple("abcdefghijkl"), n=(2, 1))
+    empty_class = image_folder(r / "empty_class")
     shutil.rmtree(empty_class / "train" / "b")
     (empty_class / "train" / "b").mkdir()
-    no_val = _folder(r / "empty_split")
+    no_val = image_folder(r / "empty_split")
     for d in (no_val / "val").iterdir():
         shutil.rmtree(d)
-    truncated = _folder(r / "truncated")
+    truncated = image_folder(r / "truncated")
     png = truncated / "train" / "a" / "0.png"
     png.write_bytes(png.read_bytes()[:60])
-    not_image = _folder(r / "not_image")
+    not_image = image_folder(r / "not_image")
     (not_image / "train" / "a" / "notes.png").write_text("this is not an image\n")
 
     from vitprune.profile import build_table

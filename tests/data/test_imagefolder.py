@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import image_folder
 from vitprune.data import load_splits, make_loader
 from vitprune.errors import DataError
 
@@ -28,15 +29,7 @@ def test_imagefolder_needs_train_and_val(tmp_path):
 
 
 def test_imagefolder_tree_loads_with_splits(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("val", 4)):
-        for cls in ("cat", "dog"):
-            d = tmp_path / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    image_folder(tmp_path, size=(40, 50), classes=("cat", "dog"), n=(10, 4))
     s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=3)
     assert (len(s.train), len(s.calib), len(s.test)) == (17, 3, 8)
     # a calibration split asked larger than a fifth of the training images is capped at it,

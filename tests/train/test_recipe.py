@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vitprune.train.distill as distill
+from tests.helpers import image_folder
 from vitprune.adapters import vit_shape
 from vitprune.cli import main
 from vitprune.data import load_splits, make_loader, training_set
@@ -106,16 +107,7 @@ def test_a_mixing_recipe_needs_an_even_batch_per_process(tmp_path, synth_splits)
 
 
 def _tree(root, n=6):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("val", 2)):
-        for cls in ("a", "b"):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(
-                    d / f"{i}.jpg")
+    return image_folder(root, size=(48, 40), n=(n, 2), suffix=".jpg")
 
 
 def test_augmented_imagefolder_batches_do_not_depend_on_worker_processes(tmp_path):

@@ -17,6 +17,7 @@ plus one :func:`vitprune.adapters.register` call in ``vitprune/adapters/__init__
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -383,6 +384,7 @@ def _fits(value: Any, default: Any) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
 def timm_module(name: str) -> str | None:
     """The timm module that registers the model ``name`` (``"vision_transformer"``,
     ``"eva"``, ``"swin_transformer"`` ...); None: timm has no such model."""

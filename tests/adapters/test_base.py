@@ -29,3 +29,24 @@ def test_every_input_matrix_of_the_mlp_is_sliced_by_rows_and_the_output_by_colum
     assert torch.equal(block.gate.weight, before["gate"][keep])
     assert torch.equal(block.mlp.fc2.weight, before["fc2"][:, keep])
     assert block.gate.out_features == block.mlp.fc1.out_features == 3
+
+
+def test_a_saved_data_config_wins_over_the_familys_own_and_is_kept_one_way(tmp_path):
+    """timm's own config comes from pretrained_cfg; a config set on the model (a saved one)
+    replaces it, is held in the one attribute every family uses, and is saved with the model."""
+    import vitprune
+    from vitprune.adapters import adapter_for, data_config
+    from vitprune.adapters.base import DATA_CONFIG_ATTR
+    from vitprune.io import save
+    from vitprune.models import ArchSpec, build_model
+
+    spec = ArchSpec("vit_tiny_patch16_224", {"img_size": 32, "depth": 1, "num_classes": 3})
+    model = build_model(spec).eval()
+    native = data_config(model)
+    assert native["mean"] == [0.5, 0.5, 0.5] and native["input_size"] == [3, 32, 32]
+    mine = {**native, "mean": [0.1, 0.2, 0.3], "interpolation": "bilinear"}
+    adapter_for(model).set_data_config(model, mine)
+    assert getattr(model, DATA_CONFIG_ATTR) == mine and data_config(model) == mine
+    assert model.pretrained_cfg["mean"] != (0.1, 0.2, 0.3)  # timm's record is not rewritten
+    save(tmp_path / "m", model, spec)
+    assert data_config(vitprune.load(tmp_path / "m")) == mine

@@ -82,10 +82,14 @@ def test_save_then_load_gives_the_same_model(family_model, tmp_path):
     shape = vit_shape(model)
     plan = random_plan(shape, seed=4, stages=(1,), keep_rate=0.5)
     pruned = prune(model, plan)
+    saved_cfg = {"input_size": list(vitprune.adapters.input_shape(model)), "mean": [0.25] * 3,
+                 "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 0.95}
+    adapter_for(pruned).set_data_config(pruned, saved_cfg)
     arch = adapter_for(model).arch(model) or ArchSpec(name)
     save(tmp_path / "m", pruned, arch, plan=plan)
     again = vitprune.load(tmp_path / "m")
     assert type(again) is type(model)
+    assert vitprune.adapters.data_config(again) == saved_cfg  # the preprocessing travels
     x = torch.randn(2, *vitprune.adapters.input_shape(model))
     assert torch.equal(_logits(again, x), _logits(pruned, x))
     assert vit_shape(again) == vit_shape(pruned)

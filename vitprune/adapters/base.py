@@ -32,6 +32,9 @@ from ..cost import VitShape
 from ..errors import ModelError
 from ..plan import TokenStage
 
+#: the attribute a saved data config is attached to, on a model of any family
+DATA_CONFIG_ATTR = "vitprune_data_config"
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -180,13 +183,21 @@ class Adapter(ABC):
 
     def data_config(self, model: nn.Module) -> dict | None:
         """How images must be prepared (mean, std, interpolation, crop_pct, crop_mode,
-        input_size), JSON-ready; None: the model does not say."""
+        input_size), JSON-ready; None: the model does not say. A config attached by
+        :meth:`set_data_config` (a saved model's) wins over the family's own
+        (:meth:`native_data_config`)."""
+        saved = getattr(model, DATA_CONFIG_ATTR, None)
+        return dict(saved) if saved is not None else self.native_data_config(model)
+
+    def native_data_config(self, model: nn.Module) -> dict | None:
+        """The preprocessing the family itself records for ``model`` (timm's
+        ``pretrained_cfg``, a paper's evaluation recipe); None: it records none."""
         return None
 
     def set_data_config(self, model: nn.Module, config: dict) -> None:
-        """Attach a saved data config to ``model`` so :meth:`data_config` returns it (a
-        family without one ignores it)."""
-        return None
+        """Attach a saved data config to ``model`` so :meth:`data_config` returns it: one
+        attribute, the same for every family."""
+        setattr(model, DATA_CONFIG_ATTR, dict(config))
 
     # ---- changing a model ----------------------------------------------------------------
     @abstractmethod

@@ -48,7 +48,6 @@ EXTRA = "vitprune[hf]"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 #: model instance attribute holding the preprocessing read from preprocessor_config.json
-DATA_CONFIG_ATTR = "vitprune_data_config"
 # The parts of a ViTLayer / DeiTLayer, adopted under the same names so state_dict keys stay.
 LAYER_PARTS = ("attention", "layernorm_before", "layernorm_after", "mlp", "dropout")
 # timm-style constructor arguments (what vitprune passes to fit a dataset) -> config fields
@@ -427,12 +426,6 @@ class HFAdapter(Adapter):
     def logits_module(self, model: nn.Module) -> nn.Module:
         return HFLogits(model)
 
-    def data_config(self, model: nn.Module) -> dict | None:
-        cfg = getattr(model, DATA_CONFIG_ATTR, None)
-        return None if cfg is None else dict(cfg)
-
-    def set_data_config(self, model: nn.Module, config: dict) -> None:
-        setattr(model, DATA_CONFIG_ATTR, dict(config))
 
     # ---- changing a model ----------------------------------------------------------------
     def set_heads(self, block: nn.Module, heads: int) -> None:

@@ -323,7 +323,6 @@ class T2TViT(nn.Module):
         _check_args(size, t2t_type, kernels, embed_dim, num_heads)
         self.img_size, self.in_chans = size, in_chans
         self.num_classes, self.embed_dim = num_classes, embed_dim
-        self.data_cfg: dict | None = None  # a saved data config (T2TAdapter.set_data_config)
 
         self.tokens_to_token = T2TModule(size, in_chans, embed_dim, token_dim, t2t_type,
                                          kernels, drop=performer_drop)
@@ -515,17 +514,12 @@ class T2TAdapter(TimmBlocks):
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
         return (model.in_chans, *model.img_size)
 
-    def data_config(self, model: nn.Module) -> dict | None:
-        """A saved data config, else the authors' ImageNet evaluation preprocessing for
-        three-channel models (None for others: their datasets bring their own)."""
-        if model.data_cfg is not None:
-            return dict(model.data_cfg)
+    def native_data_config(self, model: nn.Module) -> dict | None:
+        """The authors' ImageNet evaluation preprocessing for three-channel models (None for
+        others: their datasets bring their own)."""
         if model.in_chans != 3:
             return None
         return {"input_size": list(self.input_shape(model)), **IMAGENET_DATA}
-
-    def set_data_config(self, model: nn.Module, config: dict) -> None:
-        model.data_cfg = dict(config)
 
     def num_prefix(self, model: nn.Module) -> int:
         return 1

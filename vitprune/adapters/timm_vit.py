@@ -291,7 +291,7 @@ class TimmViTAdapter(TimmBlocks):
         pe = model.patch_embed
         return (pe.proj.in_channels, *pe.img_size)
 
-    def data_config(self, model: nn.Module) -> dict | None:
+    def native_data_config(self, model: nn.Module) -> dict | None:
         """timm's ``resolve_data_config`` (mean, std, interpolation, crop_pct, crop_mode from
         the model's ``pretrained_cfg``) at the input size the model is built for; None for a
         model without a ``pretrained_cfg`` (vitprune's small registered configurations, whose
@@ -302,9 +302,6 @@ class TimmViTAdapter(TimmBlocks):
             return None
         cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-    def set_data_config(self, model: nn.Module, config: dict) -> None:
-        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **config}
 
     def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
         refuse_feature_maps(model, stages)

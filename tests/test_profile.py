@@ -57,3 +57,18 @@ def test_each_cell_keeps_its_fastest_pass_and_every_half_is_timed_at_every_token
     assert mlp.tolist() == [[3.0, 3.0]] and select.tolist() == [3.0, 3.0]
     assert np.isinf(drop).all()  # no dropped half to time
     assert bar.n == len(calls)
+
+
+@pytest.mark.parametrize("bad", [{"batch": 0}, {"dtype": "float16"}, {"token_points": 1},
+                                 {"neuron_points": 1}, {"neuron_multiple": 0}, {"repeats": 0}])
+def test_the_command_settings_and_the_builder_refuse_alike(tiny_vit, bad):
+    """One check: LatencyTableSettings and build_table refuse the same values, same words."""
+    from vitprune.config import LatencyTableSettings
+    from vitprune.errors import ConfigError
+    from vitprune.profile import build_table
+
+    with pytest.raises(ConfigError) as settings:
+        LatencyTableSettings(**bad)
+    with pytest.raises(ConfigError) as builder:
+        build_table(tiny_vit, **{"batch": 1, **bad}, progress=False)
+    assert str(settings.value) == str(builder.value) and next(iter(bad)) in str(builder.value)

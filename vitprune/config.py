@@ -228,13 +228,7 @@ class LatencyTableSettings:
         "help": "timed calls per cell (fastest kept)"})
 
     def __post_init__(self) -> None:
-        _positive(self, "batch", "neuron_multiple", "repeats")
-        require(self.dtype in profile.DTYPES, "dtype",
-                f"must be one of {', '.join(profile.DTYPES)}, got {self.dtype!r}")
-        t = self.token_points
-        require(t is None or (is_int(t) and t >= 2), "token_points", f"must be >= 2, got {t!r}")
-        require(is_int(self.neuron_points) and self.neuron_points >= 2, "neuron_points",
-                f"must be >= 2, got {self.neuron_points!r}")
+        profile.check_settings(**dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import nn
 from .adapters import adapter_for, logits_module, token_stage
 from .adapters.tokens import cls_attention, select_tokens
 from .cost import VitShape
-from .errors import ConfigError, ModelError, require
+from .errors import ConfigError, ModelError, is_int, require
 from .latency import LatencyTable, model_key, monotone
 from .plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from .progress import min_interval
@@ -84,7 +84,9 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     Raises:
         ConfigError: a setting is out of range. ModelError: the model cannot be tabled.
     """
-    _check_build(batch, dtype, token_points, neuron_points, repeats, passes, statistic)
+    check_settings(batch=batch, dtype=dtype, token_points=token_points,
+                   neuron_points=neuron_points, neuron_multiple=neuron_multiple, repeats=repeats,
+                   passes=passes, statistic=statistic)
     adapter = adapter_for(model)
     shape = adapter.shape(model)
     blocks = adapter.blocks(model)
@@ -158,15 +160,23 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
                         scale=scale, offset_ms=offset, meta=meta, drop_ms=table.drop_ms)
 
 
-def _check_build(batch: int, dtype: str, token_points: int | None, neuron_points: int,
-                 repeats: int, passes: int, statistic: str) -> None:
-    require(isinstance(batch, int) and batch >= 1, "batch", f"must be an integer >= 1, got {batch!r}")
+def check_settings(*, batch: int, dtype: str, token_points: int | None, neuron_points: int,
+                   neuron_multiple: int = 1, repeats: int = REPEATS, passes: int = 2,
+                   statistic: str = "min") -> None:
+    """Refuse a table setting out of range (:func:`build_table`'s arguments; the checks of
+    ``latency-table``'s settings, :class:`vitprune.config.LatencyTableSettings`, too).
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    for name, value in (("batch", batch), ("neuron_multiple", neuron_multiple),
+                        ("repeats", repeats), ("passes", passes)):
+        require(is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
     require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    require(token_points is None or (isinstance(token_points, int) and token_points >= 2),
-            "token_points", "must be >= 2")
-    require(isinstance(neuron_points, int) and neuron_points >= 2, "neuron_points", "must be >= 2")
-    require(isinstance(repeats, int) and repeats >= 1, "repeats", "must be >= 1")
-    require(isinstance(passes, int) and passes >= 1, "passes", "must be >= 1")
+    require(token_points is None or (is_int(token_points) and token_points >= 2),
+            "token_points", f"must be >= 2, got {token_points!r}")
+    require(is_int(neuron_points) and neuron_points >= 2, "neuron_points",
+            f"must be >= 2, got {neuron_points!r}")
     require(statistic in ("min", "median"), "statistic", f"must be min or median, got {statistic!r}")
 
 

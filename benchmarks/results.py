@@ -189,9 +189,9 @@ class Runner:
                   "macs": after["macs"], "macs_kept": after["macs"] / dense["macs"],
                   "params": after["params"], "test_top1_before": before,
                   "test_top1": after["test_top1"],
-                  "finetune_seconds": round(sum(h["seconds"] for h in history), 1),
+                  "finetune_seconds": round(sum(h.seconds for h in history), 1),
                   "finetune_wall_this_run": round(wall, 1),
-                  "calib_top1_per_epoch": [h["calib_top1"] for h in history]}
+                  "calib_top1_per_epoch": [h.calib_top1 for h in history]}
         fsutil.write_json(cell / "result.json", result)
         print(json.dumps(result), flush=True)
 

@@ -117,3 +117,20 @@ def image_folder(root: Path, *, size: tuple[int, int] = (40, 48), channels: int 
                 shape = (*size, channels) if channels == 3 else size
                 Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}{suffix}")
     return root
+
+
+def synthetic_table(shape):
+    """A table whose times follow the work (ms ~ heads x tokens, width x tokens): deterministic,
+    for tests of the arithmetic on tables."""
+    import numpy as np
+
+    from vitprune.latency import LatencyTable, model_key
+
+    b = shape.blocks[0]
+    heads, neurons = tuple(range(1, b.heads + 1)), (8, 16, 32, b.mlp_hidden)
+    tokens = tuple(range(2, shape.num_prefix + shape.num_patches + 1))
+    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
+                        attn_ms=0.01 * np.outer(heads, tokens) + 0.005,
+                        mlp_ms=0.001 * np.outer(neurons, tokens) + 0.005,
+                        select_ms=0.0005 * np.array(tokens), fixed_ms=0.05,
+                        meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})

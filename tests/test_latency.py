@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import random_plan
+from tests.helpers import synthetic_table as synthetic
 from vitprune.adapters import vit_shape
 from vitprune.cli import main
 from vitprune.errors import ConfigError
@@ -24,21 +25,6 @@ from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from vitprune.search import Budget, SearchSpace
 from vitprune.search.config import SearchConfig
 from vitprune.search.loop import search
-
-
-def synthetic(shape) -> LatencyTable:
-    """A table whose times follow the work (ms ~ heads x tokens, width x tokens): deterministic,
-    for tests of the arithmetic on tables."""
-    from vitprune.latency import model_key
-
-    b = shape.blocks[0]
-    heads, neurons = tuple(range(1, b.heads + 1)), (8, 16, 32, b.mlp_hidden)
-    tokens = tuple(range(2, shape.num_prefix + shape.num_patches + 1))
-    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
-                        attn_ms=0.01 * np.outer(heads, tokens) + 0.005,
-                        mlp_ms=0.001 * np.outer(neurons, tokens) + 0.005,
-                        select_ms=0.0005 * np.array(tokens), fixed_ms=0.05,
-                        meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
 
 
 def test_predictions_never_rise_when_a_plan_keeps_less(table, tiny):

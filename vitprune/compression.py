@@ -48,7 +48,7 @@ from .profile import device_name
 from .records import EpochRecord, EvalRow, Evaluation
 from .rundir import FINETUNE, METRICS, MODEL, PLAN, REPORT, SCORES, SEARCH, TRIALS, RunDir
 from .scoring import BlockScores, load_scores, save_scores
-from .search.report import summary
+from .search.report import SearchSummary, summary
 from .surgery import prune
 
 
@@ -146,7 +146,8 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
             student, t0 = copy.deepcopy(pruned), time.perf_counter()  # pruned stays as cut
             history = finetune(student, dense, splits, cfg.finetune, run.file(FINETUNE),
                                resume=True, device=device, progress=progress)
-            return student, {"finetuned": {"history": history, "config": asdict(cfg.finetune),
+            return student, {"finetuned": {"history": [h.to_dict() for h in history],
+                                           "config": asdict(cfg.finetune),
                                            "wall_seconds_this_run":
                                                round(time.perf_counter() - t0, 1)}}
 
@@ -193,15 +194,17 @@ class _Stages:
         return self.run.stage("scores", compute, lambda v: save_scores(self.run.file(SCORES), *v),
                           lambda: load_scores(self.run.file(SCORES)))[0]
 
-    def plan(self, compute: Callable[[], tuple[PrunePlan, dict]]) -> tuple[PrunePlan, dict]:
+    def plan(self, compute: Callable[[], tuple[PrunePlan, SearchSummary]]
+             ) -> tuple[PrunePlan, SearchSummary]:
         """The searched plan and the search's summary (``plan.json``; the search's own files
         are under ``search/``)."""
-        def write(v: tuple[PrunePlan, dict]) -> None:
-            fsutil.write_json(self.run.file(PLAN), {"plan": v[0].to_dict(), "search": v[1]})
+        def write(v: tuple[PrunePlan, SearchSummary]) -> None:
+            fsutil.write_json(self.run.file(PLAN), {"plan": v[0].to_dict(),
+                                                     "search": v[1].to_dict()})
 
-        def read() -> tuple[PrunePlan, dict]:
+        def read() -> tuple[PrunePlan, SearchSummary]:
             d = json.loads(self.run.file(PLAN).read_text())
-            return PrunePlan.from_dict(d["plan"]), d["search"]
+            return PrunePlan.from_dict(d["plan"]), SearchSummary.from_dict(d["search"])
 
         return self.run.stage("search", compute, write, read)
 

@@ -66,7 +66,8 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
         meta = {"trained": {"command": command, "seed": cfg.seed, "epochs": cfg.epochs,
                             "data": splits.name, "test_top1": test["test_top1"],
                             "test_loss": test["test_loss"], "wall_seconds_this_run": round(wall, 1),
-                            "threads": torch.get_num_threads(), "history": history},
+                            "threads": torch.get_num_threads(),
+                            "history": [h.to_dict() for h in history]},
                 "lineage": lineage(src)}
         if dist.is_main():
             save(run.path, net.cpu(), arch, plan=plan, meta=meta)
@@ -100,11 +101,12 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
         if dist.is_main():
             save(run.path, net.cpu(), arch, plan=plan, meta={
                 "finetuned": {"command": command, "teacher": teacher.id(),
-                              "student": str(student), "history": history,
+                              "student": str(student),
+                              "history": [h.to_dict() for h in history],
                               "test_top1": test["test_top1"],
                               "wall_seconds_this_run": round(wall, 1)}})
     return {"out": str(out), "test_top1": test["test_top1"], "epochs": len(history),
-            "final_train_loss": history[-1]["train_loss"], "wall_seconds": round(wall, 1)}
+            "final_train_loss": history[-1].train_loss, "wall_seconds": round(wall, 1)}
 
 
 def search_plan(model: str | Path | ModelSource, splits: Splits, budget: str, out: str | Path, *,

@@ -27,6 +27,7 @@ from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
 from .plan import PrunePlan
+from .records import EpochRecord
 from .scoring import (
     SCORE_IMAGES,
     BlockScores,
@@ -444,7 +445,7 @@ def check_pair(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
 
 def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
              cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu",
-             progress: bool = True) -> list[dict]:
+             progress: bool = True) -> list[EpochRecord]:
     """Fine-tune ``student`` (in place) by distillation from ``teacher`` (see :func:`fit`).
 
     Raises:

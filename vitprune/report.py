@@ -10,6 +10,7 @@ from . import fsutil
 from .cost import VitShape, token_counts
 from .plan import PrunePlan, planned_shape
 from .records import Evaluation
+from .search.report import SearchSummary
 
 # the report and its plots, as a compression run directory holds them
 REPORT, PLAN_PLOT, FINETUNE_PLOT = "report.md", "plan.png", "finetune.png"
@@ -18,7 +19,7 @@ NAMES = {"dense": "dense", "pruned": "pruned, before fine-tuning", "finetuned": 
 
 
 def write_report(out: Path, metrics: Evaluation, plan: PrunePlan, dense: VitShape,
-                 search: dict[str, Any], config: dict[str, Any]) -> Path:
+                 search: SearchSummary, config: dict[str, Any]) -> Path:
     """Write ``report.md``, ``plan.png`` and ``finetune.png`` into ``out``.
 
     Args:
@@ -93,13 +94,13 @@ def _plan_table(plan: PrunePlan, dense: VitShape) -> list[str]:
     return lines + [""]
 
 
-def _search(search: dict[str, Any], plots: list[str]) -> list[str]:
-    best = search["best"]
-    lo, hi = search["band_fraction"]
+def _search(search: SearchSummary, plots: list[str]) -> list[str]:
+    best = search.best
+    lo, hi = search.band_fraction
     lines = ["## Search", "",
-             f"{search['n_evaluations']} evaluations inside the band {lo:.1%}-{hi:.1%} of the dense "
-             f"MACs; best masked calibration top-1 {best['value']:.2f} at evaluation "
-             f"{best['trial'] + 1} ({best['macs_fraction']:.1%} of the dense MACs).", "",
+             f"{search.n_evaluations} evaluations inside the band {lo:.1%}-{hi:.1%} of the dense "
+             f"MACs; best masked calibration top-1 {best.value:.2f} at evaluation "
+             f"{best.trial + 1} ({best.macs_fraction:.1%} of the dense MACs).", "",
              "![search](search/search.png)", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]

@@ -244,7 +244,7 @@ def _legacy_compress(out: Path) -> dict | None:
         from .search.report import read_outputs
 
         plan, summary = read_outputs(out / SEARCH)
-        fsutil.write_json(out / PLAN, {"plan": plan.to_dict(), "search": summary})
+        fsutil.write_json(out / PLAN, {"plan": plan.to_dict(), "search": summary.to_dict()})
     return {"format": FORMAT, "version": VERSION, "kind": "compress", "settings": settings,
             "done": done, "info": old.get("info", {}), "legacy": LEGACY_COMPRESS}
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from vitprune.errors import BudgetError, ConfigError, OutputError
-from vitprune.plan import PrunePlan
-from vitprune.search import Budget, GPSurrogate, SearchConfig, SearchError, SearchSpace, read_trials, search
+from vitprune.search import Budget, GPSurrogate, SearchConfig, SearchError, SearchSpace, search
 from vitprune.search.trials import TIMING_FIELDS
 
 
@@ -165,20 +164,6 @@ def test_trials_file_of_another_search_is_refused(tmp_path, small_space, quadrat
     with pytest.raises(OutputError, match="another search configuration"):
         search(quadratic(small_space), small_space, 0.55, trials_path=path, seed=0, resume=True,
                **kw)
-
-
-def test_outputs_best_plan_round_trips(tmp_path, small_space, quadratic, fast):
-    res = search(quadratic(small_space), small_space, 0.6, trials=7, init=5, seed=0,
-                 out_dir=tmp_path, progress=False, **fast)
-    plan = PrunePlan.from_json((tmp_path / "best_plan.json").read_text())
-    assert plan == res.best_plan == small_space.plan(res.best.ratios)
-    assert res.best.value == max(t.value for t in res.trials)
-    assert len(read_trials(tmp_path / "trials.jsonl")) == 7
-    summary = json.loads((tmp_path / "search.json").read_text())
-    assert summary["best"]["value"] == res.best.value
-    assert summary["best_so_far"] == res.best_so_far()
-    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
 def test_uniform_evaluates_one_uniform_policy(small_space, quadratic):

@@ -112,7 +112,7 @@ def test_resumed_fine_tuning_equals_an_uninterrupted_one(tmp_path, synth_splits)
     _, resumed = _pair(seed=9)  # other weights: everything must come from the checkpoint
     hist = finetune(resumed, teacher, synth_splits, cfg, tmp_path / "cut", resume=True,
                     progress=False)
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h.epoch for h in hist] == [1, 2, 3]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 

@@ -27,7 +27,7 @@ def test_short_training_lowers_loss_and_learns(tmp_path, synth_splits):
     hist = fit(model, synth_splits, TrainConfig(epochs=3, batch_size=64, lr=2e-3), tmp_path,
                progress=False)
     after = evaluate(model, test)
-    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1].train_loss < hist[0].train_loss
     assert after["loss"] < before["loss"] - 0.3
     assert after["top1"] > before["top1"] + 20
 
@@ -57,7 +57,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, synth_spli
 
     resumed = build_model("fmnist_vit_tiny")  # different init: everything must come from disk
     hist = fit(resumed, synth_splits, cfg, tmp_path / "cut", resume=True, progress=False)
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h.epoch for h in hist] == [1, 2, 3]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 

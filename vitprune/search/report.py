@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import fsutil
 from ..plan import PrunePlan
 from .result import SearchResult
+from .trials import Trial
 
 BEST_PLAN = "best_plan.json"
 SUMMARY = "search.json"
@@ -23,7 +25,7 @@ def write_outputs(result: SearchResult, out_dir: str | Path) -> None:
     """
     out = Path(out_dir)
     result.best_plan.save(out / BEST_PLAN)
-    fsutil.write_json(out / SUMMARY, summary(result))
+    fsutil.write_json(out / SUMMARY, summary(result).to_dict())
     try:
         plot_search(result, out / PLOT)
     except ImportError:
@@ -31,35 +33,85 @@ def write_outputs(result: SearchResult, out_dir: str | Path) -> None:
                       "(pip install 'vitprune[search]')", stacklevel=2)
 
 
-def read_outputs(out_dir: str | Path) -> tuple[PrunePlan, dict]:
+def read_outputs(out_dir: str | Path) -> tuple[PrunePlan, SearchSummary]:
     """The best plan and the summary :func:`write_outputs` wrote into ``out_dir``."""
     import json
 
     out = Path(out_dir)
-    return PrunePlan.load(out / BEST_PLAN), json.loads((out / SUMMARY).read_text())
+    return (PrunePlan.load(out / BEST_PLAN),
+            SearchSummary.from_dict(json.loads((out / SUMMARY).read_text())))
 
 
-def summary(result: SearchResult) -> dict:
-    """A JSON-ready account of the search: settings, band, best trial, best-so-far curve."""
-    b = result.best
-    return {
-        "config": asdict(result.config),
-        "space": result.space.describe(),
-        "metric": result.space.metric,
-        **({"band_macs": [result.band.low, result.band.high], "dense_macs": result.band.dense}
-           if result.space.metric == "macs" else
-           {"band_ms": [result.band.low, result.band.high], "dense_ms": result.band.dense,
-            "dense_macs": result.space.dense_macs,
-            "latency_table": result.space.latency.describe()}),
-        "band_fraction": [result.band.low / result.band.dense,
-                          result.band.high / result.band.dense],
-        "n_evaluations": len(result.trials),
-        "best": b.to_record(),
-        "best_ratios": {"heads": list(result.best_ratios.heads),
-                        "neurons": list(result.best_ratios.neurons),
-                        "tokens": result.best_ratios.tokens},
-        "best_so_far": result.best_so_far(),
-    }
+@dataclass(frozen=True)
+class SearchSummary:
+    """A finished search, as ``search.json`` holds it.
+
+    Attributes:
+        config: the search's settings (:class:`~vitprune.search.config.SearchConfig` fields).
+        space: :meth:`~vitprune.search.space.SearchSpace.describe`.
+        metric: ``macs`` or ``latency``: what the band is in.
+        band: (low, high) MACs per image, or ms per batch under a latency table.
+        dense: the dense model's value of the metric; ``dense_macs`` its MACs either way.
+        latency_table: the table's description (a latency search), else None.
+        n_evaluations: trials evaluated.
+        best: the best trial; ``best_ratios`` its prune ratios by dimension.
+        best_so_far: the best value after each trial.
+    """
+
+    config: dict[str, Any]
+    space: dict[str, Any]
+    metric: str
+    band: tuple[float, float]
+    dense: float
+    dense_macs: int
+    n_evaluations: int
+    best: Trial
+    best_ratios: dict[str, Any]
+    best_so_far: tuple[float, ...]
+    latency_table: dict[str, Any] | None = None
+
+    @property
+    def band_fraction(self) -> tuple[float, float]:
+        """The band over the dense model's value."""
+        return self.band[0] / self.dense, self.band[1] / self.dense
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON layout ``search.json`` has always had."""
+        unit = "macs" if self.metric == "macs" else "ms"
+        return {
+            "config": self.config, "space": self.space, "metric": self.metric,
+            f"band_{unit}": list(self.band), f"dense_{unit}": self.dense,
+            **({} if self.metric == "macs" else {"dense_macs": self.dense_macs,
+                                                  "latency_table": self.latency_table}),
+            "band_fraction": list(self.band_fraction),
+            "n_evaluations": self.n_evaluations, "best": self.best.to_record(),
+            "best_ratios": self.best_ratios, "best_so_far": list(self.best_so_far),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSummary:
+        """Parse :meth:`to_dict`'s output."""
+        unit = "macs" if d["metric"] == "macs" else "ms"
+        return cls(config=d["config"], space=d["space"], metric=d["metric"],
+                   band=tuple(d[f"band_{unit}"]), dense=d[f"dense_{unit}"],
+                   dense_macs=d["dense_macs"], n_evaluations=d["n_evaluations"],
+                   best=Trial.from_record(d["best"]), best_ratios=d["best_ratios"],
+                   best_so_far=tuple(d["best_so_far"]), latency_table=d.get("latency_table"))
+
+
+def summary(result: SearchResult) -> SearchSummary:
+    """The account of a finished search: settings, band, best trial, best-so-far curve."""
+    latency = result.space.metric != "macs"
+    return SearchSummary(
+        config=asdict(result.config), space=result.space.describe(), metric=result.space.metric,
+        band=(result.band.low, result.band.high), dense=result.band.dense,
+        dense_macs=result.space.dense_macs if latency else result.band.dense,
+        n_evaluations=len(result.trials), best=result.best,
+        best_ratios={"heads": list(result.best_ratios.heads),
+                     "neurons": list(result.best_ratios.neurons),
+                     "tokens": result.best_ratios.tokens},
+        best_so_far=tuple(result.best_so_far()),
+        latency_table=result.space.latency.describe() if latency else None)
 
 
 def plot_search(result: SearchResult, dest: str | Path) -> None:

@@ -23,6 +23,7 @@ from ..data.base import epoch_seed
 from ..devices import autocast, device_of
 from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, require
 from ..progress import min_interval
+from ..records import EpochRecord
 from .distill import Distiller
 from .schedule import warmup_cosine
 
@@ -212,7 +213,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         resume: bool = False, loss_fn: LossFn | None = None,
         teacher: torch.nn.Module | None = None, device: str | None = None,
         amp: bool | None = None,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True) -> list[EpochRecord]:
     """Train ``model`` in place with AdamW and a warm-up + cosine schedule.
 
     Every epoch ends with an evaluation on the calibration split and an atomic checkpoint in
@@ -274,12 +275,12 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         bar.close()
         loss_sum = dist.sum_([loss_sum], device)[0] / world
         val = evaluate(model if step.ema is None else step.ema.module, calib, device)
-        rec = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "calib_top1": val["top1"],
-               "calib_loss": val["loss"], "seconds": time.perf_counter() - t0}
+        rec = EpochRecord(epoch=epoch + 1, train_loss=loss_sum / steps, calib_top1=val["top1"],
+                          calib_loss=val["loss"], seconds=time.perf_counter() - t0)
         history.append(rec)
         if main:
             if progress:
-                print(json.dumps(rec), flush=True)
+                print(json.dumps(rec.to_dict()), flush=True)
             _save(out, cfg, epoch + 1, step, history)
         dist.barrier()
     if step.ema is not None:  # the weights a run with weight averaging hands over are the average
@@ -347,7 +348,8 @@ class _Step:
         return loss_sum
 
 
-def _restore(state: dict, cfg: TrainConfig, out: Path, step: _Step) -> tuple[int, list[dict]]:
+def _restore(state: dict, cfg: TrainConfig, out: Path, step: _Step
+             ) -> tuple[int, list[EpochRecord]]:
     """Load a checkpoint's model, optimiser, schedule and average; (next epoch, history)."""
     saved = TrainConfig(**state["config"])
     if saved != cfg:
@@ -360,18 +362,20 @@ def _restore(state: dict, cfg: TrainConfig, out: Path, step: _Step) -> tuple[int
     step.sched.load_state_dict(state["scheduler"])
     if step.ema is not None:
         step.ema.module.load_state_dict(state["ema"])
-    return state["epoch"], json.loads(state["history"])
+    return state["epoch"], [EpochRecord.from_dict(h) for h in json.loads(state["history"])]
 
 
-def _save(out: Path, cfg: TrainConfig, epoch: int, step: _Step, history: list[dict]) -> None:
+def _save(out: Path, cfg: TrainConfig, epoch: int, step: _Step,
+          history: list[EpochRecord]) -> None:
     """The checkpoint after ``epoch`` epochs (atomic), and the log of every epoch so far."""
     fsutil.torch_save(out / CKPT, {
         "config": dataclasses.asdict(cfg), "epoch": epoch,
         "model": step.model.state_dict(), "optimizer": step.opt.state_dict(),
-        "scheduler": step.sched.state_dict(), "history": json.dumps(history),
+        "scheduler": step.sched.state_dict(),
+        "history": json.dumps([r.to_dict() for r in history]),
         **({"ema": step.ema.module.state_dict()} if step.ema is not None else {}),
     })
-    fsutil.write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+    fsutil.write_text(out / LOG, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
 
 
 def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str) -> LossFn:

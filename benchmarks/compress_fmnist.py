@@ -17,7 +17,6 @@ The hand-written reading of the tables lives in docs/compress_reading.md and is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,8 @@ import torch
 
 import vitprune
 from vitprune import fsutil
+from vitprune.compression import read_run
 from vitprune.config import CompressConfig
-from vitprune.rundir import SEARCH, TRIALS
 from vitprune.speed import THOROUGH, compare, timing
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -54,8 +53,7 @@ def main() -> int:
     rows = []
     for b, (res, _) in results.items():
         m, hist = res.metrics.rows, res.metrics.finetune_history
-        trials = [json.loads(line) for line in
-                  (res.out / SEARCH / TRIALS).read_text().splitlines()]
+        trials = [t.to_record() for t in read_run(res.out).trials]
         rows.append({
             "budget": b, "macs_kept": res.metrics.macs_kept,
             "mmacs": m["finetuned"].macs / 1e6, "params_m": m["finetuned"].params / 1e6,

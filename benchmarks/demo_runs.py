@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from vitprune import fsutil
-from vitprune.records import Evaluation
-from vitprune.rundir import MANIFEST, METRICS
+from vitprune.compression import read_run
+from vitprune.rundir import read_state
 
 WALL = "demo_wall.json"  # written beside each run directory when this script times it
 
@@ -35,16 +35,14 @@ def run(seed: int) -> dict:
     """Run (or read) the demo with ``seed``; its evaluation and wall time."""
     out = run_dir(seed)
     wall_file = out.parent / f"{out.name}.{WALL}"
-    done = (out / MANIFEST).exists() and "report" in json.loads(
-        (out / MANIFEST).read_text()).get("done", [])
-    if not done:
+    if read_state(out) is None or not read_run(out).finished:
         cmd = [sys.executable, "-m", "vitprune.demo"] + (
             [] if seed == 0 else ["--seed", str(seed), "--out", str(out)])
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         fsutil.write_json(wall_file, {"seconds": round(time.perf_counter() - t0, 1),
                                       "command": " ".join(cmd)})
-    metrics = Evaluation.from_dict(json.loads((out / METRICS).read_text()))
+    metrics = read_run(out).metrics
     rows = metrics.rows
     d, f = rows["dense"], rows["finetuned"]
     # timed by this script on quiet cores, or not: then neither its wall time nor its speed is kept

@@ -53,12 +53,13 @@ from rehearse_224 import staged_run  # noqa: E402
 
 from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import input_shape, vit_shape  # noqa: E402
+from vitprune.compression import read_run  # noqa: E402
 from vitprune.cost import macs  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
 from vitprune.profile import build_table, device_name  # noqa: E402
-from vitprune.rundir import METRICS, SCORES  # noqa: E402
+from vitprune.rundir import read_state  # noqa: E402
 from vitprune.search.space import Ratios, ratios_to_plan, solve_uniform  # noqa: E402
 from vitprune.speed import Timer, compare  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
@@ -258,10 +259,12 @@ def part_compress(torchrun: bool):
                          memory_gb if s.device == "cuda" else rss_gb, env=env)
         # where the stages ran, as the run recorded it: scoring in scores.json, the rest in
         # eval.json (the throughputs below say the same from the other side)
-        for key, file, field in (("scored_on", SCORES, "device"),
-                                 ("evaluated_on", METRICS, "device_name")):
-            if (out / file).exists():
-                rec[key] = _recorded(json.loads((out / file).read_text()), field)
+        if read_state(out) is not None:
+            done = read_run(out)
+            if done.scores_meta is not None:
+                rec["scored_on"] = done.scores_meta.get("device")
+            if done.metrics is not None:
+                rec["evaluated_on"] = done.metrics.device_name
         stage = {r["stage"].split(" ")[0]: r["seconds"] for r in rec["stages"]}
         images, trials = _arg(args, "--score-images"), _arg(args, "--trials")
         if stage.get("scoring"):
@@ -270,11 +273,6 @@ def part_compress(torchrun: bool):
             rec["search_evaluations_per_min"] = round(trials / stage["searching"] * 60, 1)
         return rec
     return run
-
-
-def _recorded(record: dict, field: str) -> str | None:
-    """``field`` of a run file's record, wherever the file keeps it (top level or meta)."""
-    return record.get(field, record.get("meta", {}).get(field))
 
 
 def _arg(args: list[str], name: str) -> int:

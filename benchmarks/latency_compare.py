@@ -53,7 +53,6 @@ from vitprune.pipeline import (  # noqa: E402
     test_metrics,
 )
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.rundir import TRIALS  # noqa: E402
 from vitprune.search.space import SearchSpace  # noqa: E402
 from vitprune.speed import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
@@ -117,7 +116,7 @@ class Study:
         out = self.runs / "search" / name
         res = policy_search(self.dense, self.splits, budget, out, scores=self.hsic,
                             settings=settings, seed=0, progress=False,
-                            resume=(out / TRIALS).exists())
+                            resume=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         res.best_plan.save(path)
         return res.best_plan

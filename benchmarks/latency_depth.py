@@ -32,7 +32,6 @@ from vitprune.data import load_splits  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.pipeline import finetune, policy_search, score, search_space, test_metrics  # noqa: E402
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
-from vitprune.rundir import SEARCH, TRIALS  # noqa: E402
 from vitprune.speed import Timer  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import FINETUNE  # noqa: E402
@@ -64,7 +63,7 @@ def cmd_run(args) -> int:
     if not path.exists():
         res = policy_search(dense, splits, str(args.budget), runs / "search", scores=hsic,
                             settings=replace(base, depth=True), seed=0, progress=False,
-                            resume=(runs / SEARCH / TRIALS).exists())
+                            resume=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         res.best_plan.save(path)
     plans[f"depth search at {args.budget}"] = PrunePlan.load(path)

@@ -53,7 +53,6 @@ from vitprune.pipeline import (
     test_metrics,
 )
 from vitprune.plan import PrunePlan
-from vitprune.rundir import SEARCH, TRIALS
 from vitprune.search.config import DIMS
 from vitprune.surgery import prune
 from vitprune.train import FINETUNE
@@ -137,7 +136,7 @@ class Runner:
             res = policy_search(self.dense, self.splits, budget, cell / "search",
                                 scores=self.scores(m.criterion, seed), settings=settings,
                                 seed=seed, progress=False,
-                                resume=(cell / SEARCH / TRIALS).exists())
+                                resume=True)
             plan, info = res.best_plan, {"calib_top1": res.best.value,
                                          "bounds": [0.0, settings.max_ratio]}
         info["plan_seconds"] = round(time.perf_counter() - t0, 1)

@@ -21,7 +21,6 @@ from vitprune import fsutil, load
 from vitprune.data import load_splits, make_loader
 from vitprune.errors import BudgetError
 from vitprune.pipeline import MaskedAccuracy, policy_search, score
-from vitprune.rundir import TRIALS
 from vitprune.train import EVAL_BATCH
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -55,7 +54,7 @@ def main() -> int:
                     res = policy_search(model, splits, budget, out, method=method,
                                         trials=args.trials, init=args.init, seed=seed,
                                         scores=scores, calib_images=args.calib_images,
-                                        resume=(out / TRIALS).exists(), progress=False)
+                                        resume=True, progress=False)
                 except BudgetError as exc:
                     print(f"{method} at {budget}: {exc}", flush=True)
                     continue

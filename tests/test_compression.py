@@ -56,6 +56,34 @@ def test_compress_runs_end_to_end_and_the_model_reloads(run):
     assert record["settings"]["epochs"] == 2 and record["settings"]["trials"] == 4
 
 
+def test_a_run_is_read_back_through_its_records(run, tmp_path):
+    """read_run gives what the run returned, typed, without claiming the directory; an
+    unfinished run reads with its later stages None, and a damaged finished stage is named."""
+    import shutil
+
+    from vitprune.compression import read_run
+    from vitprune.rundir import read_state
+
+    got = read_run(run.out)
+    assert got.finished and got.metrics == run.metrics and got.plan == run.plan
+    assert got.report == run.report and got.state.kind == "compress"
+    assert len(got.trials) == 4 and got.search.n_evaluations == 4
+    assert got.search.best == max(got.trials, key=lambda t: t.value)
+    assert got.scores_meta["criterion"] == "hsic"
+    part = tmp_path / "part"
+    shutil.copytree(run.out, part)
+    record = json.loads((part / "run.json").read_text())
+    (part / "run.json").write_text(json.dumps({**record, "done": ["scores", "search"]}))
+    half = read_run(part)
+    assert not half.finished and half.metrics is None and half.plan == run.plan
+    (part / "plan.json").write_text("{")
+    with pytest.raises(OutputError, match="finished stage 'search'.*damaged"):
+        read_run(part)
+    assert read_state(tmp_path / "nothing") is None
+    with pytest.raises(OutputError, match="not a compress run"):
+        read_run(tmp_path / "nothing")
+
+
 def test_rerun_resumes_at_the_first_unfinished_stage(run):
     from vitprune.data import load_splits
 

@@ -286,3 +286,16 @@ def test_each_output_file_name_is_written_once_and_benchmarks_use_the_constants(
     by_name = {p.name: s for p in bench.glob("*.py") for s in _string_constants(p)
                if s in READ_BY_NAME}
     assert by_name == {}
+
+
+def test_read_state_reads_the_manifest_without_taking_the_lock(tmp_path):
+    from vitprune.rundir import read_state
+
+    assert read_state(tmp_path / "new") is None
+    with RunDir.claim(tmp_path / "r", "train", {"epochs": 2}) as run:
+        run.mark_done("fit")
+        state = read_state(tmp_path / "r")  # while the writer holds the lock
+        assert (state.kind, state.settings, state.done) == ("train", {"epochs": 2}, ("fit",))
+    (tmp_path / "r" / "run.json").write_text("{")
+    with pytest.raises(OutputError):
+        read_state(tmp_path / "r")

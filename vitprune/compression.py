@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,7 +26,7 @@ from .config import CompressConfig, parse_budget
 from .data import Splits
 from .devices import DEFAULT as DEFAULT_DEVICE
 from .devices import setup
-from .errors import ConfigError
+from .errors import ConfigError, OutputError, VitpruneError
 from .io import load, save
 from .io.model_dir import read_config
 from .models import ArchSpec, ModelSource
@@ -46,10 +46,25 @@ from .pipeline import (
 from .plan import PrunePlan
 from .profile import device_name
 from .records import EpochRecord, EvalRow, Evaluation
-from .rundir import FINETUNE, METRICS, MODEL, PLAN, REPORT, SCORES, SEARCH, TRIALS, RunDir
+from .rundir import (
+    FINETUNE,
+    METRICS,
+    MODEL,
+    PLAN,
+    REPORT,
+    SCORES,
+    SEARCH,
+    TRIALS,
+    RunDir,
+    RunState,
+    read_state,
+)
 from .scoring import BlockScores, load_scores, save_scores
 from .search.report import SearchSummary, summary
+from .search.trials import Trial, read_trials
 from .surgery import prune
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -184,7 +199,8 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
 
 class _Stages:
     """The typed stages of a compression run in its run directory: each value is computed once,
-    written atomically, and read back on a resume."""
+    written atomically, and read back on a resume (by the readers below, which
+    :func:`read_run` shares)."""
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
@@ -192,7 +208,7 @@ class _Stages:
     def scores(self, compute: Callable[[], tuple[list[BlockScores], dict]]) -> list[BlockScores]:
         """The component scores (``scores.json``)."""
         return self.run.stage("scores", compute, lambda v: save_scores(self.run.file(SCORES), *v),
-                          lambda: load_scores(self.run.file(SCORES)))[0]
+                              lambda: _read_scores(self.run.path))[0]
 
     def plan(self, compute: Callable[[], tuple[PrunePlan, SearchSummary]]
              ) -> tuple[PrunePlan, SearchSummary]:
@@ -202,33 +218,110 @@ class _Stages:
             fsutil.write_json(self.run.file(PLAN), {"plan": v[0].to_dict(),
                                                      "search": v[1].to_dict()})
 
-        def read() -> tuple[PrunePlan, SearchSummary]:
-            d = json.loads(self.run.file(PLAN).read_text())
-            return PrunePlan.from_dict(d["plan"]), SearchSummary.from_dict(d["search"])
-
-        return self.run.stage("search", compute, write, read)
+        return self.run.stage("search", compute, write, lambda: _read_plan(self.run.path))
 
     def model(self, compute: Callable[[], tuple[torch.nn.Module, dict]], arch: ArchSpec,
               plan: PrunePlan) -> tuple[torch.nn.Module, dict]:
         """The fine-tuned model and its metadata (``model/``, a plain model directory)."""
-        return self.run.stage("finetune", compute,
-                          lambda v: save(self.run.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1]),
-                          lambda: (load(self.run.file(MODEL)), read_config(self.run.file(MODEL))["meta"]))
+        def write(v: tuple[torch.nn.Module, dict]) -> None:
+            save(self.run.file(MODEL), v[0].cpu(), arch, plan=plan, meta=v[1])
+
+        return self.run.stage("finetune", compute, write, lambda: _read_model(self.run.path))
 
     def report(self, write: Callable[[Path], Path]) -> Path:
         """The report (``report.md`` and its plots), written by ``write(directory)`` once."""
-        def read() -> Path:
-            if not self.run.file(REPORT).is_file():
-                raise OSError(f"{self.run.file(REPORT)} is missing")
-            return self.run.file(REPORT)
-
-        return self.run.stage("report", lambda: self.run.file(REPORT), lambda _: write(self.run.path), read)
+        return self.run.stage("report", lambda: self.run.file(REPORT),
+                              lambda _: write(self.run.path), lambda: _read_report(self.run.path))
 
     def metrics(self, compute: Callable[[], Evaluation]) -> Evaluation:
         """The evaluation (``eval.json``)."""
         return self.run.stage(
             "evaluate", compute, lambda v: fsutil.write_json(self.run.file(METRICS), v.to_dict()),
-            lambda: Evaluation.from_dict(json.loads(self.run.file(METRICS).read_text())))
+            lambda: _read_metrics(self.run.path))
+
+
+# each stage's output, read back from a run directory
+def _read_scores(out: Path) -> tuple[list[BlockScores], dict]:
+    return load_scores(out / SCORES)
+
+
+def _read_plan(out: Path) -> tuple[PrunePlan, SearchSummary]:
+    d = json.loads((out / PLAN).read_text())
+    return PrunePlan.from_dict(d["plan"]), SearchSummary.from_dict(d["search"])
+
+
+def _read_model(out: Path) -> tuple[torch.nn.Module, dict]:
+    return load(out / MODEL), read_config(out / MODEL)["meta"]
+
+
+def _read_report(out: Path) -> Path:
+    if not (out / REPORT).is_file():
+        raise OSError(f"{out / REPORT} is missing")
+    return out / REPORT
+
+
+def _read_metrics(out: Path) -> Evaluation:
+    return Evaluation.from_dict(json.loads((out / METRICS).read_text()))
+
+
+@dataclass(frozen=True)
+class CompressRun:
+    """What a compress run directory holds so far, read through its records (:func:`read_run`);
+    a stage not finished yet is None.
+
+    Attributes:
+        state: the run's manifest (settings, finished stages).
+        scores_meta: how the components were scored (criterion, images, device ...).
+        plan, search: the searched plan and the search's summary.
+        trials: every evaluation of the search so far (also while it runs).
+        metrics: the evaluation of the dense, pruned and fine-tuned models.
+        report: the Markdown report.
+    """
+
+    state: RunState
+    scores_meta: dict[str, Any] | None
+    plan: PrunePlan | None
+    search: SearchSummary | None
+    trials: tuple[Trial, ...]
+    metrics: Evaluation | None
+    report: Path | None
+
+    @property
+    def finished(self) -> bool:
+        """Every stage done: the same command again would only read."""
+        return "report" in self.state.done
+
+
+def read_run(out: str | Path) -> CompressRun:
+    """A compress run directory as its records say (never locks, runs or changes anything):
+    the way benchmarks and scripts read runs, instead of by file name.
+
+    Raises:
+        OutputError: ``out`` holds no compress run, or a finished stage's output is damaged.
+    """
+    out = Path(out)
+    state = read_state(out)
+    if state is None or state.kind != "compress":
+        what = "nothing vitprune made" if state is None else f"a {state.kind} run"
+        raise OutputError(f"{out} holds {what}, not a compress run; run `vitprune compress "
+                          f"... --out {out}` to make one")
+
+    def done(stage: str, reader: Callable[[Path], T]) -> T | None:
+        if stage not in state.done:
+            return None
+        try:
+            return reader(out)
+        except (OSError, ValueError, KeyError, VitpruneError) as exc:
+            raise OutputError(f"the output of the finished stage {stage!r} in {out} is missing "
+                              f"or damaged ({fsutil.first_line(exc)}); run the same compress "
+                              "command again to compute it again") from exc
+
+    scores, plan = done("scores", _read_scores), done("search", _read_plan)
+    return CompressRun(state=state, scores_meta=None if scores is None else scores[1],
+                       plan=None if plan is None else plan[0],
+                       search=None if plan is None else plan[1],
+                       trials=tuple(read_trials(out / SEARCH / TRIALS)),
+                       metrics=done("evaluate", _read_metrics), report=done("report", _read_report))
 
 
 def _config(config: CompressConfig | None, budget: str | float | None, data: str | Splits,

@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,6 +178,37 @@ class RunDir:
     def file(self, *names: str) -> Path:
         """The path of output ``names`` (this module's constants: ``file(SEARCH, TRIALS)``)."""
         return self.path.joinpath(*names)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run directory's manifest (``run.json``), read without claiming the directory.
+
+    Attributes:
+        kind: the command that made it (``compress``, ``train`` ...).
+        settings: what makes the run what it is.
+        done: its finished stages, in order.
+        info: what was recorded beside the settings (paths that may move).
+    """
+
+    kind: str
+    settings: dict[str, Any]
+    done: tuple[str, ...]
+    info: dict[str, Any]
+
+
+def read_state(out: str | Path) -> RunState | None:
+    """The run in ``out`` (None: no vitprune run is there yet). Never locks or changes it.
+
+    Raises:
+        OutputError: its manifest is damaged or from a newer vitprune.
+    """
+    out = Path(out)
+    record = _read_manifest(out) if out.is_dir() else None
+    if record is None:
+        return None
+    return RunState(kind=record.get("kind", ""), settings=record.get("settings", {}),
+                    done=tuple(record.get("done", [])), info=record.get("info", {}))
 
 
 def _remove_temporaries(out: Path) -> None:

@@ -59,3 +59,25 @@ def test_info_describes_a_timm_model_without_fetching_weights(capsys):
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["input_size"] == [3, 224, 160] and res["patches"] == 14 * 10
+
+
+def test_a_models_options_are_model_source_fields_also_under_a_prefix():
+    from vitprune.cli import _source, build_parser
+    from vitprune.errors import ModelError
+    from vitprune.models import ModelSource
+
+    args = build_parser().parse_args([
+        "finetune", "--student", "s", "--teacher", "vit_tiny_patch16_224", "--teacher-model-args",
+        "depth=2", "qk_norm=true", "--out", "o"])
+    assert _source(args, "teacher") == ModelSource("vit_tiny_patch16_224",
+                                                   args={"depth": 2, "qk_norm": True})
+    assert args.student_name == "s"
+    args = build_parser().parse_args(["info", "--model", "vit_tiny_patch16_224", "--pretrained",
+                                      "--checkpoint", "w.pt"])
+    with pytest.raises(ModelError, match="--pretrained and --checkpoint"):
+        _source(args)
+
+
+def test_an_input_size_out_of_range_is_refused_by_its_option_name(capsys):
+    assert main(["cost", "--model", "vit_tiny_patch16_224", "--img-size", "0"]) == 2
+    assert "--img-size takes one size or two" in capsys.readouterr().err

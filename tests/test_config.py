@@ -16,22 +16,28 @@ from vitprune.config import (
     BenchSettings,
     CompressConfig,
     DataConfig,
+    DeviceSettings,
     ExportSettings,
+    InputFiles,
     LatencyTableSettings,
+    OutputSettings,
     ScoreConfig,
     SearchSettings,
+    ShapeSettings,
 )
-from vitprune.devices import DEFAULT as DEFAULT_DEVICE
 from vitprune.errors import ConfigError
+from vitprune.models import ModelSource
 from vitprune.train import FINETUNE, RECIPES, TrainConfig
 from vitprune.train.loop import RECIPE_FIELDS
 
 # the settings each command's options come from (the training ones start from these instances)
 TRAINING = {"train": TrainConfig(), "finetune": FINETUNE, "compress": FINETUNE}
 SETTINGS = (DataConfig(), ScoreConfig(), SearchSettings(), CompressConfig(),
-            LatencyTableSettings(), BenchSettings(), ExportSettings())
-# options whose default lives outside the settings dataclasses, each in one named place
-ELSEWHERE = {"device": DEFAULT_DEVICE}
+            LatencyTableSettings(), BenchSettings(), ExportSettings(), DeviceSettings(),
+            OutputSettings(), ShapeSettings(), InputFiles())
+# a model's options (--model ..., --teacher ...) are ModelSource's fields, the API's own type
+PREFIXES = ("teacher_", "student_")
+CLI_OWN = {"func", "json"}  # which command runs, and how the CLI prints its result
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -50,14 +56,20 @@ def _expected(cmd: str, dest: str):
         owners = [s for s in owners if isinstance(s, mine)] or owners
     if owners:
         return getattr(owners[0], dest)
-    return ELSEWHERE.get(dest)
+    name = next((dest.removeprefix(p) for p in PREFIXES if dest.startswith(p)), dest)
+    source = {f.name: f for f in dataclasses.fields(ModelSource)}
+    assert name in source, f"{cmd}: option {dest} comes from no settings dataclass"
+    f = source[name]
+    if "parse" in f.metadata or f.default is dataclasses.MISSING:  # parsed from None; required
+        return None
+    return f.default
 
 
 def test_every_commands_help_defaults_are_the_settings_defaults():
     checked = 0
     for cmd, sub in _commands().items():
         for action in sub._actions:  # noqa: SLF001
-            if isinstance(action, argparse._HelpAction) or action.dest in ("func",):  # noqa: SLF001
+            if isinstance(action, argparse._HelpAction) or action.dest in CLI_OWN:  # noqa: SLF001
                 continue
             want = _expected(cmd, action.dest)
             # an option with a default of its own that no settings field holds would be a second

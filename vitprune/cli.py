@@ -13,21 +13,24 @@ import sys
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .config import (
     BenchSettings,
     CompressConfig,
     DataConfig,
+    DeviceSettings,
     ExportSettings,
+    InputFiles,
     LatencyTableSettings,
+    OutputSettings,
     ScoreConfig,
     SearchSettings,
+    ShapeSettings,
 )
-from .devices import DEFAULT as DEFAULT_DEVICE
 from .devices import HELP as DEVICE_HELP
 from .errors import ConfigError, VitpruneError
+from .models import ModelSource
 from .train import FINETUNE, RECIPES, TrainConfig
 from .version import __version__
 
@@ -67,17 +70,29 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
 
 
 def add_fields(p: argparse.ArgumentParser, cls: type, defaults: Any = None,
-               skip: tuple[str, ...] = ()) -> None:
+               skip: tuple[str, ...] = (), *, prefix: str = "",
+               help: dict[str, str] | None = None, required: tuple[str, ...] = ()) -> None:  # noqa: A002
     """An option per field of the dataclass ``cls`` (``max_ratio`` -> ``--max-ratio``), with the
-    field's help and choices and the default of ``defaults`` (an instance; default: ``cls()``)."""
-    defaults = cls() if defaults is None else defaults
+    field's help and choices and the default of ``defaults`` (an instance; default: the
+    fields' own).
+
+    A field's metadata may name its option (``flag``), make it ``required``, give argparse's
+    ``nargs``/``type``/``metavar``/``choices``, a ``parse`` of the raw value (see
+    :func:`values`) and a callable ``help``. ``prefix`` makes a second set of the same
+    options (``--teacher``, ``--teacher-checkpoint``); ``help`` replaces some fields' help for
+    one command, ``required`` makes more options required there.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or "help" not in f.metadata:
             continue
         tp, optional = _unwrap(hints[f.name])
-        kw: dict[str, Any] = {"dest": f.name, "default": getattr(defaults, f.name),
-                              "help": f.metadata["help"].replace("%", "%%")}
+        text = (help or {}).get(f.name, f.metadata["help"])
+        text = text() if callable(text) else text
+        kw: dict[str, Any] = {"dest": _dest(f, prefix), "default": _default(f, defaults),
+                              "help": text.replace("%", "%%")}
+        if f.metadata.get("required") or f.name in required:
+            kw.update(required=True, default=None)
         if f.metadata.get("recipe"):  # left to --recipe unless given
             base = kw["default"] if f.name not in RECIPES["small"] else RECIPES["small"][f.name]
             other = "".join(f"; --recipe {name}: {_shown(r[f.name])}" for name, r in RECIPES.items()
@@ -88,37 +103,46 @@ def add_fields(p: argparse.ArgumentParser, cls: type, defaults: Any = None,
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is tuple:
             kw.update(type=typing.get_args(tp)[0], nargs="*" if optional else "+")
-        else:
+        elif "parse" not in f.metadata:
             kw["type"] = tp
-        for key in ("choices", "metavar"):
+        for key in ("choices", "metavar", "nargs", "type"):
             if key in f.metadata:
                 kw[key] = f.metadata[key]
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+        p.add_argument(_flag(f, prefix), **kw)
 
 
-def values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The parsed values of ``cls``'s fields (those :func:`add_fields` added)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and hasattr(args, f.name)}
+def _flag(f: dataclasses.Field, prefix: str) -> str:
+    name = f.metadata.get("flag", f.name.replace("_", "-"))
+    if prefix:  # --model becomes --teacher, --checkpoint --teacher-checkpoint
+        name = prefix if name == "model" else f"{prefix}-{name}"
+    return "--" + name
 
 
-# -- shared options ----------------------------------------------------------------------------
-def _model(p: argparse.ArgumentParser) -> None:
-    from .adapters import supported  # the families are the registry's to list
+def _dest(f: dataclasses.Field, prefix: str) -> str:
+    return f"{prefix}_{f.name}" if prefix else f.name
 
-    p.add_argument("--model", required=True,
-                   help=f"a directory saved by vitprune, or {supported()}")
-    p.add_argument("--checkpoint", help="weights for a model given by name: .safetensors, a "
-                                        "state_dict, or a training file holding one under "
-                                        "model / state_dict / state_dict_ema (read without "
-                                        "unpickling code)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="timm's published weights for a timm name (from the Hugging Face cache, "
-                        "downloaded if there is network; HF_HUB_OFFLINE=1 respected)")
-    p.add_argument("--model-args", nargs="+", metavar="KEY=VALUE",
-                   help="constructor arguments for a model given by name, values as JSON: "
-                        "qk_norm=true drop_path_rate=0.1 global_pool=avg img_size=[224,160]; "
-                        "saved with the model")
+
+def _default(f: dataclasses.Field, defaults: Any) -> Any:
+    if "parse" in f.metadata:  # the raw option is unset; parse(None) is the field's default
+        return None
+    if defaults is not None:
+        return getattr(defaults, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = (), *,
+           prefix: str = "") -> dict[str, Any]:
+    """The parsed values of ``cls``'s fields (those :func:`add_fields` added), each through its
+    field's ``parse`` where it has one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not hasattr(args, _dest(f, prefix)):
+            continue
+        v = getattr(args, _dest(f, prefix))
+        out[f.name] = f.metadata["parse"](v) if "parse" in f.metadata else v
+    return out
 
 
 def _shown(value: Any) -> str:
@@ -133,60 +157,42 @@ def train_settings(args: argparse.Namespace, base: TrainConfig,
     return base.with_recipe(args.recipe, **given)
 
 
-def _img_size(args: argparse.Namespace) -> int | tuple[int, int] | None:
-    """--img-size: None, one size (square) or (height, width)."""
-    size = args.img_size
-    if size is None:
-        return None
-    from .config import MAX_IMG_SIZE
-
-    if len(size) > 2 or min(size) < 1 or max(size) > MAX_IMG_SIZE:
-        raise ConfigError("img_size", f"takes one size or two (height width) from 1 to "
-                                      f"{MAX_IMG_SIZE}, got {size}")
-    return size[0] if len(size) == 1 else (size[0], size[1])
-
-
-def _source(args: argparse.Namespace):
-    """The --model, --checkpoint, --pretrained and --model-args as a ModelSource (checked)."""
-    from .models import ModelSource, parse_model_args
-
-    src = ModelSource(args.model, args.checkpoint, args.pretrained,
-                      parse_model_args(args.model_args))
+def _source(args: argparse.Namespace, prefix: str = "") -> ModelSource:
+    """A model's options (``--model``, ``--checkpoint`` ...; ``--teacher`` ... with
+    ``prefix``) as a checked ModelSource."""
+    src = ModelSource(**values(args, ModelSource, prefix=prefix))
     src.check()
     return src
+
+
+def _shape(args: argparse.Namespace) -> ShapeSettings:
+    return ShapeSettings(**values(args, ShapeSettings))
 
 
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
         add_fields(p, DataConfig)
-    p.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    add_fields(p, DeviceSettings)
 
 
-def _out(p: argparse.ArgumentParser, what: str, *, resume: str | None = None) -> None:
-    p.add_argument("--out", required=True, type=Path, help=what)
-    if resume:
-        p.add_argument("--resume", action="store_true", help=resume)
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
-
-
-def _plan_and_size(p: argparse.ArgumentParser, verb: str) -> None:
-    p.add_argument("--plan", help=f"plan JSON to apply before {verb}")
-    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
-                   help="input size for a model given by name: one value (square) or H W")
+def _out(p: argparse.ArgumentParser, what: str, *, resume: str | None = None,
+         quiet: bool = True) -> None:
+    skip = (() if resume else ("resume",)) + (() if quiet else ("quiet",))
+    add_fields(p, OutputSettings, skip=skip, help={"out": what, "resume": resume or ""})
 
 
 def _json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-# -- commands ----------------------------------------------------------------------------------
+# -- commands ---------------------------------------------------------------------------------
 def _setup(args: argparse.Namespace) -> str:
     """Threads and device, checked and resolved once (under torchrun this rank's GPU, and the
     process group joined); every command calls it before any other work."""
     from .devices import setup
 
-    return setup(args.device, args.threads)
+    run = DeviceSettings(**values(args, DeviceSettings))
+    return setup(run.device, run.threads)
 
 
 def _splits(cfg: DataConfig, model=None):
@@ -196,6 +202,10 @@ def _splits(cfg: DataConfig, model=None):
     return load_data(cfg, model)
 
 
+def _data(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(**values(args, DataConfig))
+
+
 def _command(args: argparse.Namespace) -> str:
     return "vitprune " + shlex.join(args.argv)
 
@@ -203,8 +213,7 @@ def _command(args: argparse.Namespace) -> str:
 def cmd_train(args: argparse.Namespace) -> dict:
     from .jobs import train
 
-    cfg = train_settings(args, TrainConfig(), KD_FIELDS)
-    data = DataConfig(**values(args, DataConfig))
+    cfg, data = train_settings(args, TrainConfig(), KD_FIELDS), _data(args)
     device = _setup(args)
     src = _source(args)
     return train(src, _splits(data, src), cfg, args.out,
@@ -215,31 +224,22 @@ def cmd_train(args: argparse.Namespace) -> dict:
 def cmd_finetune(args: argparse.Namespace) -> dict:
     from .jobs import finetune_model
 
-    cfg = train_settings(args, FINETUNE)
-    data = DataConfig(**values(args, DataConfig))
+    cfg, data = train_settings(args, FINETUNE), _data(args)
     device = _setup(args)
-    from .models import ModelSource
-
-    teacher = ModelSource(args.teacher, args.teacher_checkpoint, args.teacher_pretrained)
-    teacher.check()
-    return finetune_model(args.student, teacher, _splits(data, args.student), cfg, args.out,
-                          resume=args.resume,
-                          device=device, progress=not args.quiet, command=_command(args))
+    teacher = _source(args, "teacher")
+    return finetune_model(args.student_name, teacher, _splits(data, args.student_name), cfg,
+                          args.out, resume=args.resume, device=device, progress=not args.quiet,
+                          command=_command(args))
 
 
 def cmd_compress(args: argparse.Namespace) -> dict:
     from .compression import compress
 
-    settings = {k: v for k, v in vars(args).items() if k in CompressConfig.names()}
-    cfg = CompressConfig.from_flat(**settings)
+    cfg = CompressConfig.from_flat(**{k: v for k, v in vars(args).items()
+                                      if k in CompressConfig.names()})
     device = _setup(args)
-    res = compress(_source(args), cfg.data.data, cfg.budget, args.out,
-                   device=device, progress=not args.quiet, config=cfg)
-    rows = res.metrics.rows
-    return {"out": str(res.out), "model": str(res.model_dir), "report": str(res.report),
-            "macs_kept": res.metrics.macs_kept, "test_top1_dense": rows["dense"].test_top1,
-            "test_top1_pruned": rows["pruned"].test_top1,
-            "test_top1_finetuned": rows["finetuned"].test_top1}
+    return compress(_source(args), cfg.data.data, cfg.budget, args.out, device=device,
+                    progress=not args.quiet, config=cfg).summary()
 
 
 def cmd_search(args: argparse.Namespace) -> dict:
@@ -249,7 +249,7 @@ def cmd_search(args: argparse.Namespace) -> dict:
     settings = SearchSettings(**values(args, SearchSettings))
     scoring = ScoreConfig(**values(args, ScoreConfig))
     parse_budget(args.budget)
-    data = DataConfig(**values(args, DataConfig))
+    data = _data(args)
     device = _setup(args)
     src = _source(args)
     return search_plan(src, _splits(data, src), args.budget, args.out, settings=settings,
@@ -261,8 +261,7 @@ def cmd_search(args: argparse.Namespace) -> dict:
 def cmd_score(args: argparse.Namespace) -> dict:
     from .jobs import score_model
 
-    cfg = ScoreConfig(**values(args, ScoreConfig))
-    data = DataConfig(**values(args, DataConfig))
+    cfg, data = ScoreConfig(**values(args, ScoreConfig)), _data(args)
     device = _setup(args)
     src = _source(args)
     return score_model(src, _splits(data, src), cfg, args.out, device=device)
@@ -271,7 +270,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> dict:
     from .jobs import eval_model
 
-    data = DataConfig(**values(args, DataConfig))
+    data = _data(args)
     device = _setup(args)
     src = _source(args)
     return eval_model(src, _splits(data, src), device=device)
@@ -286,44 +285,46 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 def cmd_cost(args: argparse.Namespace) -> dict:
     from .jobs import cost_model
 
-    return cost_model(_source(args), plan=args.plan, img_size=_img_size(args),
+    shape = _shape(args)
+    return cost_model(_source(args), plan=shape.plan, img_size=shape.size,
                       latency_table=args.latency_table)
 
 
 def cmd_latency_table(args: argparse.Namespace) -> dict:
     from .jobs import latency_table_model
 
-    device = _setup(args)
+    shape, device = _shape(args), _setup(args)
     return latency_table_model(_source(args), args.out, device=device, threads=args.threads,
-                               img_size=_img_size(args), progress=not args.quiet,
+                               img_size=shape.size, progress=not args.quiet,
                                **values(args, LatencyTableSettings))
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
     from .jobs import bench_model
 
-    device = _setup(args)
-    return bench_model(_source(args), threads=args.threads, device=device, plan=args.plan,
-                       img_size=_img_size(args), **values(args, BenchSettings))
+    shape, device = _shape(args), _setup(args)
+    return bench_model(_source(args), threads=args.threads, device=device, plan=shape.plan,
+                       img_size=shape.size, **values(args, BenchSettings))
 
 
 def cmd_info(args: argparse.Namespace) -> dict:
     from .jobs import info_model
 
-    return info_model(_source(args), img_size=_img_size(args))
+    return info_model(_source(args), img_size=_shape(args).size)
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from .jobs import export_model
 
-    return export_model(_source(args), args.out, plan=args.plan, img_size=_img_size(args),
+    shape = _shape(args)
+    return export_model(_source(args), args.out, plan=shape.plan, img_size=shape.size,
                         **values(args, ExportSettings))
 
 
 def _options_compress(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("compress", "the whole job: score, search, prune, fine-tune, evaluate, report",
                 cmd_compress)
-    _model(p), _common(p)
+    add_fields(p, ModelSource), _common(p)
     add_fields(p, CompressConfig)
     add_fields(p, ScoreConfig), add_fields(p, SearchSettings)
     add_fields(p, TrainConfig, FINETUNE, skip=("seed",))
@@ -332,7 +333,7 @@ def _options_compress(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _options_train(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("train", "train a baseline ViT", cmd_train)
-    _model(p), _common(p)
+    add_fields(p, ModelSource), _common(p)
     add_fields(p, TrainConfig, skip=KD_FIELDS)
     _out(p, "model directory to create (with the run's checkpoint)",
          resume="continue the interrupted run in --out exactly"), _json(p)
@@ -340,26 +341,24 @@ def _options_train(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _options_eval(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("eval", "test top-1, loss, MACs and parameters of a model", cmd_eval)
-    _model(p), _common(p), _json(p)
+    add_fields(p, ModelSource), _common(p), _json(p)
 
 
 def _options_score(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("score", "score every head and MLP neuron with a criterion", cmd_score)
-    _model(p), _common(p)
+    add_fields(p, ModelSource), _common(p)
     add_fields(p, ScoreConfig)
-    p.add_argument("--out", required=True, type=Path, help="the scores JSON file to create")
-    _json(p)
+    _out(p, "the scores JSON file to create", quiet=False), _json(p)
 
 
 def _options_search(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("search", "search per-block prune ratios under a MACs or latency budget",
                 cmd_search)
-    _model(p), _common(p)
+    add_fields(p, ModelSource), _common(p)
     add_fields(p, CompressConfig, skip=("bench_batches",))
     add_fields(p, SearchSettings)
     add_fields(p, ScoreConfig)
-    p.add_argument("--scores", type=Path, help="scores JSON from `vitprune score` (default: "
-                                               "score with --criterion here)")
+    add_fields(p, InputFiles, skip=("latency_table",))
     _out(p, "run directory of the search (trials, best plan, summary, plot)",
          resume="continue the trials in --out"), _json(p)
 
@@ -367,11 +366,13 @@ def _options_search(command: Callable[..., argparse.ArgumentParser]) -> None:
 def _options_finetune(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("finetune", "fine-tune a pruned model by distillation from a teacher",
                 cmd_finetune)
-    p.add_argument("--student", required=True, help="a pruned model directory")
-    p.add_argument("--teacher", required=True, help="the dense model: a saved directory or a name")
-    p.add_argument("--teacher-checkpoint", help="weights for a teacher given by name")
-    p.add_argument("--teacher-pretrained", action="store_true",
-                   help="timm's published weights for a teacher given by name")
+    add_fields(p, ModelSource, prefix="student", skip=("checkpoint", "pretrained", "args"),
+               help={"name": "a pruned model directory"})
+    add_fields(p, ModelSource, prefix="teacher", help={
+        "name": "the dense model: a saved directory or a name",
+        "checkpoint": "weights for a teacher given by name",
+        "pretrained": "timm's published weights for a teacher given by name",
+        "args": "constructor arguments for a teacher given by name (KEY=VALUE, values as JSON)"})
     _common(p)
     add_fields(p, TrainConfig, FINETUNE)
     _out(p, "model directory to create (with the run's checkpoint)",
@@ -380,19 +381,16 @@ def _options_finetune(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _options_prune(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("prune", "apply a plan: write a physically smaller model directory", cmd_prune)
-    _model(p)
-    p.add_argument("--plan", required=True, help="plan JSON (kept heads/neurons per block, "
-                                                 "token stages)")
-    p.add_argument("--out", required=True, type=Path, help="model directory to create")
-    _json(p)
+    add_fields(p, ModelSource)
+    add_fields(p, ShapeSettings, skip=("img_size",), required=("plan",), help={
+        "plan": "plan JSON (kept heads/neurons per block, token stages)"})
+    _out(p, "model directory to create", quiet=False), _json(p)
 
 
 def _options_cost(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("cost", "MACs and parameters of a model, or of a plan applied to it", cmd_cost)
-    _model(p)
-    _plan_and_size(p, "counting")
-    p.add_argument("--latency-table", metavar="FILE",
-                   help="also predict the time per batch from this latency table")
+    add_fields(p, ModelSource), add_fields(p, ShapeSettings)
+    add_fields(p, InputFiles, skip=("scores",))
     _json(p)
 
 
@@ -401,32 +399,27 @@ def _options_latency_table(command: Callable[..., argparse.ArgumentParser]) -> N
                                  "changes (attention by heads and tokens, MLP by width and "
                                  "tokens, token stages, the rest) for latency budgets",
                 cmd_latency_table)
-    _model(p)
-    p.add_argument("--device", default=DEFAULT_DEVICE,
-                   help=DEVICE_HELP + " (the table holds for that device only)")
-    p.add_argument("--threads", type=int, help="CPU threads (recorded; time at the same count)")
+    add_fields(p, ModelSource)
+    add_fields(p, DeviceSettings, help={
+        "device": DEVICE_HELP + " (the table holds for that device only)",
+        "threads": "CPU threads (recorded; time at the same count)"})
     add_fields(p, LatencyTableSettings)
-    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
-                   help="input size for a model given by name: one value (square) or H W")
-    p.add_argument("--out", required=True, type=Path, help="the table JSON file to create")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _json(p)
+    add_fields(p, ShapeSettings, skip=("plan",))
+    _out(p, "the table JSON file to create"), _json(p)
 
 
 def _options_info(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("info", "what a model is: architecture, shape, MACs, parameters and the "
                         "preprocessing it expects", cmd_info)
-    _model(p)
-    p.add_argument("--img-size", type=int, nargs="+", metavar="SIZE",
-                   help="input size for a model given by name: one value (square) or H W")
+    add_fields(p, ModelSource), add_fields(p, ShapeSettings, skip=("plan",))
     _json(p)
 
 
 def _options_bench(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("bench", "measured latency and throughput (warm-up, median of repeats) in a "
                          "runtime", cmd_bench)
-    _model(p), _common(p, data=False)
-    _plan_and_size(p, "timing")
+    add_fields(p, ModelSource), _common(p, data=False)
+    add_fields(p, ShapeSettings)
     add_fields(p, BenchSettings)
     _json(p)
 
@@ -434,12 +427,9 @@ def _options_bench(command: Callable[..., argparse.ArgumentParser]) -> None:
 def _options_export(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("export", "export a model to ONNX, checked against PyTorch with onnxruntime "
                           "(needs vitprune[export])", cmd_export)
-    _model(p)
-    _plan_and_size(p, "exporting")
+    add_fields(p, ModelSource), add_fields(p, ShapeSettings)
     add_fields(p, ExportSettings)
-    p.add_argument("--out", required=True, type=Path, help="the file to create (never "
-                                                            "replaced)")
-    _json(p)
+    _out(p, "the file to create (never replaced)", quiet=False), _json(p)
 
 
 # each command's options, in the order --help lists them

@@ -87,6 +87,14 @@ class CompressResult:
     report: Path
     model: torch.nn.Module
 
+    def summary(self) -> dict[str, Any]:
+        """What ``vitprune compress`` prints: where things are, the MACs kept and test top-1."""
+        rows = self.metrics.rows
+        return {"out": str(self.out), "model": str(self.model_dir), "report": str(self.report),
+                "macs_kept": self.metrics.macs_kept, "test_top1_dense": rows["dense"].test_top1,
+                "test_top1_pruned": rows["pruned"].test_top1,
+                "test_top1_finetuned": rows["finetuned"].test_top1}
+
 
 def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnist",
              budget: str | float | None = None, out: str | Path = "runs/compress", *,

@@ -17,9 +17,10 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import profile, speed
+from . import devices, profile, speed
 from .data import DATASETS
 from .errors import ConfigError, is_int, is_number, require
 from .io.export import DEFAULT_OPSET, FORMATS
@@ -67,6 +68,19 @@ def parse_budget(text: str | float) -> Budget:
 MAX_IMG_SIZE = 4096  # larger inputs would ask for hundreds of GB before the first batch
 
 
+def _img_size(value: Any) -> tuple[int, ...]:
+    """An input size as one size (square) or (height, width), checked."""
+    size = (value,) if is_int(value) else tuple(value)
+    require(len(size) in (1, 2) and all(is_int(v) and 1 <= v <= MAX_IMG_SIZE for v in size),
+            "img_size", f"takes one size or two (height width) from 1 to {MAX_IMG_SIZE}, got "
+            f"{value!r}")
+    return size
+
+
+def _as_timm_size(size: tuple[int, ...] | None) -> int | tuple[int, int] | None:
+    return None if size is None else size[0] if len(size) == 1 else (size[0], size[1])
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, and how it is split (train / calibration / test)."""
@@ -92,10 +106,7 @@ class DataConfig:
     def size(self) -> int | tuple[int, int] | None:
         """The input size as timm takes it: an int (square) or (height, width); None: the
         model's own."""
-        if self.img_size is None:
-            return None
-        return self.img_size[0] if len(self.img_size) == 1 else (self.img_size[0],
-                                                                  self.img_size[1])
+        return _as_timm_size(self.img_size)
 
     def __post_init__(self) -> None:
         require(self.data in DATASETS, "data", f"must be one of {', '.join(DATASETS)}, got "
@@ -103,11 +114,7 @@ class DataConfig:
         c = self.calib_size
         require(c is None or (is_int(c) and c >= 1), "calib_size", f"must be >= 1, got {c!r}")
         if self.img_size is not None:
-            size = (self.img_size,) if is_int(self.img_size) else tuple(self.img_size)
-            require(len(size) in (1, 2) and all(is_int(v) and 1 <= v <= MAX_IMG_SIZE
-                                                for v in size), "img_size",
-                    f"takes one size or two (height width) from 1 to {MAX_IMG_SIZE}, got "
-                    f"{self.img_size!r}")
+            size = _img_size(self.img_size)
             require(self.data == "imagefolder", "img_size",
                     f"applies to imagefolder data only; {self.data} images have their own size "
                     "(build the model for it instead)")
@@ -278,6 +285,62 @@ def _positive(settings: Any, *names: str) -> None:
     for name in names:
         v = getattr(settings, name)
         require(is_int(v) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where a job runs: the device and the CPU threads (:func:`vitprune.devices.setup`)."""
+
+    device: str = field(default=devices.DEFAULT, metadata={"help": devices.HELP})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads for torch (default: torch's)"})
+
+    def __post_init__(self) -> None:
+        t = self.threads
+        require(t is None or (is_int(t) and t >= 1), "threads", f"must be >= 1, got {t!r}")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What a writing command creates and how it reports: ``out`` (a run directory or a file,
+    by command), whether to continue an interrupted run there, and whether to show progress."""
+
+    out: Path | None = field(default=None, metadata={
+        "help": "the run directory or file to create", "required": True})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the interrupted run in --out exactly"})
+    quiet: bool = field(default=False, metadata={
+        "help": "no progress bars or progress lines"})
+
+
+@dataclass(frozen=True)
+class ShapeSettings:
+    """How a model given by name or directory is prepared before a command looks at it: a plan
+    applied to it, and the input size of a model built by name."""
+
+    plan: str | None = field(default=None, metadata={"help": "plan JSON to apply first"})
+    img_size: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "input size for a model given by name: one value (square) or H W",
+        "metavar": "SIZE"})
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None:
+            object.__setattr__(self, "img_size", _img_size(self.img_size))
+
+    @property
+    def size(self) -> int | tuple[int, int] | None:
+        """The input size as timm takes it: an int (square) or (height, width)."""
+        return _as_timm_size(self.img_size)
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """Files a command can take from an earlier one instead of computing them."""
+
+    scores: Path | None = field(default=None, metadata={
+        "help": "scores JSON from `vitprune score` (default: score with --criterion here)"})
+    latency_table: Path | None = field(default=None, metadata={
+        "help": "also predict the time per batch from this latency table", "metavar": "FILE"})
 
 
 @dataclass(frozen=True)

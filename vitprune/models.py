@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import fsutil
-from .adapters import SMALL_CONFIGS, ArchSpec, adapter_for, adapter_named
+from .adapters import SMALL_CONFIGS, ArchSpec, adapter_for, adapter_named, supported
 from .errors import ConfigError, ModelError
 
 #: the record of a model directory saved by vitprune (its architecture, plan and checksum)
@@ -34,10 +34,21 @@ class ModelSource:
     arguments (``args``: timm keyword arguments such as ``qk_norm``, ``drop_path_rate``,
     ``img_size``; recorded in a saved model's ``model.json``)."""
 
-    name: str
-    checkpoint: str | None = None
-    pretrained: bool = False
-    args: dict[str, Any] = field(default_factory=dict)
+    # the metadata is the command line's: --model, --checkpoint, --pretrained, --model-args
+    name: str = field(metadata={"flag": "model", "required": True, "metavar": "MODEL", "help": lambda: (
+        "a directory saved by vitprune, or " + supported())})  # the registry's list
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "weights for a model given by name: .safetensors, a state_dict, or a training "
+                "file holding one under model / state_dict / state_dict_ema (read without "
+                "unpickling code)"})
+    pretrained: bool = field(default=False, metadata={
+        "help": "timm's published weights for a timm name (from the Hugging Face cache, "
+                "downloaded if there is network; HF_HUB_OFFLINE=1 respected)"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={
+        "flag": "model-args", "nargs": "+", "type": str, "metavar": "KEY=VALUE",
+        "parse": lambda items: parse_model_args(items),  # defined below
+        "help": "constructor arguments for a model given by name, values as JSON: qk_norm=true "
+                "drop_path_rate=0.1 global_pool=avg img_size=[224,160]; saved with the model"})
 
     @classmethod
     def of(cls, model: str | Path | ModelSource, checkpoint: str | Path | None = None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("torch_pruning")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from peer_torch_pruning import plan_of, tp_plan, tp_prune  # noqa: E402
 

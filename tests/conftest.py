@@ -26,7 +26,7 @@ def synth_splits():
     return load_splits("synthetic", calib_size=64)
 
 
-@pytest.fixture(scope="module", params=["avg_pool", "deit_distilled", "register_tokens"])
+@pytest.fixture(scope="module", params=["avg_pool", "deit_distilled", "eva02", "register_tokens"])
 def pruned(request):
     """Each of the layouts deployment must handle, pruned in heads, neurons and tokens."""
     from tests.helpers import FAMILIES, pruned_family

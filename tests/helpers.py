@@ -55,9 +55,10 @@ def sharpen(model: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
     return model
 
 
-# Small versions of the three layouts deployment must handle: a distilled DeiT (two heads, two prefix
+# Small versions of the layouts deployment must handle: a distilled DeiT (two heads, two prefix
 # tokens), a register-token ViT (five prefix tokens, layer scale), a global-average-pool ViT
-# without class token. Each is pruned with heads, neurons and tokens cut.
+# without class token, an EVA-02 (gated MLP, rotary positions). Each is pruned with heads,
+# neurons and tokens cut.
 
 
 FAMILIES = {
@@ -68,6 +69,9 @@ FAMILIES = {
     "avg_pool": ("vit_small_patch16_224",
                  dict(img_size=48, depth=3, class_token=False, global_pool="avg",
                       num_classes=10)),
+    # EVA-02: packed SwiGLU MLP, separate q/v biases, rotary position embeddings
+    "eva02": ("eva02_tiny_patch14_224",
+              dict(img_size=56, depth=3, num_classes=10, ref_feat_shape=(4, 4))),
 }
 
 
@@ -134,3 +138,16 @@ def synthetic_table(shape):
                         mlp_ms=0.001 * np.outer(neurons, tokens) + 0.005,
                         select_ms=0.0005 * np.array(tokens), fixed_ms=0.05,
                         meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
+
+
+def measured_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """MACs that torch's FlopCounterMode counts for ``module(x)`` (FLOPs / 2), with fused
+    attention turned off (the counter does not see CPU scaled_dot_product_attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops() // 2

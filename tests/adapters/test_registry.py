@@ -14,24 +14,34 @@ def _unused(*args, **kwargs):
     raise NotImplementedError
 
 
-# a family registered after the timm ViT one, for timm's ``eva`` module: only its dispatch matters
-_ToyEva = type("_ToyEva", (Adapter,), {
+# a family registered after every other, for timm's ``levit`` module (which no vitprune family
+# prunes): only its dispatch matters
+_ToyLevit = type("_ToyLevit", (Adapter,), {
     **{name: _unused for name in Adapter.__abstractmethods__},
-    "family": "toy-eva", "describes": "toy EVA names", "timm_modules": ("eva",)})
+    "family": "toy-levit", "describes": "toy LeViT names", "timm_modules": ("levit",)})
 
 
 @pytest.fixture
-def toy_eva(monkeypatch):
+def toy_levit(monkeypatch):
     monkeypatch.setattr(adapters, "_ADAPTERS", [*families()])
-    return adapters.register(_ToyEva())
+    return adapters.register(_ToyLevit())
 
 
-def test_a_family_registered_later_gets_its_modules_names(toy_eva):
-    assert families()[-1] is toy_eva  # registered after the timm ViT family
-    assert adapter_named("eva02_tiny_patch14_224") is toy_eva
-    assert adapter_named("eva02_small_patch14_224.mim_in22k") is toy_eva  # a tagged name too
+def test_a_family_registered_later_gets_its_modules_names(toy_levit):
+    assert families()[-1] is toy_levit  # registered after the timm ViT family
+    assert adapter_named("levit_128") is toy_levit
+    assert adapter_named("levit_128.fb_dist_in1k") is toy_levit  # a tagged name too
     assert isinstance(adapter_named("deit_tiny_patch16_224"), TimmViTAdapter)
-    assert "eva02_tiny_patch14_224" in toy_eva.names()
+    assert "levit_128" in toy_levit.names()
+
+
+def test_eva_names_reach_the_eva_family_tagged_or_not():
+    from vitprune.adapters.timm_eva import EvaAdapter
+
+    for name in ("eva02_tiny_patch14_224", "eva02_small_patch14_224.mim_in22k",
+                 "vit_medium_patch16_rope_reg1_gap_256"):
+        assert timm_module(name) == "eva"
+        assert isinstance(adapter_named(name), EvaAdapter), name
 
 
 @pytest.mark.parametrize("name, module", [("eva02_tiny_patch14_224", "eva"),
@@ -39,9 +49,12 @@ def test_a_family_registered_later_gets_its_modules_names(toy_eva):
 def test_other_timm_modules_no_longer_reach_the_vit_family(name, module):
     assert timm_module(name) == module
     assert not any(isinstance(a, TimmViTAdapter) and a.knows(name) for a in families())
-    with pytest.raises(ModelError, match=f"defined in timm's {module} module, which no vitprune "
-                                         "family prunes; vitprune prunes: .*T2T-ViT"):
-        adapter_named(name)
+
+
+def test_a_module_no_family_prunes_is_refused_by_its_name():
+    with pytest.raises(ModelError, match="defined in timm's swin_transformer module, which no "
+                                         "vitprune family prunes; vitprune prunes: .*T2T-ViT"):
+        adapter_named("swin_tiny_patch4_window7_224")
 
 
 def test_the_vit_family_knows_its_modules_and_registered_configs():

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from tests.helpers import measured_macs
 from vitprune import cost
 from vitprune.adapters.base import ArchSpec
 from vitprune.adapters.t2t_vit import (
@@ -44,17 +44,6 @@ def numel(model: torch.nn.Module) -> int:
 
 def images(model: T2TViT, n: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, *ADAPTER.input_shape(model), generator=torch.Generator().manual_seed(seed))
-
-
-def measured_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """MACs that torch's FlopCounterMode counts (FLOPs / 2), with fused attention turned off
-    (the counter does not see CPU scaled_dot_product_attention)."""
-    for m in module.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(x)
-    return counter.get_total_flops() // 2
 
 
 def official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

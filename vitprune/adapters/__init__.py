@@ -25,6 +25,7 @@ from ..errors import ModelError
 from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, timm_module, token_stage
 from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
+from .timm_eva import EvaAdapter
 from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
 
 _ADAPTERS: list[Adapter] = []
@@ -39,6 +40,7 @@ def register(adapter: Adapter) -> Adapter:
 register(TimmViTAdapter())
 register(T2TAdapter())
 register(HFAdapter())
+register(EvaAdapter())
 
 
 def families() -> tuple[Adapter, ...]:

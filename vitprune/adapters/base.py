@@ -64,7 +64,7 @@ class ArchSpec:
 
 @dataclass(frozen=True)
 class BlockParts:
-    """The linear layers of one block that head and neuron pruning slice.
+    """The layers of one block that head and neuron pruning slice.
 
     Attributes:
         qkv: the layers that compute queries, keys and values: one fused layer whose outputs
@@ -75,18 +75,37 @@ class BlockParts:
             one (``fc1``), or two for a gated MLP (SwiGLU's gate and value).
         mlp_out: the MLP's output layer; its inputs are the hidden units (what masking and the
             neuron features see).
+        mlp_in_chunks: how many runs of the hidden units each ``mlp_in`` layer's outputs hold,
+            one after the other: 1, or 2 for a packed gated MLP (timm's ``GluMlp``: gate and
+            value rows in one ``fc1``, unit ``j`` at rows ``j`` and ``H + j``).
+        head_vectors: (module, attribute) of further tensors along the (heads, head_dim) axis,
+            sliced with the heads (EVA's separate q, k and v biases beside a bias-free ``qkv``).
+        attn_norm: a LayerNorm over the (heads, head_dim) axis before ``proj`` (EVA's
+            ``scale_attn_inner``), or None.
+        mlp_norm: a LayerNorm over the hidden units before ``mlp_out`` (EVA-02's SwiGLU
+            ``scale_mlp``), or None. Pruning slices a norm's weight and bias; masked execution
+            computes its statistics over the kept units only, as the pruned norm does.
     """
 
     qkv: tuple[nn.Linear, ...]
     proj: nn.Linear
     mlp_in: tuple[nn.Linear, ...]
     mlp_out: nn.Linear
+    mlp_in_chunks: int = 1
+    head_vectors: tuple[tuple[nn.Module, str], ...] = ()
+    attn_norm: nn.LayerNorm | None = None
+    mlp_norm: nn.LayerNorm | None = None
 
     def qkv_weight(self, heads: int, head_dim: int) -> torch.Tensor:
         """(3, heads, head_dim, C) weights of q, k and v, whichever layout the block keeps."""
         if len(self.qkv) == 1:
             return self.qkv[0].weight.reshape(3, heads, head_dim, -1)
         return torch.stack([lin.weight.reshape(heads, head_dim, -1) for lin in self.qkv])
+
+    def mlp_in_weights(self) -> list[torch.Tensor]:
+        """The (hidden, C) weight of each matrix that computes the hidden units (a packed
+        gated layer gives two)."""
+        return [w for lin in self.mlp_in for w in lin.weight.chunk(self.mlp_in_chunks, dim=0)]
 
 
 class Adapter(ABC):
@@ -283,12 +302,20 @@ class Adapter(ABC):
                 else:
                     for lin in p.qkv:
                         slice_linear(lin, rows=ch)
+                for module, name in p.head_vectors:
+                    slice_tensor(module, name, ch)
+                if p.attn_norm is not None:
+                    slice_norm(p.attn_norm, ch)
                 slice_linear(p.proj, cols=ch)
                 self.set_heads(block, len(heads))
             if neurons is not None:
                 idx = torch.as_tensor(neurons, dtype=torch.long, device=p.mlp_out.weight.device)
                 for lin in p.mlp_in:
-                    slice_linear(lin, rows=idx)
+                    per = lin.out_features // p.mlp_in_chunks
+                    slice_linear(lin, rows=torch.cat([idx + k * per
+                                                      for k in range(p.mlp_in_chunks)]))
+                if p.mlp_norm is not None:
+                    slice_norm(p.mlp_norm, idx)
                 slice_linear(p.mlp_out, cols=idx)
         for half in drop:
             self.drop_half(block, half)
@@ -340,6 +367,24 @@ def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
     if b is not None:
         lin.bias = nn.Parameter(b.clone(), requires_grad=lin.bias.requires_grad)
     lin.out_features, lin.in_features = w.shape
+
+
+
+def slice_tensor(module: nn.Module, name: str, idx: torch.Tensor) -> None:
+    """Keep entries ``idx`` of ``module``'s 1-D parameter or buffer ``name`` (None: nothing)."""
+    t = getattr(module, name)
+    if t is None:
+        return
+    kept = t.detach().index_select(0, idx).clone()
+    setattr(module, name, nn.Parameter(kept, requires_grad=t.requires_grad)
+            if isinstance(t, nn.Parameter) else kept)
+
+
+def slice_norm(norm: nn.LayerNorm, idx: torch.Tensor) -> None:
+    """Keep units ``idx`` of a LayerNorm over one axis: its weight, bias and width."""
+    for name in ("weight", "bias"):
+        slice_tensor(norm, name, idx)
+    norm.normalized_shape = (len(idx),)
 
 
 # constructor arguments that are sizes or counts: they must be positive (num_classes=0 would

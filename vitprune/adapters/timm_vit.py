@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import timm
@@ -115,7 +115,8 @@ class TokenSelectBlock(TokenSelecting):
 
 
 class TimmBlocks(Adapter):
-    """Block-level operations for models whose blocks are timm ``Block``s (``model.blocks``)."""
+    """Block-level operations for timm models whose blocks are ``model.blocks`` (``Block``s, or
+    EVA's ``EvaBlock``s), their patch embedding, preprocessing and feature-map helpers."""
 
     @abstractmethod
     def num_prefix(self, model: nn.Module) -> int:
@@ -193,6 +194,26 @@ class TimmBlocks(Adapter):
         return TokenSelectBlock(old, stage, self.num_prefix(model),
                                 self.has_class_token(model)).train(old.training)
 
+    def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        pe = model.patch_embed
+        return (pe.proj.in_channels, *pe.img_size)
+
+    def native_data_config(self, model: nn.Module) -> dict | None:
+        """timm's ``resolve_data_config`` (mean, std, interpolation, crop_pct, crop_mode from
+        the model's ``pretrained_cfg``) at the input size the model is built for; None for a
+        model without a ``pretrained_cfg`` (vitprune's small registered configurations, whose
+        in-memory datasets bring their own normalisation)."""
+        from timm.data import resolve_data_config
+
+        if not getattr(model, "pretrained_cfg", None):
+            return None
+        cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+    def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
+        refuse_feature_maps(model, stages)
+
+
     def check_blocks(self, blocks: Sequence[nn.Module]) -> None:
         """Raise :class:`ModelError` unless every block is one vitprune can prune.
 
@@ -246,20 +267,7 @@ class TimmViTAdapter(TimmBlocks):
                 raise ModelError(f"{arch.name} has no published weights; train it (vitprune "
                                  "train) or pass --checkpoint FILE")
             return VisionTransformer(**{**SMALL_CONFIGS[arch.name], **arch.kwargs})
-        try:
-            if pretrained:
-                return _published(arch.name, arch.kwargs)
-            model = timm.create_model(arch.name, pretrained=False, **arch.kwargs)
-        except TypeError as exc:
-            # a model that does not take the options is told apart from one that is not a ViT
-            # (a ResNet has no img_size) by building it bare
-            with torch.device("meta"):  # no memory, no initialisation: only the class matters
-                bare = timm.create_model(arch.name, pretrained=False)
-            _check_vit(bare, arch.name)
-            raise ModelError(f"model {arch.name} does not accept the options "
-                             f"{sorted(arch.kwargs)}: {exc}; drop or correct them") from None
-        _check_vit(model, arch.name)
-        return model
+        return build_timm(arch, pretrained, _check_vit)
 
     def check(self, model: nn.Module) -> None:
         _check_vit(model)
@@ -287,24 +295,29 @@ class TimmViTAdapter(TimmBlocks):
         )
         return self.with_token_stages(model, shape)
 
-    def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
-        pe = model.patch_embed
-        return (pe.proj.in_channels, *pe.img_size)
 
-    def native_data_config(self, model: nn.Module) -> dict | None:
-        """timm's ``resolve_data_config`` (mean, std, interpolation, crop_pct, crop_mode from
-        the model's ``pretrained_cfg``) at the input size the model is built for; None for a
-        model without a ``pretrained_cfg`` (vitprune's small registered configurations, whose
-        in-memory datasets bring their own normalisation)."""
-        from timm.data import resolve_data_config
+def build_timm(arch: ArchSpec, pretrained: bool,
+               check: Callable[[nn.Module, str], None]) -> nn.Module:
+    """``timm.create_model(arch.name, **arch.kwargs)``, random or with timm's published
+    weights, refused by ``check(model, name)`` unless it is of the family's class.
 
-        if not getattr(model, "pretrained_cfg", None):
-            return None
-        cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-    def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
-        refuse_feature_maps(model, stages)
+    Raises:
+        ModelError: not the family's class, options the model does not take, or no weights.
+    """
+    try:
+        if pretrained:
+            return _published(arch.name, arch.kwargs, check)
+        model = timm.create_model(arch.name, pretrained=False, **arch.kwargs)
+    except TypeError as exc:
+        # a model that does not take the options is told apart from one of another family
+        # (a ResNet has no img_size) by building it bare
+        with torch.device("meta"):  # no memory, no initialisation: only the class matters
+            bare = timm.create_model(arch.name, pretrained=False)
+        check(bare, arch.name)
+        raise ModelError(f"model {arch.name} does not accept the options "
+                         f"{sorted(arch.kwargs)}: {exc}; drop or correct them") from None
+    check(model, arch.name)
+    return model
 
 
 def refuse_feature_maps(model: nn.Module, stages: Sequence[int]) -> None:
@@ -338,7 +351,8 @@ def _check_vit(model: nn.Module, name: str = "") -> None:
         )
 
 
-def _published(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _published(name: str, kwargs: dict[str, Any],
+               check: Callable[[nn.Module, str], None]) -> nn.Module:
     """``timm.create_model(name, pretrained=True)``: timm's published weights from the Hugging
     Face hub cache, downloaded if the hub can be reached.
 
@@ -350,7 +364,7 @@ def _published(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
     with torch.device("meta"):
         bare = timm.create_model(name, pretrained=False)
-    _check_vit(bare, name)  # a ResNet is refused as such, before anything is fetched
+    check(bare, name)  # a ResNet is refused as such, before anything is fetched
     offline = constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT)
     saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, offline
     try:

@@ -68,11 +68,18 @@ def cls_attention(
     qkv = qkv.reshape(B, N, 3, num_heads, head_dim)
     q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, h, N, d)
     q_norm, k_norm = q_norm or nn.Identity(), k_norm or nn.Identity()
-    if has_class_token:
-        q = q_norm(q[:, :, :1])  # (B, h, 1, d)
-    else:
-        q = q_norm(q).mean(dim=2, keepdim=True)  # (B, h, 1, d)
-    attn = ((q * scale) @ k_norm(k).transpose(-2, -1)).softmax(dim=-1).squeeze(2)  # (B, h, N)
+    # the norms act per token, so normalising the class token's query alone is the same
+    q = q_norm(q[:, :, :1]) if has_class_token else q_norm(q)
+    return class_attention(q, k_norm(k), scale, head_weights, has_class_token=has_class_token)
+
+
+def class_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
+                    head_weights: torch.Tensor | None = None, *,
+                    has_class_token: bool = True) -> torch.Tensor:
+    """:func:`cls_attention` from queries and keys as the attention uses them ((B, h, N, d),
+    normalised and rotated; the class token's query alone, (B, h, 1, d), is enough): (B, N)."""
+    q = q[:, :, :1] if has_class_token else q.mean(dim=2, keepdim=True)  # (B, h, 1, d)
+    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)  # (B, h, N)
     if head_weights is None:
         return attn.mean(dim=1)
     w = head_weights.to(attn)
@@ -80,7 +87,8 @@ def cls_attention(
 
 
 def select_tokens(
-    x: torch.Tensor, scores: torch.Tensor, num_prefix: int, keep: int, fuse: bool
+    x: torch.Tensor, scores: torch.Tensor, num_prefix: int, keep: int, fuse: bool,
+    kept_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep the ``keep`` highest-scoring non-prefix tokens, optionally fusing the rest into one.
 
@@ -90,6 +98,7 @@ def select_tokens(
         num_prefix: leading tokens that are always kept (class, distillation, register tokens).
         keep: non-prefix tokens to keep; ``keep >= N - num_prefix`` returns ``x`` unchanged.
         fuse: append one token, the mean of the dropped tokens weighted by their scores (EViT).
+        kept_idx: :func:`kept_indices` of ``scores``, where the caller has them already.
 
     Returns:
         (B, num_prefix + keep (+1 if fuse), C): prefix tokens, the kept tokens in their original
@@ -100,8 +109,8 @@ def select_tokens(
     if keep >= n:
         return x
     prefix, patches, s = x[:, :num_prefix], x[:, num_prefix:], scores[:, num_prefix:]
-    top = s.topk(keep, dim=1, sorted=False).indices  # (B, keep)
-    kept_idx = top.sort(dim=1).values  # original order keeps position structure
+    if kept_idx is None:
+        kept_idx = kept_indices(scores, num_prefix, keep)
     parts = [prefix, patches.gather(1, kept_idx.unsqueeze(-1).expand(-1, -1, C))]
     if fuse:
         # the dropped tokens' score-weighted mean, as (all - kept) sums: no second gather
@@ -109,6 +118,14 @@ def select_tokens(
         w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         parts.append(w.unsqueeze(1).to(patches.dtype) @ patches)  # (B, 1, C)
     return torch.cat(parts, dim=1)
+
+
+def kept_indices(scores: torch.Tensor, num_prefix: int, keep: int) -> torch.Tensor:
+    """(B, keep) positions among the non-prefix tokens of the ``keep`` highest ``scores``
+    ((B, N)), in their original order (which keeps the position structure): the tokens
+    :func:`select_tokens` keeps."""
+    top = scores[:, num_prefix:].topk(keep, dim=1, sorted=False).indices  # (B, keep)
+    return top.sort(dim=1).values
 
 
 class TokenSelecting(nn.Module):
@@ -148,9 +165,22 @@ class TokenSelecting(nn.Module):
         """(B, N, C) tokens -> (B, N', C) kept (+ fused) tokens, scored from ``qkv``
         ((B, N, 3 * num_heads * head_dim), laid out (3, heads, head_dim))."""
         n = x.shape[1] - self.num_prefix
-        keep = kept_tokens(n, self.token_stage.keep_rate)
-        if keep >= n:
+        if kept_tokens(n, self.token_stage.keep_rate) >= n:
             return x
         scores = cls_attention(qkv, num_heads, head_dim, scale, q_norm, k_norm,
                                self.head_weights, has_class_token=self.has_class_token)
-        return select_tokens(x, scores, self.num_prefix, keep, self.token_stage.fuse)
+        return self.select_scored(x, scores)[0]
+
+    def select_scored(self, x: torch.Tensor, scores: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, C) tokens and their (B, N) scores -> ((B, N', C) kept (+ fused) tokens, the
+        (B, keep) positions of the kept ones among the non-prefix tokens, or None where every
+        token is kept). A family whose tokens carry per-token state (EVA's rotary positions)
+        gathers it with those positions."""
+        n = x.shape[1] - self.num_prefix
+        keep = kept_tokens(n, self.token_stage.keep_rate)
+        if keep >= n:
+            return x, None
+        idx = kept_indices(scores, self.num_prefix, keep)
+        return select_tokens(x, scores, self.num_prefix, keep, self.token_stage.fuse,
+                             idx), idx

@@ -328,7 +328,7 @@ class MagnitudeCriterion(Criterion):
         qkv = parts.qkv_weight(h, d)  # (q|k|v, head, channel, input)
         proj = parts.proj.weight.reshape(-1, h, d)  # columns: (head, channel)
         heads = self._norm(qkv, (0, 2, 3)) + self._norm(proj, (0, 2))
-        neurons = sum(self._norm(lin.weight, (1,)) for lin in parts.mlp_in) + self._norm(
+        neurons = sum(self._norm(w, (1,)) for w in parts.mlp_in_weights()) + self._norm(
             parts.mlp_out.weight, (0,))
         if self.p == 2:  # one norm over all the component's weights, not a sum of norms
             heads, neurons = heads.sqrt(), neurons.sqrt()

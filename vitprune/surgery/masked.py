@@ -3,7 +3,8 @@
 The search evaluates hundreds of plans on one model; :class:`Masker` makes each switch cheap.
 Heads are masked by zeroing their channels at the input of the attention's output projection,
 neurons by zeroing their channels at the input of the MLP's second layer (the family's adapter
-says where those are): exactly what removing those rows/columns computes. Token stages swap in
+says where those are): exactly what removing those rows/columns computes. A LayerNorm over the
+pruned axis (EVA-02's SwiGLU norm) computes its statistics over the kept units only. Token stages swap in
 the family's token-selecting blocks, which score tokens with the kept heads only.
 """
 
@@ -58,6 +59,10 @@ class Masker:
                 p.proj.register_forward_pre_hook(_mask_hook(self._head_masks, i)),
                 p.mlp_out.register_forward_pre_hook(_mask_hook(self._neuron_masks, i)),
             ]
+            # a norm over the pruned axis: statistics over the kept units, as when pruned
+            for norm, masks in ((p.attn_norm, self._head_masks), (p.mlp_norm, self._neuron_masks)):
+                if norm is not None:
+                    self._handles.append(norm.register_forward_hook(_norm_hook(masks, i)))
         self._removed = False
 
     def set(self, plan: PrunePlan | dict[str, Any]) -> None:
@@ -142,5 +147,28 @@ def _mask_hook(masks: list[torch.Tensor | None], i: int) -> Callable[..., Any]:
             return None
         x = args[0]
         return (x * m.to(dtype=x.dtype, device=x.device),) + args[1:]
+
+    return hook
+
+
+def masked_layer_norm(x: torch.Tensor, keep: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """What ``norm`` sliced to the units where ``keep`` (a 0/1 mask over its axis) is 1 computes,
+    at those units (the others are zeroed downstream): mean and variance over kept units only."""
+    m = keep.to(dtype=x.dtype, device=x.device)
+    k = m.sum().clamp_min(1)  # no unit kept (a dropped MLP): zeroed downstream anyway
+    mean = (x * m).sum(-1, keepdim=True) / k
+    var = ((x - mean).pow(2) * m).sum(-1, keepdim=True) / k
+    y = (x - mean) * torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        y = y * norm.weight
+    return y + norm.bias if norm.bias is not None else y
+
+
+def _norm_hook(masks: list[torch.Tensor | None], i: int) -> Callable[..., Any]:
+    """A forward hook giving a norm's output over the units ``masks[i]`` keeps, when set."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
+        m = masks[i]
+        return None if m is None else masked_layer_norm(args[0], m, module)
 
     return hook

@@ -50,3 +50,18 @@ def test_a_saved_data_config_wins_over_the_familys_own_and_is_kept_one_way(tmp_p
     assert model.pretrained_cfg["mean"] != (0.1, 0.2, 0.3)  # timm's record is not rewritten
     save(tmp_path / "m", model, spec)
     assert data_config(vitprune.load(tmp_path / "m")) == mine
+
+
+def test_a_model_built_for_other_channels_than_timms_config_claims_no_normalisation():
+    """timm's pretrained_cfg holds three means; for a one-channel build they describe nothing
+    the model reads, so the model says nothing (the dataset's own normalisation is used)."""
+    from vitprune.adapters import data_config
+    from vitprune.models import ArchSpec, build_model
+
+    for name in ("vit_tiny_patch16_224", "eva02_tiny_patch14_224"):
+        grey = build_model(ArchSpec(name, {"img_size": 28, "patch_size": 7, "in_chans": 1,
+                                           "depth": 1, "num_classes": 3}))
+        assert data_config(grey) is None
+        rgb = build_model(ArchSpec(name, {"img_size": 28, "patch_size": 7, "depth": 1,
+                                          "num_classes": 3}))
+        assert len(data_config(rgb)["mean"]) == 3

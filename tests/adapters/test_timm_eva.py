@@ -209,3 +209,54 @@ def test_models_the_family_cannot_prune_are_refused_by_name():
     with pytest.raises(ModelError, match="token stages on a mixed-RoPE"):
         model.rope_mixed = True
         prune(model, random_plan(vit_shape(model), 0, stages=(1,)))
+
+
+def test_every_command_runs_on_an_eva_model(tmp_path, capsys):
+    """latency-table, compress under a latency budget with depth and a token stage, info and
+    export, from the command line on a small EVA-02 for 28x28 grey images."""
+    import json
+
+    from vitprune.cli import main
+
+    model = ["--model", "eva02_tiny_patch14_224", "--model-args", "img_size=28", "patch_size=4",
+             "in_chans=1", "num_classes=10", "embed_dim=32", "depth=3", "num_heads=2",
+             "ref_feat_shape=[7,7]"]
+    table = tmp_path / "lat.json"
+    assert main(["latency-table", *model, "--batch", "4", "--token-points", "3",
+                 "--neuron-points", "3", "--repeats", "1", "--out", str(table), "--quiet"]) == 0
+    out = tmp_path / "c"
+    assert main(["compress", *model, "--data", "synthetic", "--budget", "0.7", "--budget-metric",
+                 "latency", "--latency-table", str(table), "--depth", "--token-blocks", "1",
+                 "--trials", "4", "--init", "2", "--calib-images", "64", "--score-images", "64",
+                 "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(out / "model"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class"] == "Eva" and info["pruned"]
+    assert main(["export", "--model", str(out / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("layout", ["timm", "authors"])
+def test_checkpoints_in_timms_and_the_authors_key_layouts_load(tmp_path, layout):
+    from safetensors.torch import save_file
+
+    from vitprune.io.model_dir import resolve_model
+
+    name, kw = LAYOUTS["eva02_split"]
+    trained = _model("eva02_split")
+    sd = trained.state_dict()
+    if layout == "authors":  # EVA-02's own names for the SwiGLU matrices and the inner norms
+        renames = (("mlp.fc1_g", "mlp.w1"), ("mlp.fc1_x", "mlp.w2"), ("mlp.fc2", "mlp.w3"),
+                   ("mlp.norm", "mlp.ffn_ln"), ("attn.norm", "attn.inner_attn_ln"))
+        for old, new in renames:
+            sd = {k.replace(old, new): v for k, v in sd.items()}
+        assert not set(sd) >= set(trained.state_dict())
+    f = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(f))
+    from vitprune.models import ModelSource
+
+    model, _, _ = resolve_model(ModelSource(name, str(f), args=kw))
+    x = _x(trained)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))

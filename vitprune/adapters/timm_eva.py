@@ -176,6 +176,17 @@ class EvaAdapter(TimmBlocks):
     def build(self, arch: ArchSpec, pretrained: bool = False) -> nn.Module:
         return build_timm(arch, pretrained, _check_eva)
 
+    def checkpoint_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]
+                              ) -> dict[str, torch.Tensor]:
+        """timm's key layout as it is; the EVA authors' (``mlp.w1``/``w2``/``w3``,
+        ``ffn_ln``, ``inner_attn_ln``, OpenCLIP's ``visual.`` prefix ...) mapped by timm's own
+        ``checkpoint_filter_fn``."""
+        if set(model.state_dict()) <= set(state_dict):
+            return state_dict
+        from timm.models.eva import checkpoint_filter_fn
+
+        return checkpoint_filter_fn(state_dict, model)
+
     def num_prefix(self, model: nn.Module) -> int:
         return model.num_prefix_tokens
 

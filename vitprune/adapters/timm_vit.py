@@ -202,12 +202,17 @@ class TimmBlocks(Adapter):
         """timm's ``resolve_data_config`` (mean, std, interpolation, crop_pct, crop_mode from
         the model's ``pretrained_cfg``) at the input size the model is built for; None for a
         model without a ``pretrained_cfg`` (vitprune's small registered configurations, whose
-        in-memory datasets bring their own normalisation)."""
+        in-memory datasets bring their own normalisation), and for one built with another
+        channel count than its ``pretrained_cfg`` normalises (``in_chans=1``: timm's three
+        means do not describe its images)."""
         from timm.data import resolve_data_config
 
         if not getattr(model, "pretrained_cfg", None):
             return None
-        cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
+        shape = self.input_shape(model)
+        cfg = resolve_data_config({"input_size": shape}, model=model)
+        if len(cfg.get("mean", ())) != shape[0]:
+            return None
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
     def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:

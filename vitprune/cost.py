@@ -13,6 +13,12 @@ entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects toke
     attention = 4 * N_in * C * (h*d) + 2 * N_in**2 * (h*d)
     mlp       = m * N_out * C * D      (m = 2 matrices, 3 for a gated MLP)
 
+A hierarchical model (Swin) gives each block its own width ``C`` and token grid, and windowed
+attention: its ``N_a`` tokens (the grid padded to whole windows) attend within windows of ``w``
+tokens, so the token-squared term is ``2 * N_a * w * (h*d)`` and the projections
+``4 * N_a * C * (h*d)``; the MLP sees the ``N`` grid tokens. The layers between stages that
+vitprune does not prune (Swin's patch merging) are counted whole (``between_macs``).
+
 An attention-pooling head (``global_pool='map'``: ``L`` latent queries over the ``N`` tokens
 leaving the last block, MLP width ``M``) adds ``2*L*C*C + 2*N*C*C + 2*L*N*C + 2*L*C*M``.
 """
@@ -46,6 +52,19 @@ class BlockShape:
     fuse: bool = True
     # not in the repr, so that searches fingerprinted before gated MLPs were counted resume
     mlp_matrices: int = field(default=2, repr=False)
+    # a hierarchical model's block (Swin): its own width, its (H, W) token grid and attention
+    # window (H, W); None: the model's width, every token, global attention
+    width: int | None = field(default=None, repr=False)
+    grid: tuple[int, int] | None = field(default=None, repr=False)
+    window: tuple[int, int] | None = field(default=None, repr=False)
+
+    def window_tokens(self) -> tuple[int, int] | None:
+        """(tokens attention runs on: the grid padded to whole windows, tokens per window);
+        None: global attention."""
+        if self.window is None or self.grid is None:
+            return None
+        (H, W), (wh, ww) = self.grid, self.window
+        return -(-H // wh) * wh * (-(-W // ww) * ww), wh * ww
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,13 @@ class VitShape:
     pool: PoolShape | None = field(default=None, repr=False)
     stem: StemShape | None = field(default=None, repr=False)  # None: one patch-embedding layer
     qkv_bias: bool = field(default=True, repr=False)
+    # MACs of unpruned layers between blocks (Swin's patch merging), per image
+    between_macs: int = field(default=0, repr=False)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the blocks attend within windows (Swin): no token stages then."""
+        return any(b.window is not None for b in self.blocks)
 
 
 @dataclass(frozen=True)
@@ -107,10 +133,11 @@ class Cost:
     mlp: int
     head: int
     pool: int = 0  # an attention-pooling head, where the model has one
+    between: int = 0  # unpruned layers between blocks (Swin's patch merging)
 
     @property
     def total(self) -> int:
-        return self.patch_embed + self.attention + self.mlp + self.pool + self.head
+        return self.patch_embed + self.between + self.attention + self.mlp + self.pool + self.head
 
     @property
     def blocks(self) -> int:
@@ -122,6 +149,9 @@ def token_counts(shape: VitShape) -> list[tuple[int, int]]:
     """(tokens entering, tokens leaving) for each block, prefix tokens included."""
     out, patches = [], shape.num_patches
     for b in shape.blocks:
+        if b.grid is not None:  # a hierarchical stage's own grid (no token stages)
+            out.append((b.grid[0] * b.grid[1],) * 2)
+            continue
         n_in = shape.num_prefix + patches
         if b.keep_patches is not None and b.keep_patches < patches:
             patches = b.keep_patches + (1 if b.fuse else 0)
@@ -152,9 +182,18 @@ def batch_macs(shape: VitShape, heads: np.ndarray, neurons: np.ndarray, n_in: np
         ``patch_embed`` and ``head`` as ints (they do not vary), all int64.
     """
     C = shape.embed_dim
+    width = np.array([b.width or C for b in shape.blocks], dtype=np.int64)  # (L,)
     a = heads * np.array([b.head_dim for b in shape.blocks], dtype=np.int64)  # (M, L)
-    attn = 4 * n_in * C * a + 2 * n_in * n_in * a
-    mlp = np.array([b.mlp_matrices for b in shape.blocks], dtype=np.int64) * n_out * C * neurons
+    n_attn, span = n_in, n_in
+    if shape.windowed:  # windowed blocks: padded tokens, attending within their window
+        wins = [b.window_tokens() for b in shape.blocks]
+        padded = np.array([w[0] if w else 0 for w in wins], dtype=np.int64)
+        area = np.array([w[1] if w else 0 for w in wins], dtype=np.int64)
+        is_win = np.array([w is not None for w in wins])
+        n_attn, span = np.where(is_win, padded, n_in), np.where(is_win, area, n_in)
+    attn = 4 * n_attn * width * a + 2 * n_attn * span * a
+    mlp = np.array([b.mlp_matrices for b in shape.blocks], dtype=np.int64) * n_out * width * neurons
+    c_out = int(width[-1]) if shape.blocks else C  # the classifier reads the last width
     pool = np.zeros(len(heads), dtype=np.int64)
     if shape.pool is not None:  # its cost follows the tokens it pools
         L = shape.pool.latent_len
@@ -165,5 +204,6 @@ def batch_macs(shape: VitShape, heads: np.ndarray, neurons: np.ndarray, n_in: np
         "patch_embed": (shape.stem.macs if shape.stem
                         else shape.num_patches * shape.patch_macs * C),
         "attention": attn.sum(axis=1), "mlp": mlp.sum(axis=1),
-        "head": shape.num_heads_out * C * shape.num_classes, "pool": pool,
+        "head": shape.num_heads_out * c_out * shape.num_classes, "pool": pool,
+        "between": shape.between_macs,
     }

@@ -354,6 +354,8 @@ def info_model(model: str | Path | ModelSource, *,
         "heads": [b.heads for b in shape.blocks], "head_dim": [b.head_dim for b in shape.blocks],
         "mlp_hidden": [b.mlp_hidden for b in shape.blocks],
         "tokens_per_block": [n for n, _ in token_counts(shape)],
+        **({"width": [b.width or shape.embed_dim for b in shape.blocks],
+            "window": [list(b.window) for b in shape.blocks]} if shape.windowed else {}),
         "gmacs": cost.total / 1e9, "params_m": count_params(net) / 1e6,
         "macs_convention": MACS_CONVENTION, "data_config": data_config(net),
     }

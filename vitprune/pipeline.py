@@ -37,7 +37,7 @@ from .scoring import (
     rankings,
     save_scores,
 )
-from .search import Ratios
+from .search import Ratios, SearchError
 from .search.config import OBJECTIVES, Budget
 from .search.loop import search
 from .search.result import SearchResult
@@ -312,6 +312,12 @@ def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
     if scores is not None:
         check_scores(scores, shape)
     span, fixed, dims = (0.0, settings.max_ratio), (0.0, 0.0), settings.dims
+    if shape.windowed:  # Swin: no token stages; none is its default
+        if settings.token_blocks or dims == ("tokens",):
+            raise SearchError("token stages do not apply to windowed attention (Swin): its "
+                              "windows need the whole token grid; give --token-blocks no value "
+                              "(the default for this model) and search heads and neurons")
+        dims = tuple(d for d in dims if d != "tokens")
     return SearchSpace(shape, head_bounds=span if "heads" in dims else fixed,
                        neuron_bounds=span if "neurons" in dims else fixed,
                        token_bounds=span if "tokens" in dims else fixed,

@@ -189,6 +189,11 @@ class PrunePlan:
         for i, (bp, bs) in enumerate(zip(self.blocks, shape.blocks)):
             _check_range(bp.heads, bs.heads, f"block {i} head", "heads")
             _check_range(bp.neurons, bs.mlp_hidden, f"block {i} neuron", "MLP neurons")
+        if self.tokens and shape.windowed:
+            raise PlanError(
+                "token stages do not apply to windowed attention (Swin): its windows need the "
+                "whole token grid; prune heads, neurons and depth (search with --dims heads "
+                "neurons, or --token-blocks with no value)")
         for t in self.tokens:
             if t.block >= len(shape.blocks):
                 raise PlanError(

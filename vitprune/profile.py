@@ -90,6 +90,7 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     adapter = adapter_for(model)
     shape = adapter.shape(model)
     blocks = adapter.blocks(model)
+    adapter.halves(blocks[0])  # a family that cannot time its halves says so first
     if any(token_stage(b) for b in blocks):
         raise ModelError("build the latency table on the dense model: this one selects tokens")
     if len({(b.heads, b.head_dim, b.mlp_hidden) for b in shape.blocks}) != 1:

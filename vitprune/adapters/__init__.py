@@ -26,6 +26,7 @@ from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, ti
 from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
 from .timm_eva import EvaAdapter
+from .timm_swin import SwinAdapter
 from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
 
 _ADAPTERS: list[Adapter] = []
@@ -41,6 +42,7 @@ register(TimmViTAdapter())
 register(T2TAdapter())
 register(HFAdapter())
 register(EvaAdapter())
+register(SwinAdapter())
 
 
 def families() -> tuple[Adapter, ...]:

@@ -370,12 +370,13 @@ def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
 
 
 
-def slice_tensor(module: nn.Module, name: str, idx: torch.Tensor) -> None:
-    """Keep entries ``idx`` of ``module``'s 1-D parameter or buffer ``name`` (None: nothing)."""
+def slice_tensor(module: nn.Module, name: str, idx: torch.Tensor, dim: int = 0) -> None:
+    """Keep entries ``idx`` along ``dim`` of ``module``'s parameter or buffer ``name`` (None:
+    nothing to keep)."""
     t = getattr(module, name)
     if t is None:
         return
-    kept = t.detach().index_select(0, idx).clone()
+    kept = t.detach().index_select(dim, idx).clone()
     setattr(module, name, nn.Parameter(kept, requires_grad=t.requires_grad)
             if isinstance(t, nn.Parameter) else kept)
 

@@ -205,15 +205,7 @@ class TimmBlocks(Adapter):
         in-memory datasets bring their own normalisation), and for one built with another
         channel count than its ``pretrained_cfg`` normalises (``in_chans=1``: timm's three
         means do not describe its images)."""
-        from timm.data import resolve_data_config
-
-        if not getattr(model, "pretrained_cfg", None):
-            return None
-        shape = self.input_shape(model)
-        cfg = resolve_data_config({"input_size": shape}, model=model)
-        if len(cfg.get("mean", ())) != shape[0]:
-            return None
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        return timm_data_config(model, self.input_shape(model))
 
     def after_token_stages(self, model: nn.Module, stages: Sequence[int]) -> None:
         refuse_feature_maps(model, stages)
@@ -299,6 +291,19 @@ class TimmViTAdapter(TimmBlocks):
             qkv_bias=self.qkv_bias(model),
         )
         return self.with_token_stages(model, shape)
+
+
+def timm_data_config(model: nn.Module, input_shape: tuple[int, int, int]) -> dict | None:
+    """timm's ``resolve_data_config`` for ``model`` at ``input_shape``, JSON-ready; None
+    without a ``pretrained_cfg``, or where its means are for another channel count."""
+    from timm.data import resolve_data_config
+
+    if not getattr(model, "pretrained_cfg", None):
+        return None
+    cfg = resolve_data_config({"input_size": input_shape}, model=model)
+    if len(cfg.get("mean", ())) != input_shape[0]:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
 def build_timm(arch: ArchSpec, pretrained: bool,

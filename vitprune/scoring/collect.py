@@ -168,12 +168,14 @@ class _Recorder:
         self.head_sum: list[torch.Tensor | float] = [0.0] * depth
         self.neuron_sum: list[torch.Tensor | float] = [0.0] * depth
         self.head_count, self.neuron_count = [0] * depth, [0] * depth
+        self.batch = 0  # images in the forward being recorded (set before each one)
 
     def proj_hook(self, i: int):
         h, d = self.shape.blocks[i].heads, self.shape.blocks[i].head_dim
 
         def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()  # (B, N, h*d), channel = head * d + j (timm's layout)
+            # (B, N, h*d), channel = head * d + j (timm's layout)
+            x = per_image(args[0].detach(), self.batch)
             xh = x.reshape(x.shape[0], x.shape[1], h, d)  # (B, N, h, d)
             if self.statistics:
                 self.head_sum[i] = self.head_sum[i] + xh.abs().sum(dim=(0, 1, 3)).float()
@@ -184,7 +186,7 @@ class _Recorder:
 
     def hidden_hook(self, i: int):
         def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()  # (B, N, D), after GELU
+            x = per_image(args[0].detach(), self.batch)  # (B, N, D), after GELU
             if self.statistics:
                 self.neuron_sum[i] = self.neuron_sum[i] + x.abs().sum(dim=(0, 1)).float()
                 self.neuron_count[i] += x.shape[0] * x.shape[1]
@@ -249,6 +251,7 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         # upcasts to float32, so only the forward runs in bf16)
         with eval_mode(model), torch.no_grad(), autocast(device, amp):
             for images, y in _limited(loader, max_images, device):
+                rec.batch = images.shape[0]
                 try:
                     logits = run(images)
                 except _StopForward:
@@ -277,6 +280,12 @@ def _parts(model: nn.Module) -> list[BlockParts]:
     adapter = adapter_for(model)
     adapter.check(model)
     return [adapter.parts(b) for b in adapter.blocks(model)]
+
+
+def per_image(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A layer input as (images, tokens, channels): windowed attention (Swin) runs on
+    (images * windows, window tokens, channels), windows of one image consecutive."""
+    return x if x.shape[0] == batch else x.reshape(batch, -1, x.shape[-1])
 
 
 def _checksum(images: torch.Tensor, offset: int) -> float:
@@ -328,7 +337,7 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
                 loss = F.cross_entropy(logits, y.long(), reduction="sum")
                 keys = list(captured)
                 grads = dict(zip(keys, torch.autograd.grad(loss, [captured[k] for k in keys])))
-                _add_taylor(shape, captured, grads, heads, neurons)
+                _add_taylor(shape, captured, grads, heads, neurons, images.shape[0])
                 n += images.shape[0]
     finally:
         for h in handles:
@@ -340,11 +349,12 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
 
 
 def _add_taylor(shape: VitShape, acts: dict, grads: dict, heads: list[torch.Tensor],
-                neurons: list[torch.Tensor]) -> None:
+                neurons: list[torch.Tensor], batch: int) -> None:
     """Add one batch's per-image |sum a * g| to the running sums."""
     for i, b in enumerate(shape.blocks):
-        a, g = acts[("head", i)].detach(), grads[("head", i)]  # (B, N, h*d)
-        prod = (a * g).reshape(a.shape[0], a.shape[1], b.heads, b.head_dim)
+        a, g = acts[("head", i)].detach(), grads[("head", i)]
+        prod = per_image(a * g, batch)  # (B, N, h*d)
+        prod = prod.reshape(prod.shape[0], prod.shape[1], b.heads, b.head_dim)
         heads[i] += prod.sum(dim=(1, 3)).abs().sum(dim=0).float().cpu()  # (h,)
-        a, g = acts[("neuron", i)].detach(), grads[("neuron", i)]  # (B, N, D)
-        neurons[i] += (a * g).sum(dim=1).abs().sum(dim=0).float().cpu()  # (D,)
+        a, g = acts[("neuron", i)].detach(), grads[("neuron", i)]
+        neurons[i] += per_image(a * g, batch).sum(dim=1).abs().sum(dim=0).float().cpu()  # (D,)

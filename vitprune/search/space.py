@@ -342,8 +342,7 @@ class SearchSpace:
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         parts = batch_macs(self.shape, *self._counts(X))
-        return parts["attention"] + parts["mlp"] + parts["pool"] + (parts["patch_embed"]
-                                                                    + parts["head"])
+        return sum(parts.values())  # the parts that vary are (M,) arrays, the rest ints
 
     def _counts(self, X: np.ndarray) -> tuple[np.ndarray, ...]:
         """(heads, neurons, tokens in, tokens out), each (M, L), of points ``X`` (M, 2L + 1)."""
@@ -362,6 +361,11 @@ class SearchSpace:
         stage = tokens > 0  # ratios_to_plan adds no stage for a zero token ratio
         n_in, n_out = [], []
         for i in range(self.depth):
+            grid = s.blocks[i].grid
+            if grid is not None:  # a hierarchical stage's own grid (no token stages)
+                n_in.append(np.full(tokens.shape, grid[0] * grid[1], dtype=np.int64))
+                n_out.append(n_in[-1])
+                continue
             n_in.append(s.num_prefix + patches)
             if i in self.token_blocks:
                 keep = np.maximum(1, np.ceil((1.0 - tokens) * patches - 1e-9)).astype(np.int64)

@@ -176,9 +176,9 @@ def speed_table() -> list[str]:
         "1.4-2.1x): read the medians as what to expect within about 0.3x, not as one figure. "
         "Swin's dense forward is the slowest per MAC (window partition, shifts and padding are "
         "memory moves the MAC count does not see; pruning does not shrink them), and its "
-        "speed-up is the smallest. At equal MACs, plans that cut tokens as well as heads and "
-        "neurons were slower here than plans of heads and neurons alone for ViT and EVA: token "
-        "selection's gathers and the uneven blocks cost time the MACs do not count. These are "
+        "speed-up is the smallest. The ViT and EVA heads-and-neurons plans land at 55-56% of the "
+        "MACs (a uniform ratio removes whole heads, so the cost moves in steps), below the token "
+        "plans' 60%: the table does not say which dimension pays more at equal MACs. These are "
         "uniform plans on random weights; the searched plans' accuracy is in docs/results.md.",
         "",
     ]

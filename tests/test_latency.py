@@ -268,3 +268,54 @@ def test_compress_under_a_latency_budget_reports_predicted_beside_measured_time(
     assert 0.98 * 0.7 <= lat["predicted_fraction"] <= 0.7
     assert lat["measured_ms"] > 0 and lat["batch"] == 2
     assert "Latency budget on the table" in res.report.read_text()
+
+
+def _staged():
+    from vitprune.latency import StagedLatencyTable, StageGrid
+
+    return StagedLatencyTable(
+        (StageGrid((0, 1), (1, 2), (4, 8), 16, np.array([1.0, 2.0]), np.array([3.0, 5.0]), 0.5),
+         StageGrid((2,), (1, 2, 3, 4), (8, 16), 4, np.array([1.0, 2, 3, 4]), np.array([2.0, 4.0]))),
+        fixed_ms=1.0, scale=2.0, offset_ms=0.5,
+        meta={"model": {"embed_dim": 8, "num_patches": 16, "num_prefix": 0, "heads": [2, 2, 4],
+                        "head_dim": [4, 4, 4], "mlp_hidden": [8, 8, 16]}, "batch": 2})
+
+
+def test_a_staged_table_sums_each_stages_own_grid_by_hand():
+    """Swin's table: each block read in its stage's grid (heads, widths at the stage's tokens),
+    interpolated, a dropped half at the stage's drop time, then calibrated."""
+    t = _staged()
+    heads = np.array([[2, 1, 4], [0, 2, 2]])
+    neurons = np.array([[8, 6, 16], [8, 0, 12]])
+    zero = np.zeros_like(heads)
+    # image 0: (2 + 5) + (1 + 4) + (4 + 4) = 20;  image 1: (0.5 + 5) + (2 + 0.5) + (2 + 3) = 13
+    parts = t.parts_counts(heads, neurons, zero, zero, zero.astype(bool))
+    assert parts.tolist() == [20.0 + 1.0, 13.0 + 1.0]
+    assert t.predict_counts(heads, neurons, zero, zero, zero).tolist() == [42.5, 28.5]
+    again = LatencyTable.from_dict(t.to_dict())
+    assert type(again) is type(t) and again.to_dict() == t.to_dict()
+    assert t.cells == 2 + 2 + 4 + 2
+
+
+def test_a_staged_table_refuses_another_model_and_damage():
+    from vitprune.cost import BlockShape, VitShape
+
+    t = _staged()
+
+    def shape(mlp=(8, 8, 16), heads=(2, 2, 4)):
+        return VitShape(embed_dim=8, num_patches=16, num_prefix=0, patch_macs=1, num_classes=2,
+                        num_heads_out=1, blocks=tuple(BlockShape(h, 4, d)
+                                                      for h, d in zip(heads, mlp)))
+
+    t.check_model(shape())
+    t.check_model(shape(mlp=(4, 8, 12), heads=(1, 2, 3)))  # a pruned model of it fits
+    with pytest.raises(ConfigError, match="another model"):
+        t.check_model(shape(mlp=(8, 8, 32)))
+    d = t.to_dict()
+    d["stages"][1]["blocks"] = [3]
+    with pytest.raises(ConfigError, match="cover the blocks"):
+        LatencyTable.from_dict(d)
+    d = t.to_dict()
+    d["stages"][0]["attn_ms"] = [1.0]
+    with pytest.raises(ConfigError, match="attn_ms"):
+        LatencyTable.from_dict(d)

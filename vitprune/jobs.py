@@ -298,8 +298,7 @@ def latency_table_model(model: str | Path | ModelSource, out: str | Path, *,
     fsutil.write_json(out, table.to_dict(), exclusive=True)
     m = table.meta
     return {"out": str(out), "device": m["device_name"], "batch": s.batch, "dtype": s.dtype,
-            "threads": m["threads"], "cells": table.attn_ms.size + table.mlp_ms.size
-            + table.select_ms.size, "dense_ms_measured": m["dense_ms_measured"],
+            "threads": m["threads"], "cells": table.cells, "dense_ms_measured": m["dense_ms_measured"],
             "dense_ms_predicted": table.predict(vit_shape(net)), "scale": table.scale,
             "build_s": m["build_s"]}
 

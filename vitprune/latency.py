@@ -56,8 +56,46 @@ def _error(why: str) -> ConfigError:
     return ConfigError("latency_table", why)
 
 
+class _Measured:
+    """What every latency table answers from its ``meta`` and JSON record alone."""
+
+    meta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - each table writes its own
+        raise NotImplementedError
+
+    def check_run(self, *, batch: int | None = None, dtype: str | None = None,
+                  device: str | None = None, threads: int | None = None) -> None:
+        """Refuse a table measured at another batch size or dtype; warn for another device or
+        thread count (the table's times do not hold there).
+
+        Raises:
+            ConfigError: batch or dtype differ.
+        """
+        m = self.meta
+        for name, want in (("batch", batch), ("dtype", dtype)):
+            if want is not None and m.get(name) != want:
+                raise _error(f"it was measured at {name} {m.get(name)!r}, not {want!r}; build a "
+                             f"table with --{name} {want}")
+        for name, want in (("device", device), ("threads", threads)):
+            if want is not None and m.get(name) is not None and m.get(name) != want:
+                warnings.warn(f"the latency table was measured with {name} {m.get(name)!r}, not "
+                              f"{want!r}: its predictions will not hold here", stacklevel=2)
+
+    def fingerprint(self) -> str:
+        """A short hash of the table's contents (searches record which table they used)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        m = self.meta
+        return (f"{m.get('device_name', m.get('device', '?'))}, batch {m.get('batch')}, "
+                f"{m.get('dtype')}, {m.get('threads')} threads")
+
+
+
 @dataclass(frozen=True)
-class LatencyTable:
+class LatencyTable(_Measured):
     """Measured part times of one model on one device, batch, dtype and thread count.
 
     Attributes:
@@ -115,6 +153,11 @@ class LatencyTable:
                          "predicts no or negative time for small plans; rebuild it")
         _check_meta(self.meta)
 
+    @property
+    def cells(self) -> int:
+        """Timed cells (attention, MLP and selection)."""
+        return self.attn_ms.size + self.mlp_ms.size + self.select_ms.size
+
     # ---- prediction ------------------------------------------------------------------------
     def predict(self, shape: VitShape) -> float:
         """Predicted ms of one forward pass (the table's batch) of a model of ``shape``."""
@@ -148,12 +191,10 @@ class LatencyTable:
     def parts_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
                      n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:
         """The uncalibrated sum of the parts' times (see :meth:`predict_counts`)."""
-        attn = _grid2(self.attn_ms, self.heads, self.tokens, heads, n_in)
-        mlp = _grid2(self.mlp_ms, self.neurons, self.tokens, neurons, n_out)
-        attn = np.where(heads == 0, np.interp(n_in, self.tokens, self.drop_ms), attn)
-        mlp = np.where(neurons == 0, np.interp(n_out, self.tokens, self.drop_ms), mlp)
+        halves = _halves_ms(self.attn_ms, self.mlp_ms, self.drop_ms,
+                            (self.heads, self.neurons, self.tokens), heads, neurons, n_in, n_out)
         sel = np.where(stage, np.interp(n_in, self.tokens, self.select_ms), 0.0)
-        return (attn + mlp + sel).sum(axis=1) + self.fixed_ms
+        return (halves + sel).sum(axis=1) + self.fixed_ms
 
     def dense_ms(self, shape: VitShape) -> float:
         """The dense model's time, the reference of a fractional budget (``0.5`` = half of it):
@@ -171,12 +212,7 @@ class LatencyTable:
             ConfigError: what differs, and how to build the right table.
         """
         mine, theirs = self.meta.get("model", {}), model_key(shape)
-        diff = [k for k in ("embed_dim", "num_patches", "num_prefix", "head_dim")
-                if mine.get(k) != theirs[k]]
-        for k in ("heads", "mlp_hidden"):
-            have = mine.get(k) or []
-            if len(have) != len(theirs[k]) or any(t > h for t, h in zip(theirs[k], have)):
-                diff.append(k)
+        diff = _differences(mine, theirs)
         tokens = theirs["num_patches"] + theirs["num_prefix"]
         widest = max(theirs["mlp_hidden"], default=0)
         if not diff and (self.tokens[-1] < tokens or self.neurons[-1] < widest
@@ -184,39 +220,7 @@ class LatencyTable:
             raise _error(f"its grids (tokens up to {self.tokens[-1]}, MLP widths up to "
                          f"{self.neurons[-1]}, heads up to {self.heads[-1]}) do not cover the "
                          f"model ({tokens} tokens, width {widest}); rebuild it")
-        if diff:
-            raise _error(f"it was built for another model ({', '.join(diff)} differ: table "
-                         f"{ {k: mine.get(k) for k in diff} } vs model "
-                         f"{ {k: theirs[k] for k in diff} }); build one for this model with "
-                         "vitprune latency-table --model ...")
-
-    def check_run(self, *, batch: int | None = None, dtype: str | None = None,
-                  device: str | None = None, threads: int | None = None) -> None:
-        """Refuse a table measured at another batch size or dtype; warn for another device or
-        thread count (the table's times do not hold there).
-
-        Raises:
-            ConfigError: batch or dtype differ.
-        """
-        m = self.meta
-        for name, want in (("batch", batch), ("dtype", dtype)):
-            if want is not None and m.get(name) != want:
-                raise _error(f"it was measured at {name} {m.get(name)!r}, not {want!r}; build a "
-                             f"table with --{name} {want}")
-        for name, want in (("device", device), ("threads", threads)):
-            if want is not None and m.get(name) is not None and m.get(name) != want:
-                warnings.warn(f"the latency table was measured with {name} {m.get(name)!r}, not "
-                              f"{want!r}: its predictions will not hold here", stacklevel=2)
-
-    def fingerprint(self) -> str:
-        """A short hash of the table's contents (searches record which table they used)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def describe(self) -> str:
-        m = self.meta
-        return (f"{m.get('device_name', m.get('device', '?'))}, batch {m.get('batch')}, "
-                f"{m.get('dtype')}, {m.get('threads')} threads")
+        _refuse_other(diff, mine, theirs)
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +244,8 @@ class LatencyTable:
         if not isinstance(d.get("version"), int) or d["version"] > VERSION:
             raise _error(f"format version {d.get('version')!r} is newer than this vitprune "
                          "reads; upgrade vitprune")
+        if "stages" in d:  # a hierarchical model's table
+            return StagedLatencyTable.from_dict(d)  # type: ignore[return-value]
         try:
             return cls(heads=tuple(d["heads"]), neurons=tuple(d["neurons"]),
                        tokens=tuple(d["tokens"]), attn_ms=np.asarray(d["attn_ms"], dtype=float),
@@ -256,7 +262,7 @@ class LatencyTable:
             raise _error(f"it is damaged ({type(exc).__name__}: {exc}); rebuild it") from None
 
     @classmethod
-    def load(cls, path: Any) -> LatencyTable:
+    def load(cls, path: Any) -> LatencyTable | StagedLatencyTable:
         """Read a table from a JSON file (see :meth:`from_dict` for the errors)."""
         from pathlib import Path
 
@@ -267,6 +273,188 @@ class LatencyTable:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _error(f"{path} is not valid JSON ({exc}); rebuild it") from None
         return cls.from_dict(d)
+
+
+def _differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The model-key fields in which a table's model (``mine``) and a model (``theirs``) differ;
+    a pruned model of the table's (fewer heads or neurons per block) fits."""
+    diff = [k for k in ("embed_dim", "num_patches", "num_prefix", "head_dim")
+            if mine.get(k) != theirs[k]]
+    for k in ("heads", "mlp_hidden"):
+        have = mine.get(k) or []
+        if len(have) != len(theirs[k]) or any(t > h for t, h in zip(theirs[k], have)):
+            diff.append(k)
+    return diff
+
+
+def _refuse_other(diff: list[str], mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    if diff:
+        raise _error(f"it was built for another model ({', '.join(diff)} differ: table "
+                     f"{ {k: mine.get(k) for k in diff} } vs model "
+                     f"{ {k: theirs[k] for k in diff} }); build one for this model with "
+                     "vitprune latency-table --model ...")
+
+
+def _halves_ms(attn_ms: np.ndarray, mlp_ms: np.ndarray, drop_ms: np.ndarray,
+               grids: tuple[tuple[int, ...], ...], heads: np.ndarray, neurons: np.ndarray,
+               n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """(M, L) time of each block's attention and MLP halves, interpolated in the grids
+    (heads, neurons, tokens); a dropped half (0 kept) costs ``drop_ms`` at its token count."""
+    h_grid, d_grid, t_grid = grids
+    attn = _grid2(attn_ms, h_grid, t_grid, heads, n_in)
+    mlp = _grid2(mlp_ms, d_grid, t_grid, neurons, n_out)
+    attn = np.where(heads == 0, np.interp(n_in, t_grid, drop_ms), attn)
+    mlp = np.where(neurons == 0, np.interp(n_out, t_grid, drop_ms), mlp)
+    return attn + mlp
+
+
+@dataclass(frozen=True)
+class StageGrid:
+    """One stage of a hierarchical model (Swin): the attention and MLP halves of its blocks,
+    timed at the stage's own token count and width by head count and MLP width.
+
+    Attributes:
+        blocks: the model's block indices in this stage.
+        heads, neurons: the grid (ascending).
+        tokens: the stage's token count (its grid; no token stages in such models).
+        attn_ms, mlp_ms: (len(heads),) and (len(neurons),) ms per half.
+        drop_ms: ms of a dropped half (0 where the family cannot drop one).
+    """
+
+    blocks: tuple[int, ...]
+    heads: tuple[int, ...]
+    neurons: tuple[int, ...]
+    tokens: int
+    attn_ms: np.ndarray
+    mlp_ms: np.ndarray
+    drop_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "heads", "neurons"):
+            vals = getattr(self, name)
+            low = 0 if name == "blocks" else 1
+            if (not vals or any(not isinstance(v, (int, np.integer)) or v < low for v in vals)
+                    or list(vals) != sorted(set(vals))):
+                raise _error(f"a stage's {name} must be distinct integers in rising order, got "
+                             f"{list(vals)!r}; rebuild it with vitprune latency-table")
+            object.__setattr__(self, name, tuple(int(v) for v in vals))
+        for name, n in (("attn_ms", len(self.heads)), ("mlp_ms", len(self.neurons))):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != (n,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                raise _error(f"a stage's {name} must be {n} finite non-negative times, got "
+                             f"shape {arr.shape}; the table is damaged: rebuild it")
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        if not (isinstance(self.tokens, int) and self.tokens >= 1
+                and np.isfinite(self.drop_ms) and self.drop_ms >= 0):
+            raise _error(f"a stage's tokens ({self.tokens!r}) and drop_ms ({self.drop_ms!r}) "
+                         "must be positive and non-negative; rebuild it")
+
+    def parts_counts(self, heads: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+        """(M,) time of this stage's blocks for (M, L) kept heads and neurons."""
+        cols = list(self.blocks)
+        n = np.full((len(heads), len(cols)), self.tokens)
+        return _halves_ms(self.attn_ms[:, None], self.mlp_ms[:, None],
+                          np.array([self.drop_ms]), (self.heads, self.neurons, (self.tokens,)),
+                          heads[:, cols], neurons[:, cols], n, n).sum(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": list(self.blocks), "heads": list(self.heads),
+                "neurons": list(self.neurons), "tokens": self.tokens,
+                "attn_ms": self.attn_ms.tolist(), "mlp_ms": self.mlp_ms.tolist(),
+                "drop_ms": self.drop_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageGrid:
+        return cls(blocks=tuple(d["blocks"]), heads=tuple(d["heads"]),
+                   neurons=tuple(d["neurons"]), tokens=d["tokens"],
+                   attn_ms=np.asarray(d["attn_ms"], dtype=float),
+                   mlp_ms=np.asarray(d["mlp_ms"], dtype=float), drop_ms=float(d["drop_ms"]))
+
+
+@dataclass(frozen=True)
+class StagedLatencyTable(_Measured):
+    """A latency table of a hierarchical model (Swin): one :class:`StageGrid` per stage (its
+    width and token count), the rest of the model (embedding, patch merging, norm, classifier)
+    in ``fixed_ms``, and one calibration for the whole. It answers what :class:`LatencyTable`
+    does, so searches and commands take either; no token stages (the family has none)."""
+
+    stages: tuple[StageGrid, ...]
+    fixed_ms: float
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        blocks = [i for s in self.stages for i in s.blocks]
+        if not self.stages or blocks != list(range(len(blocks))):
+            raise _error(f"its stages must cover the blocks 0..L-1 in order, got {blocks!r}; "
+                         "rebuild it")
+        for name in ("fixed_ms", "scale", "offset_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise _error(f"{name} must be a finite number, got {v!r}")
+        if self.fixed_ms < 0 or self.scale <= 0 or self.scale * self.fixed_ms + self.offset_ms <= 0:
+            raise _error(f"fixed_ms ({self.fixed_ms!r}), scale ({self.scale!r}) and offset_ms "
+                         f"({self.offset_ms!r}) predict no time; the table is damaged: rebuild it")
+        _check_meta(self.meta)
+
+    @property
+    def cells(self) -> int:
+        """Timed cells (attention and MLP, every stage)."""
+        return sum(s.attn_ms.size + s.mlp_ms.size for s in self.stages)
+
+    def predict(self, shape: VitShape) -> float:
+        return self.scale * self.parts(shape) + self.offset_ms
+
+    def parts(self, shape: VitShape) -> float:
+        h = np.array([[b.heads for b in shape.blocks]])
+        d = np.array([[b.mlp_hidden for b in shape.blocks]])
+        return float(self.parts_counts(h, d, h, h, h)[0])
+
+    def predict_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
+                       n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """:meth:`LatencyTable.predict_counts` (the token counts are each stage's own)."""
+        return self.scale * self.parts_counts(heads, neurons, n_in, n_out, stage) + self.offset_ms
+
+    def parts_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
+                     n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        heads, neurons = np.asarray(heads), np.asarray(neurons)
+        return sum(s.parts_counts(heads, neurons) for s in self.stages) + self.fixed_ms
+
+    def dense_ms(self, shape: VitShape) -> float:
+        return self.predict(shape)
+
+    def check_model(self, shape: VitShape) -> None:
+        """As :meth:`LatencyTable.check_model`, each stage's grid covering its blocks."""
+        mine, theirs = self.meta.get("model", {}), model_key(shape)
+        diff = _differences(mine, theirs)
+        if not diff and len(shape.blocks) != sum(len(s.blocks) for s in self.stages):
+            diff.append("depth")
+        _refuse_other(diff, mine, theirs)
+        for s in self.stages:
+            blocks = [shape.blocks[i] for i in s.blocks]
+            if (max(b.heads for b in blocks) > s.heads[-1]
+                    or max(b.mlp_hidden for b in blocks) > s.neurons[-1]):
+                raise _error(f"its grid for blocks {s.blocks[0]}-{s.blocks[-1]} (heads up to "
+                             f"{s.heads[-1]}, MLP widths up to {s.neurons[-1]}) does not cover "
+                             "the model; rebuild it")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "meta": self.meta,
+                "stages": [s.to_dict() for s in self.stages], "fixed_ms": self.fixed_ms,
+                "scale": self.scale, "offset_ms": self.offset_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StagedLatencyTable:
+        try:
+            return cls(stages=tuple(StageGrid.from_dict(s) for s in d["stages"]),
+                       fixed_ms=float(d["fixed_ms"]), scale=float(d["scale"]),
+                       offset_ms=float(d.get("offset_ms", 0.0)), meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise _error(f"it is damaged ({type(exc).__name__}: {exc}); rebuild it") from None
 
 
 def monotone(grid: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ DeiT-S at batch 32 on two CPU threads takes a few minutes (docs/latency.md).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ from .adapters import adapter_for, logits_module, token_stage
 from .adapters.tokens import cls_attention, select_tokens
 from .cost import VitShape
 from .errors import ConfigError, ModelError, is_int, require
-from .latency import LatencyTable, model_key, monotone
+from .latency import LatencyTable, StagedLatencyTable, StageGrid, model_key, monotone
 from .plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from .progress import min_interval
 from .speed import WARMUP, Timer
@@ -61,7 +62,7 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
                 neuron_points: int = NEURON_POINTS, neuron_multiple: int = 1, warmup: int = WARMUP,
                 repeats: int = REPEATS, passes: int = 2, calibration_plans: int = 8,
                 statistic: str = "min",
-                progress: bool = True) -> LatencyTable:
+                progress: bool = True) -> LatencyTable | StagedLatencyTable:
     """Time ``model``'s parts on ``device`` at ``batch`` into a :class:`LatencyTable`.
 
     Args:
@@ -93,17 +94,11 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     adapter.halves(blocks[0])  # a family that cannot time its halves says so first
     if any(token_stage(b) for b in blocks):
         raise ModelError("build the latency table on the dense model: this one selects tokens")
-    if len({(b.heads, b.head_dim, b.mlp_hidden) for b in shape.blocks}) != 1:
+    groups = stage_groups(shape)
+    if len(groups) != (len({b.width for b in shape.blocks}) if shape.windowed else 1):
         raise ModelError("the blocks differ in heads or MLP width (a pruned model?); build the "
                          "latency table on the dense model the plans are for")
-    b0 = shape.blocks[0]
-    C, N, P = shape.embed_dim, shape.num_prefix + shape.num_patches, shape.num_prefix
-    heads = tuple(range(1, b0.heads + 1))
-    neurons = grid(max(1, b0.mlp_hidden // neuron_points), b0.mlp_hidden, neuron_points,
-                   neuron_multiple)
-    if token_points is None:
-        token_points = N - P if N - P <= 64 else 24
-    tokens = grid(P + 1, N, token_points)
+    axes = None if shape.windowed else _axes(shape, token_points, neuron_points, neuron_multiple)
     dt = DTYPES[dtype]
     old_threads = torch.get_num_threads()
     if threads:
@@ -113,28 +108,23 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     try:
         from tqdm.auto import tqdm
 
-        cells = passes * (len(heads) + len(neurons) + 1) * len(tokens) + 1
+        cells = (passes * sum(shape.blocks[g[0]].heads + neuron_points + 1 for g in groups) + 1
+                 if axes is None else passes * (len(axes[0]) + len(axes[1]) + 1) * len(axes[2]) + 1)
         with tqdm(total=cells, desc="latency table", disable=not progress,
                   mininterval=min_interval(), unit="cell") as bar:
-            attn_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt, heads=range(h),
-                                                 head_dim=b0.head_dim))[0] for h in heads]
-            mlp_blocks = [adapter.halves(_block(adapter, blocks[0], device, dt,
-                                                neurons=range(d)))[1] for d in neurons]
-            drop_half = _dropped(adapter, blocks[0], device, dt)
-            halves = {"attn": attn_blocks, "mlp": mlp_blocks, "drop": [drop_half] * (
-                drop_half is not None)}
-            attn, mlp, select, drop = _time_grid(
-                timer, halves, _selection(b0.heads, b0.head_dim, P), tokens, passes, bar,
-                (batch, C, 3 * b0.heads * b0.head_dim), device, dt)
+            if axes is None:
+                table = StagedLatencyTable(
+                    tuple(_stage_grid(timer, adapter, blocks, shape, g, neuron_points,
+                                      neuron_multiple, passes, bar, batch, device, dt)
+                          for g in groups), fixed_ms=1.0)
+            else:
+                table = _flat_table(timer, adapter, blocks[0], shape, axes, passes, bar, batch,
+                                    device, dt)
+            # the rest of the model, timed once the process is warm (its first calls are not)
             x = torch.randn(batch, *adapter.input_shape(model), device=device, dtype=dt)
-            fixed = timer(logits_module(_skipped(adapter, model, device, dt)), x)
+            table = dataclasses.replace(
+                table, fixed_ms=timer(logits_module(_skipped(adapter, model, device, dt)), x))
             bar.update(1)
-            # a dropped half costs no more than the cheapest kept one
-            drop = (np.zeros(len(tokens)) if drop_half is None
-                    else np.minimum(monotone(drop), monotone(np.minimum(attn[0], mlp[0]))))
-            table = LatencyTable(heads=heads, neurons=neurons, tokens=tokens,
-                                 attn_ms=monotone(attn), mlp_ms=monotone(mlp),
-                                 select_ms=monotone(select), fixed_ms=fixed, drop_ms=drop)
             plans = [None, *calibration(shape, calibration_plans)]
             nets = [logits_module(copy.deepcopy(model if p is None else prune(model, p))
                                   .to(device, dt).eval()) for p in plans]
@@ -155,10 +145,9 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     # the pruned models only: the dense one (every block at full width and all tokens) sits
     # apart from the rest on CPU caches and its time swings most from run to run; one
     # measurement of it would tilt the fit (it stays in meta for the record)
-    scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios, floor=fixed)
-    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=table.attn_ms,
-                        mlp_ms=table.mlp_ms, select_ms=table.select_ms, fixed_ms=fixed,
-                        scale=scale, offset_ms=offset, meta=meta, drop_ms=table.drop_ms)
+    scale, offset = fit_calibration(ratios[1:] if len(ratios) > 3 else ratios,
+                                    floor=table.fixed_ms)
+    return dataclasses.replace(table, scale=scale, offset_ms=offset, meta=meta)
 
 
 def check_settings(*, batch: int, dtype: str, token_points: int | None, neuron_points: int,
@@ -181,7 +170,8 @@ def check_settings(*, batch: int, dtype: str, token_points: int | None, neuron_p
     require(statistic in ("min", "median"), "statistic", f"must be min or median, got {statistic!r}")
 
 
-def _time_grid(timer: Timer, halves: dict[str, list], sel: Callable, tokens: tuple[int, ...],
+def _time_grid(timer: Timer, halves: dict[str, list], sel: Callable | None,
+               tokens: tuple[int, ...],
                passes: int, bar: Any, widths: tuple[int, int, int], device: str,
                dt: torch.dtype) -> tuple[np.ndarray, ...]:
     """Each half's time at each token count, the fastest of ``passes`` passes over the grid.
@@ -189,7 +179,7 @@ def _time_grid(timer: Timer, halves: dict[str, list], sel: Callable, tokens: tup
     Args:
         halves: ``attn`` (one per head count), ``mlp`` (one per width) and ``drop`` (a dropped
             half, or none) callables of the tokens (B, N, C).
-        sel: the token-selection step, of the tokens and the qkv (B, N, 3*h*d).
+        sel: the token-selection step, of the tokens and the qkv (B, N, 3*h*d); None: none.
         widths: (batch B, model width C, qkv width 3*h*d).
     Returns:
         (attention (heads, tokens), MLP (widths, tokens), selection (tokens,), dropped half
@@ -206,11 +196,12 @@ def _time_grid(timer: Timer, halves: dict[str, list], sel: Callable, tokens: tup
                 attn[i, j] = min(attn[i, j], timer(half, xs))
             for i, half in enumerate(halves["mlp"]):
                 mlp[i, j] = min(mlp[i, j], timer(half, xs))
-            qkv = torch.randn(batch, n, qkv_width, device=device, dtype=dt)  # (B, N, 3hd)
-            select[j] = min(select[j], timer(sel, xs, qkv))
+            if sel is not None:
+                qkv = torch.randn(batch, n, qkv_width, device=device, dtype=dt)  # (B, N, 3hd)
+                select[j] = min(select[j], timer(sel, xs, qkv))
             for half in halves["drop"]:
                 drop[j] = min(drop[j], timer(half, xs))
-            bar.update(len(halves["attn"]) + len(halves["mlp"]) + 1)
+            bar.update(len(halves["attn"]) + len(halves["mlp"]) + (sel is not None))
     return attn, mlp, select, drop
 
 
@@ -235,7 +226,7 @@ def calibration(shape: VitShape, count: int, seed: int = 0) -> list[PrunePlan]:
     and three quarters of the way down keep 30-100% of the tokens."""
     rng = np.random.default_rng(seed + 1_000_003)  # apart from any seed a benchmark draws with
     L = len(shape.blocks)
-    stages = sorted({L // 4, L // 2, 3 * L // 4}) if L >= 2 else []
+    stages = sorted({L // 4, L // 2, 3 * L // 4}) if L >= 2 and not shape.windowed else []
 
     def kept(total: int) -> range:
         return range(int(np.clip(round(total * rng.uniform(0.1, 1.0)), 1, total)))
@@ -305,3 +296,77 @@ def check_table_settings(batch: int, dtype: str, device: str) -> None:
     require(dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", "CUDA is not available on this machine; use --device cpu")
+
+
+def _axes(shape: VitShape, token_points: int | None, neuron_points: int, neuron_multiple: int
+          ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """A plain ViT table's grids: every head count, MLP widths and token counts."""
+    b0 = shape.blocks[0]
+    N, P = shape.num_prefix + shape.num_patches, shape.num_prefix
+    neurons = grid(max(1, b0.mlp_hidden // neuron_points), b0.mlp_hidden, neuron_points,
+                   neuron_multiple)
+    if token_points is None:
+        token_points = N - P if N - P <= 64 else 24
+    return tuple(range(1, b0.heads + 1)), neurons, grid(P + 1, N, token_points)
+
+
+def _flat_table(timer: Timer, adapter: Any, block: nn.Module, shape: VitShape, axes: tuple,
+                passes: int, bar: Any, batch: int, device: str, dt: torch.dtype) -> LatencyTable:
+    """A plain ViT's table (uncalibrated, ``fixed_ms`` still to be timed): ``block``'s halves
+    over the grids ``axes``."""
+    heads, neurons, tokens = axes
+    b0 = shape.blocks[0]
+    attn_blocks = [adapter.halves(_block(adapter, block, device, dt, heads=range(h),
+                                         head_dim=b0.head_dim))[0] for h in heads]
+    mlp_blocks = [adapter.halves(_block(adapter, block, device, dt, neurons=range(d)))[1]
+                  for d in neurons]
+    drop_half = _dropped(adapter, block, device, dt)
+    halves = {"attn": attn_blocks, "mlp": mlp_blocks, "drop": [drop_half] * (
+        drop_half is not None)}
+    attn, mlp, select, drop = _time_grid(
+        timer, halves, _selection(b0.heads, b0.head_dim, shape.num_prefix), tokens, passes, bar,
+        (batch, shape.embed_dim, 3 * b0.heads * b0.head_dim), device, dt)
+    # a dropped half costs no more than the cheapest kept one
+    drop = (np.zeros(len(tokens)) if drop_half is None
+            else np.minimum(monotone(drop), monotone(np.minimum(attn[0], mlp[0]))))
+    return LatencyTable(heads=heads, neurons=neurons, tokens=tokens, attn_ms=monotone(attn),
+                        mlp_ms=monotone(mlp), select_ms=monotone(select), fixed_ms=1.0,
+                        drop_ms=drop)
+
+
+def stage_groups(shape: VitShape) -> list[tuple[int, ...]]:
+    """Runs of consecutive blocks of one kind (heads, widths, tokens, window): one run for a
+    plain ViT, one per stage for a hierarchical model (Swin)."""
+    groups: list[list[int]] = []
+    for i, b in enumerate(shape.blocks):
+        key = (b.heads, b.head_dim, b.mlp_hidden, b.width, b.grid, b.window)
+        if groups and key == groups[-1][0]:
+            groups[-1][1].append(i)
+        else:
+            groups.append([key, [i]])
+    return [tuple(g[1]) for g in groups]
+
+
+def _stage_grid(timer: Timer, adapter: Any, blocks: Any, shape: VitShape, group: tuple[int, ...],
+                neuron_points: int, neuron_multiple: int, passes: int, bar: Any, batch: int,
+                device: str, dt: torch.dtype) -> StageGrid:
+    """A stage's :class:`StageGrid`: its first block's halves at every head count and at the
+    MLP-width grid, on the stage's own tokens (the blocks of a stage are alike but for the
+    shifted windows of every other one, a memory move the calibration takes up)."""
+    b0, blk = shape.blocks[group[0]], blocks[group[0]]
+    heads = tuple(range(1, b0.heads + 1))
+    neurons = grid(max(1, b0.mlp_hidden // neuron_points), b0.mlp_hidden, neuron_points,
+                   neuron_multiple)
+    n = b0.grid[0] * b0.grid[1]
+    drop_half = _dropped(adapter, blk, device, dt)
+    halves = {"attn": [adapter.halves(_block(adapter, blk, device, dt, heads=range(h),
+                                             head_dim=b0.head_dim))[0] for h in heads],
+              "mlp": [adapter.halves(_block(adapter, blk, device, dt, neurons=range(d)))[1]
+                      for d in neurons],
+              "drop": [drop_half] * (drop_half is not None)}
+    attn, mlp, _, drop = _time_grid(timer, halves, None, (n,), passes, bar,
+                                    (batch, b0.width, 0), device, dt)
+    attn, mlp = monotone(attn[:, 0]), monotone(mlp[:, 0])
+    dropped = 0.0 if drop_half is None else float(min(drop[0], attn[0], mlp[0]))
+    return StageGrid(blocks=group, heads=heads, neurons=neurons, tokens=n, attn_ms=attn,
+                     mlp_ms=mlp, drop_ms=dropped)

@@ -35,13 +35,16 @@ def test_a_family_registered_later_gets_its_modules_names(toy_levit):
     assert "levit_128" in toy_levit.names()
 
 
-def test_eva_names_reach_the_eva_family_tagged_or_not():
+def test_eva_and_swin_names_reach_their_families_tagged_or_not():
     from vitprune.adapters.timm_eva import EvaAdapter
+    from vitprune.adapters.timm_swin import SwinAdapter
 
     for name in ("eva02_tiny_patch14_224", "eva02_small_patch14_224.mim_in22k",
                  "vit_medium_patch16_rope_reg1_gap_256"):
         assert timm_module(name) == "eva"
         assert isinstance(adapter_named(name), EvaAdapter), name
+    for name in ("swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384.ms_in22k"):
+        assert isinstance(adapter_named(name), SwinAdapter), name
 
 
 @pytest.mark.parametrize("name, module", [("eva02_tiny_patch14_224", "eva"),
@@ -52,9 +55,9 @@ def test_other_timm_modules_no_longer_reach_the_vit_family(name, module):
 
 
 def test_a_module_no_family_prunes_is_refused_by_its_name():
-    with pytest.raises(ModelError, match="defined in timm's swin_transformer module, which no "
-                                         "vitprune family prunes; vitprune prunes: .*T2T-ViT"):
-        adapter_named("swin_tiny_patch4_window7_224")
+    with pytest.raises(ModelError, match="defined in timm's levit module, which no vitprune "
+                                         "family prunes; vitprune prunes: .*T2T-ViT.*Swin"):
+        adapter_named("levit_128")
 
 
 def test_the_vit_family_knows_its_modules_and_registered_configs():

@@ -140,27 +140,40 @@ def test_token_stages_are_refused_by_plan_prune_and_search(tmp_path, capsys):
 
 
 def test_every_command_runs_on_a_swin_model(tmp_path, capsys):
-    """compress (tokens left out by default, depth on), info, export, and a latency table
-    refused with what to do instead."""
+    """latency-table (a grid per stage), compress under a latency budget (tokens left out by
+    default, depth on), info and export."""
+    from vitprune.latency import LatencyTable, StagedLatencyTable
+
     model_args = ["--model", NAME, "--model-args", "img_size=28", "patch_size=2", "in_chans=1",
                   "embed_dim=16", "depths=[2,2]", "num_heads=[2,2]", "window_size=7",
                   "num_classes=10"]
+    table_file = tmp_path / "t.json"
+    assert main(["latency-table", *model_args, "--batch", "4", "--neuron-points", "3",
+                 "--repeats", "1", "--out", str(table_file), "--quiet"]) == 0
+    table = LatencyTable.load(table_file)
+    assert isinstance(table, StagedLatencyTable)
+    assert [(s.blocks, s.tokens, s.heads) for s in table.stages] == [((0, 1), 196, (1, 2)),
+                                                                     ((2, 3), 49, (1, 2))]
+    assert [s.neurons[-1] for s in table.stages] == [64, 128]
     out = tmp_path / "c"
-    assert main(["compress", *model_args, "--data", "synthetic", "--budget", "0.6", "--depth",
+    assert main(["compress", *model_args, "--data", "synthetic", "--budget", "0.8",
+                 "--budget-metric", "latency", "--latency-table", str(table_file), "--depth",
                  "--trials", "4", "--init", "2", "--calib-images", "64", "--score-images", "64",
                  "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(out), "--quiet"]) == 0
     from vitprune.compression import read_run
 
-    plan = read_run(out).plan
-    assert plan.tokens == () and len(plan.blocks) == 4
+    run = read_run(out)
+    assert run.plan.tokens == () and len(run.plan.blocks) == 4
+    small = vitprune.load(out / "model")
+    assert table.predict(vit_shape(small)) <= 0.8 * table.dense_ms(
+        vit_shape(build_model(NAME, img_size=28, patch_size=2, in_chans=1, embed_dim=16,
+                              depths=(2, 2), num_heads=(2, 2), window_size=7,
+                              num_classes=10))) * 1.0001
     capsys.readouterr()
     assert main(["info", "--model", str(out / "model"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["class"] == "SwinTransformer" and info["width"] == [16, 16, 32, 32]
     assert main(["export", "--model", str(out / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["latency-table", *model_args, "--out", str(tmp_path / "t.json"), "--quiet"]) == 2
-    assert "MACs budgets" in capsys.readouterr().err
-    assert not (tmp_path / "t.json").exists()
 
 
 def test_save_load_onnx_and_a_fullgraph_compile_give_the_pruned_model(tmp_path):

@@ -6,6 +6,8 @@ relative-position-bias table, ``proj``'s columns), **neurons** (``fc1`` rows, ``
 and **depth** (a whole attention or MLP). The stages, their widths and the patch merging between
 them stay: a stage's width is the residual stream every block of it shares.
 
+Latency tables hold one grid per stage (:class:`~vitprune.latency.StagedLatencyTable`).
+
 **Tokens are not pruned**: windowed attention partitions the whole token grid into windows (and
 shifts them), so a token set with holes has no windows. A plan or a search that asks for token
 stages is refused with one line that says so; a search of a Swin model prunes no tokens by
@@ -134,9 +136,19 @@ class SwinAdapter(Adapter):
         return timm_data_config(model, self.input_shape(model))
 
     def halves(self, block: nn.Module) -> tuple[Any, Any]:
-        raise ModelError("latency tables are not built for hierarchical models (Swin) yet: its "
-                         "stages differ in width and tokens; use MACs budgets (--budget-metric "
-                         "macs)")
+        """The two residual halves as functions of the (B, N, C) tokens of the block's grid
+        (the attention half lays them out as the (B, H, W, C) map its windows are cut from)."""
+        H, W = block.input_resolution
+
+        def attn(x: torch.Tensor) -> torch.Tensor:
+            B, N, C = x.shape
+            t = x.reshape(B, H, W, C)
+            return (t + block.drop_path1(block._attn(block.norm1(t)))).reshape(B, N, C)
+
+        def mlp(x: torch.Tensor) -> torch.Tensor:
+            return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+        return attn, mlp
 
 
 def _block_shape(b: nn.Module) -> BlockShape:

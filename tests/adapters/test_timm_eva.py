@@ -68,7 +68,7 @@ def test_masked_equals_pruned_with_heads_neurons_and_tokens_cut(layout):
     plan = random_plan(shape, seed=3, stages=(1, 2), keep_rate=0.6)
     x = _x(model)
     dense, masked, small, pruned = _masked_and_pruned(model, plan, x)
-    assert (masked - pruned).abs().max().item() < 1e-4
+    assert (masked - pruned).abs().max().item() <= 1e-5 * masked.abs().max().item()
     assert (masked - dense).abs().max().item() > 1e-2  # the plan changed the function
     got = vit_shape(small)
     assert [b.heads for b in got.blocks] == [len(b.heads) for b in plan.blocks]
@@ -95,7 +95,7 @@ def test_depth_pruning_drops_an_attention_and_an_mlp(layout):
     plan = PrunePlan(tuple(blocks))
     x = _x(model)
     dense, masked, small, pruned = _masked_and_pruned(model, plan, x)
-    assert (masked - pruned).abs().max().item() < 1e-4
+    assert (masked - pruned).abs().max().item() <= 1e-5 * masked.abs().max().item()
     assert isinstance(small.blocks[0].attn, DroppedHalf)
     assert isinstance(small.blocks[1].mlp, DroppedHalf)
     got = vit_shape(small).blocks

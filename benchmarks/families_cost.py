@@ -134,13 +134,14 @@ WHAT_IS_PRUNED = [
     "| **no**: windowed attention needs the whole token grid; plans and searches asking for "
     "token stages are refused | yes | stage widths and patch merging (each stage's width is "
     "the residual stream its blocks share) |",
-    "| EVA-02 / RoPE ViTs (timm Eva) | qkv rows (or q/k/v) and the separate q/k/v biases, the "
+    "| EVA-02 / RoPE ViTs (timm Eva, `EvaAttention` or `AttentionRope`) | qkv rows (or q/k/v) "
+    "and the separate q/k/v biases, the "
     "attention's inner norm where present, proj columns; each head keeps its own rotation | a "
     "SwiGLU unit's gate and value rows together (packed or split), the MLP's inner LayerNorm "
     "(sliced; masked search takes its statistics over the kept units), fc2 columns | EViT-style "
     "stages: kept tokens keep their rotary positions (gathered with them); the fused token is "
-    "not rotated | yes | `AttentionRope` blocks (timm's newer RoPE ViTs, e.g. "
-    "`vit_small_patch16_rope_224`) and mixed-RoPE models are refused |",
+    "not rotated | yes | grouped-query attention (fewer key/value heads) is refused; mixed-RoPE "
+    "models (a rotary table per block) take no token stages |",
     "",
 ]
 

@@ -19,7 +19,7 @@ from vitprune.models import ArchSpec, build_model
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
 from vitprune.surgery import Masker, count_params, prune
 
-# tiny versions of the three layouts, 4x4 patches: EVA-02-T (packed GluMlp, fused qkv with q/v
+# tiny versions of the four layouts, 4x4 patches: EVA-02-T (packed GluMlp, fused qkv with q/v
 # biases), EVA-02-B (split SwiGLU with its inner norm, separate q/k/v, the attention's inner
 # norm too), a RoPE ViT (GELU Mlp, a register token and no class token, average pool, layer scale)
 LAYOUTS = {
@@ -31,6 +31,10 @@ LAYOUTS = {
     "rope_vit": ("vit_medium_patch16_rope_reg1_gap_256",
                  dict(img_size=64, depth=3, embed_dim=64, num_heads=4, num_classes=10,
                       init_values=0.5)),
+    # RoPE-ViT (AttentionRope, its own fused qkv bias, a class token, no absolute positions)
+    "rope_axial": ("vit_small_patch16_rope_224",
+                   dict(img_size=64, depth=3, embed_dim=64, num_heads=4, num_classes=10,
+                        init_values=0.5)),
 }
 
 
@@ -75,7 +79,9 @@ def test_masked_equals_pruned_with_heads_neurons_and_tokens_cut(layout):
     assert [b.mlp_hidden for b in got.blocks] == [len(b.neurons) for b in plan.blocks]
     assert got == planned_shape(shape, plan)
     assert type(small) is type(model)
-    assert all(isinstance(b.attn, PrunedEvaAttention) for b in small.blocks)
+    from timm.layers import AttentionRope
+
+    assert all(isinstance(b.attn, (PrunedEvaAttention, AttentionRope)) for b in small.blocks)
     assert count_params(model, plan) == sum(p.numel() for p in small.parameters())
     parts = adapter_for(small).parts(small.blocks[0])
     kept = len(plan.blocks[0].neurons)
@@ -146,7 +152,7 @@ def test_the_rotary_table_is_gathered_per_image_and_the_fused_token_is_not_rotat
     assert torch.equal(again[:, 0, 0], torch.stack([table[3], table[1]]))
 
 
-@pytest.mark.parametrize("layout", ["eva02_packed", "eva02_split"])
+@pytest.mark.parametrize("layout", ["eva02_packed", "eva02_split", "rope_axial"])
 def test_macs_match_torchs_flop_counter_dense_and_pruned(layout):
     model = _model(layout)
     shape = vit_shape(model)
@@ -203,8 +209,9 @@ def test_magnitude_scores_one_value_per_unit_of_a_packed_gated_mlp():
 
 
 def test_models_the_family_cannot_prune_are_refused_by_name():
-    with pytest.raises(ModelError, match="AttentionRope"):
-        vit_shape(build_model("vit_small_patch16_rope_224", img_size=32, depth=1))
+    with pytest.raises(ModelError, match="grouped-query attention"):
+        vit_shape(build_model("vit_small_patch16_rope_224", img_size=32, depth=1,
+                              qkv_fused=False, num_kv_heads=2))
     model = _model("eva02_packed")
     with pytest.raises(ModelError, match="token stages on a mixed-RoPE"):
         model.rope_mixed = True

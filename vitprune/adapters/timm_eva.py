@@ -8,7 +8,9 @@ What is pruned, per block:
   norm where it has one (``scale_attn_inner``), and ``proj``'s columns. Rotary embeddings act
   within each head (on its ``head_dim`` channels), so a kept head keeps its rotation untouched.
   A block with fewer heads than its width divides into runs :class:`PrunedEvaAttention`, which
-  computes what timm's ``EvaAttention`` computes without assuming ``heads * head_dim == dim``.
+  computes what timm's ``EvaAttention`` computes without assuming ``heads * head_dim == dim``;
+  the RoPE ViTs' ``AttentionRope`` (``vit_*_patch16_rope_224``) takes its new head count as it
+  is (grouped-query attention is refused).
 * **neurons**: a SwiGLU unit's gate and value rows together (``fc1_g``/``fc1_x``, or the two
   halves of a packed ``GluMlp`` ``fc1``), the MLP's inner LayerNorm (``scale_mlp``: its weight
   and bias sliced, so it normalises over the kept units), and ``fc2``'s columns; plain GELU
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import GluMlp, Mlp, SwiGLU
+from timm.layers import AttentionRope, GluMlp, Mlp, SwiGLU
 from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 from torch import nn
@@ -51,9 +53,10 @@ def eva_qkv(attn: EvaAttention, x: torch.Tensor, rope: torch.Tensor | None
     normalised and rotated as ``EvaAttention.forward`` does (the prefix tokens not rotated)."""
     B, N, _ = x.shape
     h = attn.num_heads
-    if attn.qkv is not None:
-        bias = (None if attn.q_bias is None
-                else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))
+    if attn.qkv is not None:  # EVA keeps q/k/v biases apart; AttentionRope in the layer
+        q_bias = getattr(attn, "q_bias", None)
+        bias = (attn.qkv.bias if q_bias is None
+                else torch.cat((q_bias, attn.k_bias, attn.v_bias)))
         qkv = F.linear(x, attn.qkv.weight, bias)
         q, k, v = qkv.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4).unbind(0)
     else:
@@ -205,8 +208,8 @@ class EvaAdapter(TimmBlocks):
                              "the dense model")
         if a.qkv is not None:
             qkv = (a.qkv,)
-            vectors = () if a.q_bias is None else tuple((a, n) for n in ("q_bias", "k_bias",
-                                                                         "v_bias"))
+            vectors = () if getattr(a, "q_bias", None) is None else tuple(
+                (a, n) for n in ("q_bias", "k_bias", "v_bias"))
         else:
             qkv, vectors = (a.q_proj, a.k_proj, a.v_proj), ()
         mlp_in = (m.fc1_g, m.fc1_x) if isinstance(m, SwiGLU) else (m.fc1,)
@@ -216,9 +219,13 @@ class EvaAdapter(TimmBlocks):
                           mlp_norm=_norm_or_none(m.norm))
 
     def set_heads(self, block: nn.Module, heads: int) -> None:
-        block.attn.num_heads = heads
-        if type(block.attn) is EvaAttention:
-            block.attn.__class__ = PrunedEvaAttention
+        a = block.attn
+        a.num_heads = heads
+        if type(a) is EvaAttention:
+            a.__class__ = PrunedEvaAttention
+        else:  # AttentionRope merges heads to attn_dim (no grouped keys: check refuses them)
+            a.num_kv_heads, a.attn_dim = heads, heads * a.head_dim
+            a.kv_dim = a.attn_dim
 
     def halves(self, block: nn.Module) -> tuple[Any, Any]:
         """The two residual halves; the attention half rotates its queries and keys by a
@@ -248,7 +255,8 @@ class EvaAdapter(TimmBlocks):
         return tuple(shape(b) for b in self.blocks(model))
 
     def qkv_bias(self, model: nn.Module) -> bool:
-        have = {a.q_bias is not None if a.qkv is not None else a.q_proj.bias is not None
+        have = {(getattr(a, "q_bias", None) is not None or a.qkv.bias is not None)
+                if a.qkv is not None else a.q_proj.bias is not None
                 for b in self.blocks(model) if not isinstance(a := b.attn, DroppedHalf)}
         if len(have) > 1:
             raise ModelError("the blocks must all have, or all lack, a qkv bias")
@@ -303,8 +311,11 @@ def _check_block(i: int, b: nn.Module) -> None:
                            "supported)")
     a, m = b.attn, b.mlp
     if not isinstance(a, DroppedHalf):
-        if type(a) not in (EvaAttention, PrunedEvaAttention):
+        if type(a) not in (EvaAttention, PrunedEvaAttention, AttentionRope):
             raise _unsupported(i, f"attention type {type(a).__name__}")
+        if getattr(a, "num_kv_groups", 1) != 1:
+            raise _unsupported(i, "grouped-query attention (fewer key/value heads than query "
+                               "heads)")
         if a.gate is not None:
             raise _unsupported(i, "a gated attention")
         _check_norm(i, a.norm, "attention's inner norm")
@@ -326,6 +337,7 @@ def _check_norm(i: int, norm: nn.Module, what: str) -> None:
 def _unsupported(i: int, what: str) -> ModelError:
     return ModelError(
         f"block {i} has {what}, which vitprune cannot prune; supported are EvaBlocks with "
-        "EvaAttention (fused or separate q/k/v) and a GELU Mlp, GluMlp or SwiGLU MLP"
+        "EvaAttention or AttentionRope (fused or separate q/k/v) and a GELU Mlp, GluMlp or "
+        "SwiGLU MLP"
     )
 

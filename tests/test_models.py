@@ -149,23 +149,31 @@ def test_pretrained_without_network_fails_fast_naming_the_offline_way(tmp_path, 
     assert not out.exists()
 
 
-def test_pretrained_reads_timms_weights_from_the_hub_cache_offline(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, tag, keys", [
+    ("deit_tiny_patch16_224", "fb_in1k", ("blocks.3.attn.qkv.weight", "pos_embed", "norm.bias")),
+    ("swin_tiny_patch4_window7_224", "ms_in1k",
+     ("layers.2.blocks.1.attn.relative_position_bias_table", "layers.1.downsample.reduction.weight")),
+    ("eva02_tiny_patch14_224", "mim_in22k", ("blocks.3.attn.q_bias", "blocks.0.mlp.fc1.weight")),
+])
+def test_pretrained_reads_timms_weights_from_the_hub_cache_offline(tmp_path, monkeypatch, name,
+                                                                     tag, keys):
     """The published weights as timm would find them in the cache, with the classifier reset
-    for other classes (as timm does) and everything else loaded."""
+    for other classes (as timm does) and everything else loaded: ViT, Swin and EVA-02."""
     cache = _hub_cache(tmp_path, monkeypatch)
     torch.manual_seed(3)
-    published = timm.create_model("deit_tiny_patch16_224").state_dict()
-    repo = cache / "models--timm--deit_tiny_patch16_224.fb_in1k"
+    published = timm.create_model(name).state_dict()
+    repo = cache / f"models--timm--{name}.{tag}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
     snap = repo / "snapshots" / ("0" * 40)
     snap.mkdir(parents=True)
-    save_file(published, str(snap / "model.safetensors"))
-    model = build_model("deit_tiny_patch16_224", pretrained=True, num_classes=10)
+    save_file({k: v.contiguous() for k, v in published.items()}, str(snap / "model.safetensors"))
+    model = build_model(name, pretrained=True, num_classes=10)
     got = model.state_dict()
-    assert got["head.weight"].shape == (10, 192)
-    for k in ("blocks.3.attn.qkv.weight", "pos_embed", "patch_embed.proj.weight", "norm.bias"):
-        assert torch.equal(got[k], published[k])
+    head = "head.fc.weight" if "swin" in name else "head.weight"
+    assert got[head].shape[0] == 10
+    for k in (*keys, "patch_embed.proj.weight"):
+        assert torch.equal(got[k], published[k]), k
 
 
 def test_pretrained_and_model_args_are_checked_before_any_work(capsys, tmp_path):

@@ -202,3 +202,18 @@ def test_the_cost_command_gives_the_published_figures(name, params, gmacs, capsy
     got = json.loads(capsys.readouterr().out)
     assert got["params_m"] == pytest.approx(params, abs=0.005)
     assert got["gmacs"] == pytest.approx(gmacs, rel=0.01)
+
+
+def test_a_checkpoint_in_timms_key_layout_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitprune.io.model_dir import resolve_model
+    from vitprune.models import ModelSource
+
+    trained = _model("even")
+    f = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(f))
+    model, _, _ = resolve_model(ModelSource(NAME, str(f), args=LAYOUTS["even"]))
+    x = _x(trained)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))

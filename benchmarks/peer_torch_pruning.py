@@ -11,6 +11,11 @@ To reach a MACs budget the ratio is found by bisection; heads step in whole head
 ratio for both steps over the budget band the head ratio is held just before the step and the
 neuron ratio alone is bisected into the band (the rule vitprune's uniform baseline follows).
 
+Configured as its authors recommend (:func:`best_configuration`): head and neuron ratios chosen
+separately (a small grid of head ratios, the neuron ratio bisected to the budget), local and
+global pruning, and isomorphic pruning (the authors' own ViT result); the configuration best on
+the calibration split represents the peer.
+
 What Torch-Pruning kept is read back from the weights (each kept row is an exact copy of a dense
 row) into a :class:`vitprune.plan.PrunePlan`, so the peer's model is built, costed, fine-tuned and
 timed by the same code as every other method. The test checks that the model built from the plan
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +50,21 @@ def _attention_forward(self, x, attn_mask=None, is_causal=False):
     return self.proj_drop(self.proj(self.norm(x)))
 
 
+MODES = ("local", "global", "isomorphic")
+
+
 def tp_prune(dense: torch.nn.Module, ratio: float, head_ratio: float,
-             batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.nn.Module:
-    """Torch-Pruning's pruned copy of ``dense``: ``ratio`` of each block's MLP hidden units and
-    ``head_ratio`` of its heads removed, chosen by group Taylor importance on ``batches``."""
+             batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+             mode: str = "local") -> torch.nn.Module:
+    """Torch-Pruning's pruned copy of ``dense``: ``ratio`` of the MLP hidden units and
+    ``head_ratio`` of the heads removed, chosen by group Taylor importance on ``batches``.
+
+    ``mode``: ``local`` (the same ratio in every block), ``global`` (one ranking over all
+    blocks: blocks lose different shares) or ``isomorphic`` (its authors' ViT recipe: global
+    ranking within groups of the same structure, normalised per group).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     import torch_pruning as tp
     from timm.models.vision_transformer import Attention
 
@@ -67,7 +83,8 @@ def tp_prune(dense: torch.nn.Module, ratio: float, head_ratio: float,
     with warnings.catch_warnings():  # it notes cls_token / pos_embed, which it rightly leaves
         warnings.simplefilter("ignore", UserWarning)
         pruner = tp.pruner.MetaPruner(
-            model, x0, importance=tp.importance.GroupTaylorImportance(), global_pruning=False,
+            model, x0, importance=tp.importance.GroupTaylorImportance(),
+            global_pruning=mode != "local", isomorphic=mode == "isomorphic",
             pruning_ratio=ratio, ignored_layers=ignored, num_heads=num_heads,
             prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=head_ratio,
             round_to=1)
@@ -106,9 +123,10 @@ def plan_of(dense: torch.nn.Module, pruned: torch.nn.Module) -> PrunePlan:
 
 
 def tp_plan(dense: torch.nn.Module, budget: float, batches: list, *, band: float = 0.02,
-            iters: int = 14) -> tuple[PrunePlan, dict]:
+            iters: int = 14, mode: str = "local") -> tuple[PrunePlan, dict]:
     """Torch-Pruning's plan at ``budget`` (fraction of the dense MACs kept), in [budget - band,
-    budget]; also returns how it was found (ratios, MACs)."""
+    budget], one ratio for heads and neurons (the head ratio held before a step that jumps the
+    band); also returns how it was found (ratios, MACs)."""
     shape = vit_shape(dense)
     full = macs(shape).total
     cache: dict[tuple[float, float], tuple[PrunePlan, float]] = {}
@@ -116,7 +134,7 @@ def tp_plan(dense: torch.nn.Module, budget: float, batches: list, *, band: float
     def at(r: float, rh: float) -> tuple[PrunePlan, float]:
         key = (round(r, 6), round(rh, 6))
         if key not in cache:
-            plan = plan_of(dense, tp_prune(dense, r, rh, batches))
+            plan = plan_of(dense, tp_prune(dense, r, rh, batches, mode=mode))
             cache[key] = plan, macs(planned_shape(shape, plan)).total / full
         return cache[key]
 
@@ -140,4 +158,63 @@ def tp_plan(dense: torch.nn.Module, budget: float, batches: list, *, band: float
     if not budget - band <= kept <= budget:
         raise BudgetError(f"Torch-Pruning's ratios reach {kept:.1%}, outside the band "
                           f"[{budget - band:.0%}, {budget:.0%}]")
-    return plan, {"neuron_ratio": r, "head_ratio": rh, "rule": how, "macs_kept": kept}
+    return plan, {"neuron_ratio": r, "head_ratio": rh, "rule": how, "macs_kept": kept,
+                  "mode": mode}
+
+
+def neuron_plan(dense: torch.nn.Module, budget: float, head_ratio: float, batches: list, *,
+                mode: str, band: float = 0.02, iters: int = 14) -> tuple[PrunePlan, dict]:
+    """Torch-Pruning's plan at ``budget`` with the head ratio fixed at ``head_ratio`` and the
+    neuron ratio bisected into [budget - band, budget].
+
+    Raises:
+        BudgetError: no neuron ratio lands in the band with these heads.
+    """
+    shape = vit_shape(dense)
+    full = macs(shape).total
+
+    def at(r: float) -> tuple[PrunePlan, float]:
+        plan = plan_of(dense, tp_prune(dense, r, head_ratio, batches, mode=mode))
+        return plan, macs(planned_shape(shape, plan)).total / full
+
+    lo, hi = 0.0, 0.95
+    if at(hi)[1] > budget:
+        raise BudgetError(f"{mode} pruning with head ratio {head_ratio} cannot reach {budget:.0%}")
+    if at(lo)[1] <= budget - band:
+        raise BudgetError(f"head ratio {head_ratio} alone already goes below the band")
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if at(mid)[1] <= budget else (mid, hi)
+    plan, kept = at(hi)
+    if not budget - band <= kept <= budget:
+        raise BudgetError(f"{mode}, head ratio {head_ratio}: {kept:.1%} is outside the band")
+    return plan, {"mode": mode, "head_ratio": head_ratio, "neuron_ratio": hi, "macs_kept": kept}
+
+
+def best_configuration(dense: torch.nn.Module, budget: float, batches: list,
+                       calib_score: Callable[[PrunePlan], float], *,
+                       head_ratios: Sequence[float] = (0.0, 0.25, 0.5),
+                       modes: Sequence[str] = MODES) -> tuple[PrunePlan, dict, list[dict]]:
+    """Torch-Pruning configured as its authors recommend, chosen on calibration data: every
+    mode (local, global, isomorphic) with every head ratio of a small grid, the neuron ratio
+    bisected to the budget; the configuration whose plan scores best on ``calib_score`` (a
+    calibration split's top-1 before fine-tuning, never the test split) represents it.
+
+    Returns:
+        (its plan, its record, every configuration's record; infeasible ones say why).
+    """
+    tried, best = [], None
+    for mode in modes:
+        for rh in head_ratios:
+            try:
+                plan, rec = neuron_plan(dense, budget, rh, batches, mode=mode)
+            except BudgetError as exc:
+                tried.append({"mode": mode, "head_ratio": rh, "infeasible": str(exc)})
+                continue
+            rec["calib_top1"] = float(calib_score(plan))
+            tried.append(rec)
+            if best is None or rec["calib_top1"] > best[1]["calib_top1"]:
+                best = (plan, rec)
+    if best is None:
+        raise BudgetError(f"no Torch-Pruning configuration reaches {budget:.0%} of the MACs")
+    return best[0], best[1], tried

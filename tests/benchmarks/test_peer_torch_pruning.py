@@ -39,3 +39,35 @@ def test_the_peer_meets_the_budget_band(tiny_vit, synth_splits):
     kept = macs(planned_shape(shape, plan)).total / macs(shape).total
     assert 0.58 <= kept <= 0.6 and kept == pytest.approx(how["macs_kept"])
     assert any(len(b.heads) < 4 for b in plan.blocks) and any(len(b.neurons) < 64 for b in plan.blocks)
+
+
+@pytest.mark.parametrize("mode", ["global", "isomorphic"])
+def test_global_and_isomorphic_plans_rebuild_their_models_exactly(tiny_vit, synth_splits, mode):
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    theirs = tp_prune(tiny_vit, 0.5, 0.0, batches, mode=mode)
+    plan = plan_of(tiny_vit, theirs)
+    ours = prune(tiny_vit, plan).eval()
+    x = batches[0][0]
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    widths = [len(b.neurons) for b in plan.blocks]
+    assert sum(widths) == pytest.approx(0.5 * 64 * 4, abs=4)  # half of all units, over the model
+    assert len(set(widths)) > 1  # a global ranking: blocks lose different shares
+
+
+def test_the_best_configuration_is_chosen_on_the_calibration_score(tiny_vit, synth_splits):
+    from peer_torch_pruning import best_configuration
+
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    shape = vit_shape(tiny_vit)
+
+    def score(plan):  # a stand-in for calibration top-1: favours keeping block 0's neurons
+        return len(plan.blocks[0].neurons)
+
+    plan, best, tried = best_configuration(tiny_vit, 0.6, batches, score, head_ratios=(0.0, 0.5),
+                                           modes=("local", "global"))
+    feasible = [t for t in tried if "infeasible" not in t]
+    assert len(tried) == 4 and feasible
+    assert best["calib_top1"] == max(t["calib_top1"] for t in feasible)
+    kept = macs(planned_shape(shape, plan)).total / macs(shape).total
+    assert 0.58 <= kept <= 0.6 and len(plan.blocks[0].neurons) == best["calib_top1"]

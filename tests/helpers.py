@@ -140,6 +140,25 @@ def synthetic_table(shape):
                         meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
 
 
+def synthetic_staged_table(shape):
+    """:func:`synthetic_table` for a hierarchical model (Swin): a grid per stage whose times
+    follow the stage's work (heads x tokens, width x tokens)."""
+    import numpy as np
+
+    from vitprune.latency import StagedLatencyTable, StageGrid, model_key
+    from vitprune.profile import stage_groups
+
+    stages = []
+    for g in stage_groups(shape):
+        b = shape.blocks[g[0]]
+        n = b.grid[0] * b.grid[1]
+        heads, neurons = tuple(range(1, b.heads + 1)), (b.mlp_hidden // 2, b.mlp_hidden)
+        stages.append(StageGrid(g, heads, neurons, n, 0.01 * n * np.array(heads) + 0.005,
+                                0.001 * n * np.array(neurons) + 0.005))
+    return StagedLatencyTable(tuple(stages), fixed_ms=0.05,
+                              meta={"model": model_key(shape), "batch": 2, "dtype": "float32"})
+
+
 def measured_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
     """MACs that torch's FlopCounterMode counts for ``module(x)`` (FLOPs / 2), with fused
     attention turned off (the counter does not see CPU scaled_dot_product_attention)."""
@@ -151,3 +170,19 @@ def measured_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x)
     return counter.get_total_flops() // 2
+
+
+def masked_and_pruned(model: torch.nn.Module, plan: PrunePlan, x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module, torch.Tensor]:
+    """(dense logits, logits under a Masker set to ``plan``, the pruned model, its logits),
+    checking that the input model is untouched afterwards."""
+    from vitprune.surgery import Masker
+
+    with torch.no_grad():
+        dense = model(x)
+        with Masker(model) as masker:
+            masker.set(plan)
+            masked = model(x)
+        small = prune(model, plan).eval()
+        assert torch.equal(model(x), dense)  # the input model is untouched, the Masker gone
+        return dense, masked, small, small(x)

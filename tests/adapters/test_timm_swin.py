@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import vitprune
-from tests.helpers import measured_macs, random_plan, sharpen
+from tests.helpers import (
+    masked_and_pruned,
+    measured_macs,
+    random_plan,
+    sharpen,
+    synthetic_staged_table,
+)
 from vitprune.adapters import adapter_for, input_shape, vit_shape
 from vitprune.adapters.base import DroppedHalf
 from vitprune.cli import main
@@ -18,7 +24,7 @@ from vitprune.cost import macs
 from vitprune.errors import ModelError, PlanError
 from vitprune.models import ArchSpec, build_model
 from vitprune.plan import BlockPlan, PrunePlan, TokenStage, planned_shape
-from vitprune.surgery import Masker, count_params, prune
+from vitprune.surgery import count_params, prune
 
 NAME = "swin_tiny_patch4_window7_224"
 # two stages of two blocks; 56 px: 14x14 then 7x7 tokens in 7x7 windows (shifted in every other
@@ -46,16 +52,9 @@ def _x(model: torch.nn.Module, n: int = 2) -> torch.Tensor:
 
 
 def _check(model: torch.nn.Module, plan: PrunePlan) -> torch.nn.Module:
-    x = _x(model)
-    with torch.no_grad():
-        dense = model(x)
-        with Masker(model) as masker:
-            masker.set(plan)
-            masked = model(x)
-        small = prune(model, plan).eval()
-        assert (masked - small(x)).abs().max().item() <= 1e-5 * masked.abs().max().item()
-        assert (masked - dense).abs().max().item() > 1e-2  # the plan changed the function
-        assert torch.equal(model(x), dense)
+    dense, masked, small, pruned = masked_and_pruned(model, plan, _x(model))
+    assert (masked - pruned).abs().max().item() <= 1e-5 * masked.abs().max().item()
+    assert (masked - dense).abs().max().item() > 1e-2  # the plan changed the function
     assert count_params(model, plan) == sum(p.numel() for p in small.parameters())
     assert type(small) is type(model)
     return small
@@ -147,14 +146,21 @@ def test_every_command_runs_on_a_swin_model(tmp_path, capsys):
     model_args = ["--model", NAME, "--model-args", "img_size=28", "patch_size=2", "in_chans=1",
                   "embed_dim=16", "depths=[2,2]", "num_heads=[2,2]", "window_size=7",
                   "num_classes=10"]
-    table_file = tmp_path / "t.json"
+    measured = tmp_path / "measured.json"
     assert main(["latency-table", *model_args, "--batch", "4", "--neuron-points", "3",
-                 "--repeats", "1", "--out", str(table_file), "--quiet"]) == 0
-    table = LatencyTable.load(table_file)
-    assert isinstance(table, StagedLatencyTable)
-    assert [(s.blocks, s.tokens, s.heads) for s in table.stages] == [((0, 1), 196, (1, 2)),
-                                                                     ((2, 3), 49, (1, 2))]
-    assert [s.neurons[-1] for s in table.stages] == [64, 128]
+                 "--repeats", "1", "--out", str(measured), "--quiet"]) == 0
+    got = LatencyTable.load(measured)
+    assert isinstance(got, StagedLatencyTable)
+    assert [(s.blocks, s.tokens, s.heads) for s in got.stages] == [((0, 1), 196, (1, 2)),
+                                                                   ((2, 3), 49, (1, 2))]
+    assert [s.neurons[-1] for s in got.stages] == [64, 128]
+    # the search runs on a table whose times follow the work (measured times of so small a
+    # model are overhead and noise: a latency budget on them may be out of reach)
+    dense = build_model(NAME, img_size=28, patch_size=2, in_chans=1, embed_dim=16, depths=(2, 2),
+                        num_heads=(2, 2), window_size=7, num_classes=10)
+    table = synthetic_staged_table(vit_shape(dense))
+    table_file = tmp_path / "t.json"
+    table_file.write_text(json.dumps(table.to_dict()))
     out = tmp_path / "c"
     assert main(["compress", *model_args, "--data", "synthetic", "--budget", "0.8",
                  "--budget-metric", "latency", "--latency-table", str(table_file), "--depth",
@@ -165,10 +171,7 @@ def test_every_command_runs_on_a_swin_model(tmp_path, capsys):
     run = read_run(out)
     assert run.plan.tokens == () and len(run.plan.blocks) == 4
     small = vitprune.load(out / "model")
-    assert table.predict(vit_shape(small)) <= 0.8 * table.dense_ms(
-        vit_shape(build_model(NAME, img_size=28, patch_size=2, in_chans=1, embed_dim=16,
-                              depths=(2, 2), num_heads=(2, 2), window_size=7,
-                              num_classes=10))) * 1.0001
+    assert table.predict(vit_shape(small)) <= 0.8 * table.dense_ms(vit_shape(dense)) * 1.0001
     capsys.readouterr()
     assert main(["info", "--model", str(out / "model"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

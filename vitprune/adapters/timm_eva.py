@@ -26,7 +26,6 @@ What is pruned, per block:
 
 from __future__ import annotations
 
-import math
 import types
 from typing import Any
 
@@ -37,11 +36,11 @@ from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 from torch import nn
 
-from ..cost import BlockShape, VitShape
+from ..cost import BlockShape
 from ..errors import ModelError
 from ..plan import TokenStage
 from .base import ArchSpec, BlockParts, DroppedHalf, token_stage
-from .timm_vit import TimmBlocks, _pool_shape, build_timm
+from .timm_vit import TimmBlocks, build_timm
 from .tokens import TokenSelecting, attend, class_attention
 
 GATED = (GluMlp, SwiGLU)
@@ -262,21 +261,6 @@ class EvaAdapter(TimmBlocks):
             raise ModelError("the blocks must all have, or all lack, a qkv bias")
         return have.pop() if have else True
 
-    def shape(self, model: nn.Module) -> VitShape:
-        self.check(model)
-        pe = model.patch_embed
-        shape = VitShape(
-            embed_dim=model.embed_dim,
-            num_patches=pe.num_patches,
-            num_prefix=model.num_prefix_tokens,
-            patch_macs=pe.proj.in_channels * math.prod(pe.proj.kernel_size),
-            num_classes=model.num_classes,
-            num_heads_out=1,
-            blocks=self.block_shapes(model),
-            pool=_pool_shape(getattr(model, "attn_pool", None)),
-            qkv_bias=self.qkv_bias(model),
-        )
-        return self.with_token_stages(model, shape)
 
     def token_block(self, model: nn.Module, index: int, stage: TokenStage) -> nn.Module:
         if getattr(model, "rope_mixed", False):

@@ -211,6 +211,28 @@ class TimmBlocks(Adapter):
         refuse_feature_maps(model, stages)
 
 
+    def shape(self, model: nn.Module) -> VitShape:
+        """The shape of a timm model with ``patch_embed``, prefix tokens, ``blocks`` and an
+        optional attention pool (ViT/DeiT, EVA)."""
+        self.check(model)  # reading and pruning accept and refuse the same models
+        pe = model.patch_embed
+        shape = VitShape(
+            embed_dim=model.embed_dim,
+            num_patches=pe.num_patches,
+            num_prefix=model.num_prefix_tokens,
+            patch_macs=pe.proj.in_channels * math.prod(pe.proj.kernel_size),
+            num_classes=model.num_classes,
+            num_heads_out=self.classifier_heads(model),
+            blocks=self.block_shapes(model),
+            pool=_pool_shape(getattr(model, "attn_pool", None)),
+            qkv_bias=self.qkv_bias(model),
+        )
+        return self.with_token_stages(model, shape)
+
+    def classifier_heads(self, model: nn.Module) -> int:
+        """Classifier heads the model has (the distilled DeiT has two)."""
+        return 1
+
     def check_blocks(self, blocks: Sequence[nn.Module]) -> None:
         """Raise :class:`ModelError` unless every block is one vitprune can prune.
 
@@ -276,21 +298,8 @@ class TimmViTAdapter(TimmBlocks):
     def has_class_token(self, model: nn.Module) -> bool:
         return model.cls_token is not None
 
-    def shape(self, model: nn.Module) -> VitShape:
-        self.check(model)  # reading and pruning accept and refuse the same models
-        pe = model.patch_embed
-        shape = VitShape(
-            embed_dim=model.embed_dim,
-            num_patches=pe.num_patches,
-            num_prefix=model.num_prefix_tokens,
-            patch_macs=pe.proj.in_channels * math.prod(pe.proj.kernel_size),
-            num_classes=model.num_classes,
-            num_heads_out=2 if getattr(model, "head_dist", None) is not None else 1,
-            blocks=self.block_shapes(model),
-            pool=_pool_shape(getattr(model, "attn_pool", None)),
-            qkv_bias=self.qkv_bias(model),
-        )
-        return self.with_token_stages(model, shape)
+    def classifier_heads(self, model: nn.Module) -> int:
+        return 2 if getattr(model, "head_dist", None) is not None else 1  # distilled DeiT
 
 
 def timm_data_config(model: nn.Module, input_shape: tuple[int, int, int]) -> dict | None:

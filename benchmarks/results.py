@@ -9,7 +9,12 @@ fine-tuning recipe (distillation from the dense model), test top-1. The methods:
    and so does a joint variant ("ours, ratios to 0.9") for a like-for-like comparison;
 2. criterion: HSIC (ours) vs weight magnitude, first-order Taylor, random scores, same search;
 3. search: GP-EI (ours) vs random search vs uniform ratios, same HSIC ranking;
-4. peer: Torch-Pruning's ViT recipe (benchmarks/peer_torch_pruning.py) bisected to the budget.
+4. peer: Torch-Pruning's ViT recipe (benchmarks/peer_torch_pruning.py) bisected to the budget;
+5. reference: the dense model given exactly the same fine-tuning (self-distillation from its own
+   copy, same epochs, recipe and seeds), so every change is measured against equal training.
+
+Every finished cell keeps its per-image test predictions (``test_pred.npy``, one byte per image)
+beside its ``result.json``, for paired intervals (benchmarks/stats.py).
 
 Run in the background; resumable (each cell keeps its stages under ``--runs`` and a re-run
 continues where it stopped). Several processes may run the same command: each takes the next cell
@@ -36,9 +41,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitprune import fsutil, load
+from vitprune.adapters import vit_shape
 from vitprune.config import SearchSettings
 from vitprune.data import load_splits
 from vitprune.errors import BudgetError
@@ -86,6 +93,7 @@ METHODS = (
     Method("uniform", "search", search="uniform"),
     Method("torch-pruning", "peer", criterion="torch-pruning", search="torch-pruning",
            dims=("heads", "neurons")),
+    Method("dense, same fine-tuning", "reference", criterion="none", search="dense", dims=()),
 )
 
 
@@ -98,7 +106,8 @@ def cells(args) -> list[tuple[Method, float, int]]:
     picked = [m for m in METHODS if args.methods is None or m.name in args.methods]
     return [(m, b, s) for s in args.seeds for extra in (False, True) for b in args.budgets
             for m in picked if m.extra == extra
-            and not (m.search == "uniform" and s != args.seeds[0])]  # uniform has no randomness
+            and not (m.search == "uniform" and s != args.seeds[0])  # uniform has no randomness
+            and not (m.search == "dense" and b != args.budgets[0])]  # no budget: once a seed
 
 
 class Runner:
@@ -124,7 +133,9 @@ class Runner:
             info = json.loads((cell / "plan_info.json").read_text())
             return PrunePlan.load(path), info
         t0 = time.perf_counter()
-        if m.search == "torch-pruning":
+        if m.search == "dense":  # the reference: nothing pruned, the same fine-tuning
+            plan, info = PrunePlan.dense(vit_shape(self.dense)), {}
+        elif m.search == "torch-pruning":
             from peer_torch_pruning import tp_plan
 
             torch.manual_seed(seed)
@@ -166,7 +177,7 @@ class Runner:
 
     def _run(self, m: Method, budget: float, seed: int, cell: Path) -> None:
         try:
-            if m.search != "torch-pruning":
+            if m.search not in ("torch-pruning", "dense"):
                 check_budget(self.dense, budget, self.settings(m))
             plan, info = self.plan(m, budget, seed, cell)
         except BudgetError as exc:
@@ -184,6 +195,7 @@ class Runner:
         save(cell / "model", student.eval(), self.arch, plan=plan,
              meta={"method": m.name, "budget": budget, "seed": seed})
         after, dense = test_metrics(student, self.splits), test_metrics(self.dense, self.splits)
+        np.save(cell / "test_pred.npy", test_predictions(student, self.splits))
         result = {**self.key(m, budget, seed), **info,
                   "macs": after["macs"], "macs_kept": after["macs"] / dense["macs"],
                   "params": after["params"], "test_top1_before": before,
@@ -198,6 +210,19 @@ class Runner:
         return {"method": m.name, "group": m.group, "budget": budget, "seed": seed,
                 "epochs": self.args.epochs, "augment": self.args.augment,
                 "kd_alpha": self.args.kd_alpha}
+
+
+def test_predictions(model: torch.nn.Module, splits) -> np.ndarray:
+    """The predicted class of every test image, in the split's order (uint8)."""
+    from vitprune.adapters import logits_module
+    from vitprune.data import make_loader
+    from vitprune.train import EVAL_BATCH
+
+    run, out = logits_module(model.eval()), []
+    with torch.no_grad():
+        for x, _ in make_loader(splits.test, EVAL_BATCH):
+            out.append(run(x).argmax(dim=1).to(torch.uint8))
+    return torch.cat(out).numpy()
 
 
 def cmd_run(args) -> int:

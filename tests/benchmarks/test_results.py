@@ -24,13 +24,29 @@ def test_cells_run_the_issues_methods_first_and_uniform_once(tmp_path):
     names = [(m.name, b, s) for m, b, s in order]
     n_methods = len(results.METHODS)
     n_extra = sum(m.extra for m in results.METHODS)
-    assert len(names) == 2 * 2 * n_methods - 2  # uniform has no second seed
-    seed0 = names[:2 * n_methods]
+    # uniform has no second seed; the dense reference runs once a seed, at no budget
+    assert len(names) == 2 * 2 * n_methods - 2 - 2
+    seed0 = names[:2 * n_methods - 1]  # every method at both budgets, the reference at one
     assert {s for *_, s in seed0} == {0}
     extras = {m.name for m in results.METHODS if m.extra}
     assert {n for n, *_ in seed0[-2 * n_extra:]} == extras  # the extras close each seed
     assert not extras & {n for n, *_ in seed0[:-2 * n_extra]}
     assert ("uniform", 0.6, 1) not in names and ("uniform", 0.6, 0) in names
+    dense = [(b, s) for n, b, s in names if n == "dense, same fine-tuning"]
+    assert dense == [(0.6, 0), (0.6, 1)]
+
+
+def test_test_predictions_are_one_class_per_test_image_in_order(synth_splits, tiny_vit):
+    import numpy as np
+    import torch
+
+    pred = results.test_predictions(tiny_vit, synth_splits)
+    assert pred.dtype == np.uint8 and pred.shape == (len(synth_splits.test),)
+    from vitprune.pipeline import test_metrics
+
+    labels = torch.as_tensor([int(synth_splits.test[i][1]) for i in range(len(synth_splits.test))])
+    top1 = 100.0 * (torch.from_numpy(pred).long() == labels).float().mean().item()
+    assert top1 == pytest.approx(test_metrics(tiny_vit, synth_splits)["test_top1"])
 
 
 def test_a_cell_held_by_another_process_is_skipped(tmp_path, monkeypatch):

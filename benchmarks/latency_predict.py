@@ -137,7 +137,8 @@ def report(runs: Path, out: str) -> None:
                      f"{r['table_build_s']:.0f} s | {r['table_cells']} | "
                      f"{r['median_abs_error']:.1%} | {r['max_abs_error']:.1%} | "
                      f"{r['dense_error']:+.1%} |")
-    lines += ["", "Target: median at most 5%, worst at most 10%.", ""]
+    lines += ["", "Target: median at most 5%, worst at most 10%. How to read these figures, and "
+              "what they do not show: docs/latency_reading.md.", ""]
     for r in results:
         lines += [f"## {r['case']}", "", "| plan | measured ms | predicted ms | error |",
                   "|---|---|---|---|"]

@@ -14,7 +14,9 @@ In every block, between attention and MLP, ToMe merges ``r`` pairs of patch toke
 
 ``r`` may differ per block (:func:`apply_tome` takes one per block). The model keeps its
 submodules and state_dict keys, so it fine-tunes as it is (the paper's "trained with ToMe"
-setting) or runs training-free on a model trained dense.
+setting) or runs training-free on a model trained dense. Each ToMe block declares the tokens it
+keeps as a token stage without fused token, so vitprune's shape, cost, fine-tuning and
+evaluation take the model as it is.
 
 Its cost is vitprune's cost of the same token counts (``n - r`` tokens leave each block:
 :func:`tome_shape`); the matching's own products (``(n/2)^2 * head_dim`` per block) are left out,
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitprune.cost import VitShape, macs
+from vitprune.plan import TokenStage
 
 
 def bipartite_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor,
@@ -94,11 +97,14 @@ class ToMeBlock(nn.Module):
     PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
     def __init__(self, block: nn.Module, r: int, num_prefix: int, state: dict,
-                 first: bool) -> None:
+                 first: bool, stage: TokenStage) -> None:
         super().__init__()
         for name in self.PARTS:
             setattr(self, name, getattr(block, name))
         self.r, self.num_prefix, self.state, self.first = r, num_prefix, state, first
+        # what vitprune's shape reads: the block keeps n - r of its n patch tokens (no fused
+        # token), so vit_shape, the cost model, fine-tuning and evaluation see ToMe's counts
+        self.token_stage = stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.first:
@@ -126,8 +132,12 @@ def apply_tome(model: nn.Module, r: int | Sequence[int]) -> nn.Module:
     if len(rs) != depth or any(v < 0 for v in rs):
         raise ValueError(f"r must be one count >= 0 or one per block ({depth}), got {r!r}")
     state: dict = {"size": None}
+    n = new.patch_embed.num_patches
     for i, blk in enumerate(new.blocks):
-        new.blocks[i] = ToMeBlock(blk, rs[i], new.num_prefix_tokens, state, first=i == 0)
+        r_i = min(rs[i], n // 2)
+        stage = TokenStage(i, (n - r_i) / n, fuse=False)
+        new.blocks[i] = ToMeBlock(blk, r_i, new.num_prefix_tokens, state, i == 0, stage)
+        n -= r_i
     return new
 
 

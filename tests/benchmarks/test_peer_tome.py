@@ -79,3 +79,23 @@ def test_the_constant_r_meeting_a_budget_is_the_smallest():
     depth = len(shape.blocks)
     assert macs(tome_shape(shape, [r] * depth)).total <= 0.6 * macs(shape).total
     assert macs(tome_shape(shape, [r - 1] * depth)).total > 0.6 * macs(shape).total
+
+
+def test_a_tome_model_is_costed_and_fine_tuned_by_vitprunes_own_code(synth_splits, tmp_path):
+    from dataclasses import replace
+
+    from vitprune.pipeline import finetune, test_metrics
+    from vitprune.train import FINETUNE
+
+    torch.manual_seed(0)
+    dense = build_model("fmnist_vit_tiny").eval()
+    tome = apply_tome(dense, 4)
+    assert [n for _, n in token_counts(vit_shape(tome))] == [
+        n for _, n in token_counts(tome_shape(vit_shape(dense), [4] * 4))]
+    before = {k: v.clone() for k, v in tome.state_dict().items()}
+    finetune(tome, dense, synth_splits, replace(FINETUNE, epochs=1, max_steps_per_epoch=2),
+             tmp_path / "ft", progress=False)
+    assert any(not torch.equal(before[k], v) for k, v in tome.state_dict().items())
+    got = test_metrics(tome, synth_splits)
+    assert got["macs"] == macs(tome_shape(vit_shape(dense), [4] * 4)).total < macs(
+        vit_shape(dense)).total

@@ -10,7 +10,10 @@ fine-tuning recipe (distillation from the dense model), test top-1. The methods:
 2. criterion: HSIC (ours) vs weight magnitude, first-order Taylor, random scores, same search;
 3. search: GP-EI (ours) vs random search vs uniform ratios, same HSIC ranking;
 4. peer: Torch-Pruning's ViT recipe (benchmarks/peer_torch_pruning.py) bisected to the budget;
-5. reference: the dense model given exactly the same fine-tuning (self-distillation from its own
+5. token merging: ToMe (benchmarks/peer_tome.py; r per block, one more in the first blocks than
+   in the rest, landing just under the budget), training-free on the dense model and fine-tuned
+   with the same recipe;
+6. reference: the dense model given exactly the same fine-tuning (self-distillation from its own
    copy, same epochs, recipe and seeds), so every change is measured against equal training.
 
 Every finished cell keeps its per-image test predictions (``test_pred.npy``, one byte per image)
@@ -93,6 +96,8 @@ METHODS = (
     Method("uniform", "search", search="uniform"),
     Method("torch-pruning", "peer", criterion="torch-pruning", search="torch-pruning",
            dims=("heads", "neurons")),
+    Method("tome, training-free", "peer", criterion="none", search="tome", dims=("tokens",)),
+    Method("tome, fine-tuned", "peer", criterion="none", search="tome-ft", dims=("tokens",)),
     Method("dense, same fine-tuning", "reference", criterion="none", search="dense", dims=()),
 )
 
@@ -107,7 +112,8 @@ def cells(args) -> list[tuple[Method, float, int]]:
     return [(m, b, s) for s in args.seeds for extra in (False, True) for b in args.budgets
             for m in picked if m.extra == extra
             and not (m.search == "uniform" and s != args.seeds[0])  # uniform has no randomness
-            and not (m.search == "dense" and b != args.budgets[0])]  # no budget: once a seed
+            and not (m.search == "dense" and b != args.budgets[0])  # no budget: once a seed
+            and not (m.search == "tome" and s != args.seeds[0])]  # training-free: no seed
 
 
 class Runner:
@@ -176,6 +182,8 @@ class Runner:
                 self._run(m, budget, seed, cell)
 
     def _run(self, m: Method, budget: float, seed: int, cell: Path) -> None:
+        if m.search.startswith("tome"):
+            return self._run_tome(m, budget, seed, cell)
         try:
             if m.search not in ("torch-pruning", "dense"):
                 check_budget(self.dense, budget, self.settings(m))
@@ -202,6 +210,28 @@ class Runner:
                   "test_top1": after["test_top1"],
                   "finetune_seconds": round(sum(h.seconds for h in history), 1),
                   "finetune_wall_this_run": round(wall, 1),
+                  "calib_top1_per_epoch": [h.calib_top1 for h in history]}
+        fsutil.write_json(cell / "result.json", result)
+        print(json.dumps(result), flush=True)
+
+    def _run_tome(self, m: Method, budget: float, seed: int, cell: Path) -> None:
+        """ToMe at the budget: training-free, or fine-tuned like every other method. Its model
+        is not saved (vitprune's format holds plans, not merges): its result and per-image
+        predictions are."""
+        from peer_tome import apply_tome, r_schedule
+
+        r = r_schedule(vit_shape(self.dense), budget)
+        student = apply_tome(self.dense, r).eval()
+        before = test_metrics(student, self.splits)["test_top1"]
+        history = []
+        if m.search == "tome-ft":
+            history = finetune(student, self.dense, self.splits, replace(self.recipe, seed=seed),
+                               cell / "finetune", resume=True, progress=False)
+        after, dense = test_metrics(student, self.splits), test_metrics(self.dense, self.splits)
+        np.save(cell / "test_pred.npy", test_predictions(student, self.splits))
+        result = {**self.key(m, budget, seed), "r": r, "macs": after["macs"],
+                  "macs_kept": after["macs"] / dense["macs"], "params": after["params"],
+                  "test_top1_before": before, "test_top1": after["test_top1"],
                   "calib_top1_per_epoch": [h.calib_top1 for h in history]}
         fsutil.write_json(cell / "result.json", result)
         print(json.dumps(result), flush=True)
@@ -257,7 +287,8 @@ def measure(args, dense, rows) -> dict:
     for budget in sorted({r["budget"] for r in rows}):
         models = {"dense": dense}
         for r in rows:
-            if r["budget"] == budget and r["seed"] == min(x["seed"] for x in rows) and "macs" in r:
+            if (r["budget"] == budget and r["seed"] == min(x["seed"] for x in rows)
+                    and "macs" in r and not r["method"].startswith("tome")):  # ToMe: no model dir
                 models[r["method"]] = load(args.runs / slug(r["method"]) / f"b{budget}" /
                                            f"s{r['seed']}" / "model")
         out[str(budget)] = {f"b{b}": {k: v["latency_ms"] for k, v in compare(

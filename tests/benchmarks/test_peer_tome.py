@@ -13,6 +13,7 @@ from peer_tome import (  # noqa: E402
     bipartite_merge,
     proportional_attention,
     r_for_budget,
+    r_schedule,
     tome_shape,
 )
 
@@ -99,3 +100,13 @@ def test_a_tome_model_is_costed_and_fine_tuned_by_vitprunes_own_code(synth_split
     got = test_metrics(tome, synth_splits)
     assert got["macs"] == macs(tome_shape(vit_shape(dense), [4] * 4)).total < macs(
         vit_shape(dense)).total
+
+
+def test_the_per_block_schedule_lands_just_under_the_budget():
+    shape = vit_shape(build_model("fmnist_vit_d12"))
+    dense = macs(shape).total
+    for budget in (0.6, 0.45):
+        rs = r_schedule(shape, budget)
+        kept = macs(tome_shape(shape, rs)).total / dense
+        assert budget - 0.02 <= kept <= budget, (budget, rs, kept)
+        assert rs == sorted(rs, reverse=True) and max(rs) - min(rs) <= 1

@@ -24,8 +24,9 @@ def test_cells_run_the_issues_methods_first_and_uniform_once(tmp_path):
     names = [(m.name, b, s) for m, b, s in order]
     n_methods = len(results.METHODS)
     n_extra = sum(m.extra for m in results.METHODS)
-    # uniform has no second seed; the dense reference runs once a seed, at no budget
-    assert len(names) == 2 * 2 * n_methods - 2 - 2
+    # uniform and training-free ToMe have no second seed; the dense reference runs once a
+    # seed, at no budget
+    assert len(names) == 2 * 2 * n_methods - 2 - 2 - 2
     seed0 = names[:2 * n_methods - 1]  # every method at both budgets, the reference at one
     assert {s for *_, s in seed0} == {0}
     extras = {m.name for m in results.METHODS if m.extra}

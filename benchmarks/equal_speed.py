@@ -1,0 +1,69 @@
+"""Comparisons at equal measured speed, the way a user chooses: every method's model matched to
+the same measured CPU speed-up over the dense model.
+
+vitprune reaches a speed through its latency budget; a peer (Torch-Pruning's ratio, ToMe's r,
+uniform ratios) through its own knob. :func:`match_speedup` steps the knob by bisection to the
+least-pruned model that is at least as fast as the target, each candidate timed in turn with the
+dense model in one process (:func:`speedup`), so drifts in the machine's load hit both alike.
+
+    from equal_speed import match_speedup, speedup
+    target = speedup(dense, vitprune_model, batch=64)
+    knob, got, model = match_speedup(lambda r: tp_model(r), dense, target, batch=64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vitprune.adapters import input_shape
+from vitprune.speed import compare
+
+Measure = Callable[[torch.nn.Module, torch.nn.Module], float]
+
+
+def speedup(dense: torch.nn.Module, model: torch.nn.Module, *, batch: int, rounds: int = 7,
+            reps: int = 3) -> float:
+    """Measured speed-up of ``model`` over ``dense`` (dense ms / model ms, medians over rounds
+    of both timed in turn) at ``batch``."""
+    got = compare({"dense": dense, "model": model}, input_shape(dense), batch, rounds=rounds,
+                  reps=reps)
+    return got["dense"]["latency_ms"] / got["model"]["latency_ms"]
+
+
+def match_speedup(build: Callable[[float], torch.nn.Module], dense: torch.nn.Module,
+                  target: float, *, batch: int, lo: float = 0.0, hi: float = 0.9,
+                  iters: int = 7, measure: Measure | None = None
+                  ) -> tuple[float, float, torch.nn.Module]:
+    """The smallest knob value in [lo, hi] whose model reaches ``target`` speed-up.
+
+    Args:
+        build: knob value -> model (more pruning as the value grows).
+        target: speed-up over ``dense`` to reach (e.g. vitprune's model's measured one).
+        measure: (dense, model) -> speed-up; default :func:`speedup` at ``batch``.
+
+    Returns:
+        (knob value, its measured speed-up, its model).
+
+    Raises:
+        ValueError: even ``hi`` does not reach the target.
+    """
+    measure = measure or (lambda d, m: speedup(d, m, batch=batch))
+    seen: dict[float, tuple[float, torch.nn.Module]] = {}
+
+    def at(x: float) -> tuple[float, torch.nn.Module]:
+        if x not in seen:
+            model = build(x)
+            seen[x] = measure(dense, model), model
+        return seen[x]
+
+    if at(hi)[0] < target:
+        raise ValueError(f"the knob's largest value {hi} reaches a {at(hi)[0]:.2f}x speed-up, "
+                         f"below the target {target:.2f}x")
+    if at(lo)[0] >= target:
+        return lo, *at(lo)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if at(mid)[0] < target else (lo, mid)
+    return hi, *at(hi)

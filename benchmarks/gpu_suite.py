@@ -15,6 +15,8 @@ skipped by a re-run that finds it there; ``OUT.md`` is regenerated from the JSON
   neurons and tokens cut alike) and, for DeiT-S, a plan at 60% of the table's predicted time;
   batch 1, 64 and 256, weights in bf16, eager, timed in interleaved rounds, with the ideal
   1 / (MACs fraction) beside each speed-up.
+- ``families``: Swin-T and EVA-02-S against their uniform plans at the same MACs budgets (Swin:
+  heads and neurons, no token stages; EVA: tokens too), the same batches, bf16, eager.
 - ``compile-s``, ``compile-b``: the same under ``torch.compile(fullgraph=True)`` (one part per
   model: compiling takes most of the time); resumable cell by cell.
 - ``compress``, ``torchrun``: ``vitprune compress`` of DeiT-S at 224 end to end on a generated
@@ -64,7 +66,7 @@ from vitprune.search.space import Ratios, ratios_to_plan, solve_uniform  # noqa:
 from vitprune.speed import Timer, compare  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 
-PARTS = ("table", "speed", "compile-s", "compile-b", "compress", "torchrun")
+PARTS = ("table", "speed", "families", "compile-s", "compile-b", "compress", "torchrun")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Settings:
     compile_backend: str
     compress_args: tuple[str, ...]
     folder_per_class: int  # 0: no image folder (synthetic data)
+    # the other families' models (name, constructor arguments) for the families part
+    families: tuple[tuple[str, dict], ...] = ()
 
 
 GPU = Settings(
@@ -98,7 +102,8 @@ GPU = Settings(
                    "--calib-size", "1000", "--calib-images", "1000", "--trials", "24",
                    "--init", "10", "--epochs", "1", "--max-steps-per-epoch", "300",
                    "--batch-size", "128", "--bench-batches", "1", "64"),
-    folder_per_class=500)
+    folder_per_class=500,
+    families=(("swin_tiny_patch4_window7_224", {}), ("eva02_small_patch14_224", {})))
 SMOKE = Settings(
     device="cpu", models=("fmnist_vit_tiny", "fmnist_vit_tiny"), batches=(1, 4),
     dtype="bfloat16", fractions=(0.6,), latency_fraction=0.6, table_batch=4, table_plans=3,
@@ -107,7 +112,13 @@ SMOKE = Settings(
                    "--budget", "0.6", "--score-images", "32", "--calib-images", "32",
                    "--trials", "3", "--init", "2", "--epochs", "1", "--max-steps-per-epoch",
                    "2", "--bench-batches", "2", "--threads", "1"),
-    folder_per_class=0)
+    folder_per_class=0,
+    families=(("swin_tiny_patch4_window7_224",
+               dict(img_size=28, patch_size=2, in_chans=1, embed_dim=16, depths=(2, 2),
+                    num_heads=(2, 2), window_size=7, num_classes=10)),
+              ("eva02_tiny_patch14_224",
+               dict(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                    num_classes=10, ref_feat_shape=(7, 7)))))
 
 
 def _dtype(s: Settings) -> torch.dtype:
@@ -200,6 +211,29 @@ def part_speed(s: Settings, work: Path, done: dict) -> dict:
             rows += _rows(model, plans, res, b, "eager")
         out[name] = rows
         _MODELS.pop(name)  # keep GPU memory for the next model
+    return out
+
+
+def part_families(s: Settings, work: Path, done: dict) -> dict:
+    """Swin-T and EVA-02-S against their uniform plans at the MACs budgets (Swin: heads and
+    neurons; EVA: tokens too), eager, every batch, interleaved per (model, batch)."""
+    out = {}
+    for name, kwargs in s.families:
+        torch.manual_seed(0)
+        model = build_model(name, **kwargs).eval()
+        shape = vit_shape(model)
+        plans: dict[str, PrunePlan | None] = {"dense": None}
+        for f in s.fractions:
+            plans[f"macs {f:.0%}"] = solve_uniform(shape, f, tokens=not shape.windowed)[1]
+        nets = {k: (model if p is None else prune(model, p)).to(s.device, _dtype(s))
+                for k, p in plans.items()}
+        rows = []
+        for b in s.batches:
+            res = compare(nets, input_shape(model), b, rounds=s.rounds, reps=s.reps,
+                          device=s.device, amp=False, dtype=_dtype(s))
+            rows += _rows(model, plans, res, b, "eager")
+        out[name] = rows
+        del nets, model
     return out
 
 
@@ -317,7 +351,8 @@ def rss_gb(pid: int) -> float:
     return 0.0
 
 
-RUNNERS = {"table": part_table, "speed": part_speed, "compile-s": part_compile(0),
+RUNNERS = {"table": part_table, "speed": part_speed, "families": part_families,
+           "compile-s": part_compile(0),
            "compile-b": part_compile(1), "compress": part_compress(False),
            "torchrun": part_compress(True)}
 
@@ -337,7 +372,8 @@ def report(res: dict) -> str:
                   f"{t['table_build_s']:.0f} s; on {len(t['rows']) - 1} random pruned models the "
                   f"prediction error is {t['median_abs_error']:.1%} median, "
                   f"{t['max_abs_error']:.1%} worst (dense {t['dense_error']:+.1%}).", ""]
-    speed = {k: v for k, v in parts.items() if k == "speed" or k.startswith("compile")}
+    speed = {k: v for k, v in parts.items() if k in ("speed", "families")
+             or k.startswith("compile")}
     for models in speed.values():
         for name, rows in models.items():
             lines += [f"## {name}, {rows[0]['runtime']}" if rows else f"## {name}", "",

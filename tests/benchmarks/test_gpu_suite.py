@@ -30,8 +30,8 @@ def smoke(tmp_path_factory):
 def test_every_part_runs_and_is_recorded(smoke):
     _, res = smoke
     assert res["smoke"] is True
-    assert set(res["parts"]) == {"table", "speed", "compile-s", "compile-b", "compress",
-                                 "torchrun"}
+    assert set(res["parts"]) == {"table", "speed", "families", "compile-s", "compile-b",
+                                 "compress", "torchrun"}
     t = res["parts"]["table"]
     assert len(t["rows"]) == 1 + res["settings"]["table_plans"]
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in t["rows"])
@@ -50,6 +50,11 @@ def test_speed_rows_carry_the_ideal_speedup_of_their_macs(smoke):
                     assert 0.5 < r["macs_fraction"] <= 0.6
                 if r["plan"] == "dense":
                     assert r["speedup"] == 1.0
+    families = res["parts"]["families"]
+    assert set(families) == {"swin_tiny_patch4_window7_224", "eva02_tiny_patch14_224"}
+    for rows in families.values():
+        assert {r["plan"] for r in rows} == {"dense", "macs 60%"}
+        assert all(0.5 < r["macs_fraction"] <= 0.6 for r in rows if r["plan"] != "dense")
 
 
 def test_compress_runs_in_one_process_and_under_torchrun_on_the_asked_device(smoke):

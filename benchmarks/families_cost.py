@@ -142,6 +142,10 @@ WHAT_IS_PRUNED = [
     "stages: kept tokens keep their rotary positions (gathered with them); the fused token is "
     "not rotated | yes | grouped-query attention (fewer key/value heads) is refused; mixed-RoPE "
     "models (a rotary table per block) take no token stages |",
+    "| SAM image encoder (timm `VisionTransformerSAM`) | qkv rows, proj columns (the relative-"
+    "position tables are per head width, shared by the heads) | fc1 rows, fc2 columns | **no**: "
+    "windowed blocks and the neck need the whole grid | yes | patch embedding, absolute "
+    "positions, the convolutional neck and any head (counted whole) |",
     "",
 ]
 

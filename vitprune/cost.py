@@ -16,8 +16,9 @@ entering and ``N_out`` leaving (fewer than ``N_in`` where the block selects toke
 A hierarchical model (Swin) gives each block its own width ``C`` and token grid, and windowed
 attention: its ``N_a`` tokens (the grid padded to whole windows) attend within windows of ``w``
 tokens, so the token-squared term is ``2 * N_a * w * (h*d)`` and the projections
-``4 * N_a * C * (h*d)``; the MLP sees the ``N`` grid tokens. The layers between stages that
-vitprune does not prune (Swin's patch merging) are counted whole (``between_macs``).
+``4 * N_a * C * (h*d)``; the MLP sees the ``N`` grid tokens. Decomposed relative positions
+(SAM) add ``N_a * (h*d) * (wh + ww)``. The layers vitprune does not prune between or after the
+blocks (Swin's patch merging, SAM's neck and head) are counted whole (``between_macs``).
 
 An attention-pooling head (``global_pool='map'``: ``L`` latent queries over the ``N`` tokens
 leaving the last block, MLP width ``M``) adds ``2*L*C*C + 2*N*C*C + 2*L*N*C + 2*L*C*M``.
@@ -57,6 +58,9 @@ class BlockShape:
     width: int | None = field(default=None, repr=False)
     grid: tuple[int, int] | None = field(default=None, repr=False)
     window: tuple[int, int] | None = field(default=None, repr=False)
+    # decomposed relative positions (SAM): each query's products with the (h + w) position
+    # vectors of its window (or grid)
+    rel_pos: bool = field(default=False, repr=False)
 
     def window_tokens(self) -> tuple[int, int] | None:
         """(tokens attention runs on: the grid padded to whole windows, tokens per window);
@@ -192,6 +196,9 @@ def batch_macs(shape: VitShape, heads: np.ndarray, neurons: np.ndarray, n_in: np
         is_win = np.array([w is not None for w in wins])
         n_attn, span = np.where(is_win, padded, n_in), np.where(is_win, area, n_in)
     attn = 4 * n_attn * width * a + 2 * n_attn * span * a
+    rel = np.array([sum(b.window or b.grid) if b.rel_pos else 0 for b in shape.blocks],
+                   dtype=np.int64)
+    attn = attn + n_attn * a * rel
     mlp = np.array([b.mlp_matrices for b in shape.blocks], dtype=np.int64) * n_out * width * neurons
     c_out = int(width[-1]) if shape.blocks else C  # the classifier reads the last width
     pool = np.zeros(len(heads), dtype=np.int64)

@@ -314,7 +314,7 @@ def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
     span, fixed, dims = (0.0, settings.max_ratio), (0.0, 0.0), settings.dims
     if shape.windowed:  # Swin: no token stages; none is its default
         if settings.token_blocks or dims == ("tokens",):
-            raise SearchError("token stages do not apply to windowed attention (Swin): its "
+            raise SearchError("token stages do not apply to windowed attention (Swin, SAM): its "
                               "windows need the whole token grid; give --token-blocks no value "
                               "(the default for this model) and search heads and neurons")
         dims = tuple(d for d in dims if d != "tokens")

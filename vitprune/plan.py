@@ -191,8 +191,8 @@ class PrunePlan:
             _check_range(bp.neurons, bs.mlp_hidden, f"block {i} neuron", "MLP neurons")
         if self.tokens and shape.windowed:
             raise PlanError(
-                "token stages do not apply to windowed attention (Swin): its windows need the "
-                "whole token grid; prune heads, neurons and depth (search with --dims heads "
+                "token stages do not apply to windowed attention (Swin, SAM's encoder): its "
+                "windows need the whole token grid; prune heads, neurons and depth (search with --dims heads "
                 "neurons, or --token-blocks with no value)")
         for t in self.tokens:
             if t.block >= len(shape.blocks):

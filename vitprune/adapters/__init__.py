@@ -26,6 +26,7 @@ from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, ti
 from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
 from .timm_eva import EvaAdapter
+from .timm_sam import SamAdapter
 from .timm_swin import SwinAdapter
 from .timm_vit import SMALL_CONFIGS, TimmViTAdapter
 
@@ -43,6 +44,7 @@ register(T2TAdapter())
 register(HFAdapter())
 register(EvaAdapter())
 register(SwinAdapter())
+register(SamAdapter())
 
 
 def families() -> tuple[Adapter, ...]:

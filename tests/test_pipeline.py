@@ -218,3 +218,35 @@ def test_api_and_cli_feed_an_image_folder_the_same_tensors(tmp_path, monkeypatch
     assert api.data_config["mean"] == [0.5, 0.5, 0.5] == cli.data_config["mean"]
     assert x_api.shape[1:] == (3, 32, 32) and torch.equal(x_api, x_cli)
     assert api.train.indices == cli.train.indices  # the same carve (split seed 5)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    # a DINOv2-style backbone without a classifier: its pooled embedding
+    ("vit_small_patch14_dinov2", dict(img_size=28, patch_size=7, in_chans=1, depth=3,
+                                      embed_dim=32, num_heads=4, num_classes=0, init_values=1.0)),
+    # SAM's encoder: the neck's per-token feature map
+    ("samvit_base_patch16", dict(img_size=28, patch_size=7, in_chans=1, depth=2, embed_dim=32,
+                                 num_heads=4, window_size=2, global_attn_indexes=(1,),
+                                 neck_chans=16, num_classes=0)),
+])
+def test_the_feature_objective_ranks_a_plan_that_prunes_more_below_one_that_prunes_less(
+        synth_splits, name, kwargs):
+    """100 x the mean cosine similarity of the features to the dense model's: 100 for the
+    dense plan, lower the more is pruned; no labels are read."""
+    from vitprune.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    batches = [(x, torch.full_like(y, -1)) for x, y in calibration_batches(synth_splits, 64)]
+    objective = MaskedAccuracy(model, batches, objective="features")
+    shape = vit_shape(model)
+    depth = len(shape.blocks)
+    values = [objective(ratios_to_plan(shape, Ratios.uniform(depth, r, r), token_blocks=()))
+              for r in (0.0, 0.25, 0.6)]
+    objective.close()
+    assert values[0] == pytest.approx(100.0, abs=1e-3)
+    assert 100.0 > values[1] > values[2]
+    with torch.no_grad():  # the model is restored
+        x = batches[0][0]
+        feats = objective.run(x)
+        assert feats.shape[0] == len(x) and feats.shape[-1] in (32, 16)

@@ -162,7 +162,9 @@ class SearchSettings:
         "help": "0-indexed blocks with a token-selection stage (default: spread over the "
                 "depth, e.g. 3 6 9 of 12; give none to prune no tokens)", "metavar": "B"})
     objective: str = field(default="top1", metadata={
-        "help": "masked calibration top-1, or minus the KL divergence from the dense model",
+        "help": "masked calibration top-1, minus the KL divergence from the dense model, or "
+                "the fidelity of the output features to the dense model's (100 x mean cosine "
+                "similarity: backbones without a classifier)",
         "choices": OBJECTIVES})
     budget_metric: str = field(default="macs", metadata={
         "help": "what the budget bounds: MACs, or the time a latency table predicts (needs "

@@ -237,7 +237,9 @@ def score(model: torch.nn.Module, splits: Splits, criterion: str = "hsic", *,
 class MaskedAccuracy:
     """The search objective: top-1 (%) of the dense weights under a plan, on calibration batches,
     or with ``objective="kl"`` minus the mean KL divergence from the dense model's predictions
-    (higher is better either way; KL is smoother than top-1 on a few thousand images).
+    (KL is smoother than top-1 on a few thousand images), or with ``objective="features"`` 100
+    times the mean cosine similarity of the output features to the dense model's (per image,
+    averaged over tokens for per-token features; no labels needed). Higher is better.
 
     Applies plans as masks in place (fast to change between evaluations); :meth:`close`
     restores the model.
@@ -256,9 +258,12 @@ class MaskedAccuracy:
         self.objective = objective
         self.device = device_of(model)  # the batches were put there by calibration_batches
         self.dense = None
-        if objective == "kl":  # the dense model's log-probabilities, computed once
+        adapter = adapter_for(model)
+        self.run = ((lambda x: adapter.features(model, x)) if objective == "features"
+                    else self.model)
+        if objective != "top1":  # the dense model's log-probabilities or features, once
             with torch.inference_mode(), autocast(self.device):
-                self.dense = [self.model(x).float().log_softmax(-1) for x, _ in batches]
+                self.dense = [self._target(self.run(x)) for x, _ in batches]
         self.masker = Masker(model)
 
     def _counts(self, plan: PrunePlan) -> list[float]:
@@ -270,20 +275,26 @@ class MaskedAccuracy:
         with torch.inference_mode(), autocast(self.device):
             sums = torch.zeros(2, dtype=torch.float64, device=self.device)
             for i, (x, y) in enumerate(self.batches):
-                logits = self.model(x)
-                if self.dense is None:
-                    sums[0] += (logits.argmax(-1) == y).sum()
-                else:
-                    sums[0] -= F.kl_div(logits.float().log_softmax(-1), self.dense[i],
-                                        reduction="sum", log_target=True)
-                sums[1] += y.numel()
+                out = self.run(x)
+                if self.objective == "top1":
+                    sums[0] += (out.argmax(-1) == y).sum()
+                elif self.objective == "kl":
+                    sums[0] -= F.kl_div(self._target(out), self.dense[i], reduction="sum",
+                                        log_target=True)
+                else:  # cosine per image (per token, averaged, for per-token features)
+                    cos = F.cosine_similarity(out.float(), self.dense[i], dim=-1)
+                    sums[0] += cos.reshape(len(x), -1).mean(dim=1).sum()
+                sums[1] += len(x)
         return dist.all_sum(sums).tolist()
+
+    def _target(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float().log_softmax(-1) if self.objective == "kl" else out.float()
 
     def __call__(self, plan: PrunePlan, ratios: Ratios | None = None) -> float:
         if dist.active():
             dist.broadcast(plan.to_dict())
         good, total = self._counts(plan)
-        return (100.0 if self.objective == "top1" else 1.0) * good / total
+        return (1.0 if self.objective == "kl" else 100.0) * good / total
 
     def serve(self) -> None:
         """On ranks other than 0: evaluate the plans rank 0 sends until it sends ``None``."""

@@ -200,6 +200,21 @@ class Adapter(ABC):
         Hugging Face model returns an output object). Used to run, train, time and export."""
         return model
 
+    def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The model's output features for ``images``: (B, D) pooled embeddings or (B, N, D)
+        per-token features, what a backbone hands on (the search's feature objective compares
+        them with the dense model's). By default timm's pooled pre-logits features
+        (``forward_head(forward_features(x), pre_logits=True)``: DINOv2's, CLIP's and SigLIP's
+        embeddings, a classifier's input).
+
+        Raises:
+            ModelError: the family does not expose features.
+        """
+        if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+            raise ModelError(f"the {self.family} family does not expose output features; use "
+                             "the top1 or kl objective")
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
     def data_config(self, model: nn.Module) -> dict | None:
         """How images must be prepared (mean, std, interpolation, crop_pct, crop_mode,
         input_size), JSON-ready; None: the model does not say. A config attached by

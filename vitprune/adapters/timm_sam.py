@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from timm.layers import Mlp
 from timm.models.vision_transformer_sam import Attention, Block, VisionTransformerSAM
 from torch import nn
@@ -71,6 +72,10 @@ class SamAdapter(TimmBlocks):
             raise ModelError("this block's attention or MLP was dropped: score, mask and prune "
                              "the dense model")
         return BlockParts((block.attn.qkv,), block.attn.proj, (block.mlp.fc1,), block.mlp.fc2)
+
+    def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The neck's feature map, per token: (B, H * W, C) (what SAM's mask decoder reads)."""
+        return model.forward_features(images).flatten(2).transpose(1, 2)
 
     def set_heads(self, block: nn.Module, heads: int) -> None:
         block.attn.num_heads = heads  # its forward splits and merges heads with -1

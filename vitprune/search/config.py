@@ -11,7 +11,7 @@ from ..errors import SearchError, require, settings_of  # noqa: F401  (SearchErr
 METHODS = ("gp-ei", "random", "uniform")
 DIMS = ("heads", "neurons", "tokens")  # the dimensions a plan can prune
 # what a search maximises: masked calibration top-1, or minus the KL divergence from the dense model
-OBJECTIVES = ("top1", "kl")
+OBJECTIVES = ("top1", "kl", "features")
 Method = Literal["gp-ei", "random", "uniform"]
 
 

@@ -200,3 +200,32 @@ def test_pruned_model_with_token_stage_is_scored_per_its_own_shape(name, tiny_vi
     check_scores(scores, shape)
     assert [len(s.heads) for s in scores] == [2, 1, 3, 4]
     assert [len(s.neurons) for s in scores] == [10, 32, 40, 64]
+
+
+def test_hsic_scores_a_backbone_without_classifier_against_its_features(synth_splits):
+    """num_classes=0 (a DINOv2-style encoder): no prediction to depend on, so HSIC's target is
+    the dense model's output features; for a classifier, target='features' asks for the same."""
+    from vitprune.adapters import adapter_for
+    from vitprune.data import make_loader
+    from vitprune.models import build_model
+    from vitprune.scoring.collect import collect
+
+    torch.manual_seed(0)
+    backbone = build_model("vit_small_patch14_dinov2", img_size=28, patch_size=7, in_chans=1,
+                           depth=2, embed_dim=32, num_heads=4, num_classes=0,
+                           init_values=1.0).eval()
+    loader = make_loader(synth_splits.calib, 32)
+    shape = vit_shape(backbone)
+    got = collect(backbone, loader, shape, max_images=64, output="features")
+    x = torch.cat([b[0] for b in loader])[:64]
+    with torch.no_grad():
+        want = adapter_for(backbone).features(backbone, x).flatten(1)
+    assert torch.allclose(got.probs, want, atol=1e-5)  # the target holds the features
+    scores = get_criterion("hsic", max_images=64)(backbone, loader)
+    assert [len(s.heads) for s in scores] == [4, 4]
+    assert all(torch.isfinite(torch.as_tensor(s.heads)).all() for s in scores)
+    classifier = build_model("fmnist_vit_tiny").eval()
+    soft = get_criterion("hsic", max_images=64)(classifier, loader)
+    feat = get_criterion("hsic", max_images=64, target="features")(classifier, loader)
+    assert any(not torch.allclose(torch.as_tensor(a.heads), torch.as_tensor(b.heads))
+               for a, b in zip(soft, feat))

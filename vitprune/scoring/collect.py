@@ -61,7 +61,8 @@ class Collected:
     Attributes:
         n: images seen.
         features: block index -> :class:`BlockFeatures`, for the blocks asked for.
-        probs: (n, classes) float32 dense softmax predictions (None when the pass stopped early).
+        probs: (n, classes) float32 dense softmax predictions, or with ``output="features"``
+            the (n, D) flattened output features (None when the pass stopped early).
         labels: (n,) int64 labels (None when the loader yields no labels or the pass stopped early).
         head_abs: per block, (H,) mean |head output| over images, tokens and the head's channels.
         neuron_abs: per block, (D,) mean |activation| over images and tokens.
@@ -213,7 +214,7 @@ class _Recorder:
 def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequence[int] = (),
             max_images: int = SCORE_IMAGES, feature_dtype: torch.dtype = torch.float16,
             amp: bool | None = None,
-            statistics: bool = True) -> Collected:
+            statistics: bool = True, output: str = "softmax") -> Collected:
     """One pass over ``loader``: features of ``blocks`` and, with ``statistics``, predictions,
     labels and mean |activation| of every block.
 
@@ -236,6 +237,11 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
         DataError: the loader yields no images or malformed batches.
     """
     parts, run = _parts(model), logits_module(model)  # once, not per batch
+    if output == "features":
+        adapter = adapter_for(model)
+        run = lambda images: adapter.features(model, images).flatten(1)  # noqa: E731
+    elif output != "softmax":
+        raise ScoringError(f"output must be softmax or features, got {output!r}")
     blocks = tuple(sorted(set(blocks)))
     if not statistics and not blocks:
         raise ScoringError("collect() with statistics=False needs at least one block to record")
@@ -257,7 +263,8 @@ def collect(model: nn.Module, loader: Iterable, shape: VitShape, *, blocks: Sequ
                 except _StopForward:
                     logits = None
                 if logits is not None:
-                    probs.append(logits.float().softmax(dim=-1))
+                    probs.append(logits.float() if output == "features"
+                                 else logits.float().softmax(dim=-1))
                     labels.append(y)
                 fingerprint += _checksum(images, n)
                 n += images.shape[0]

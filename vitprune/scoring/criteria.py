@@ -172,8 +172,11 @@ class HSICCriterion(Criterion):
             HSIC scales with each component's kernel spread, so heads of one block would be
             compared by how spread their outputs are, and the 0.1 redundancy weight would mean
             something different in every block; normalised values are in [0, 1] everywhere.
-        target: ``"softmax"`` (the dense model's prediction, the authors' choice) or
-            ``"labels"`` (one-hot); a linear kernel either way.
+        target: ``"softmax"`` (the dense model's prediction, the authors' choice),
+            ``"labels"`` (one-hot) or ``"features"`` (the dense model's output features: a
+            backbone's embedding); a linear kernel in each case. A model without a classifier
+            (``num_classes=0``) is scored against its features whatever this says: it has no
+            prediction.
         redundancy_weight: weight of the mean head-head HSIC subtracted from head relevance.
         hsic_weight: weight of minmax(HSIC) in a neuron's score; the rest goes to
             minmax(mean |activation|).
@@ -210,8 +213,9 @@ class HSICCriterion(Criterion):
     amp: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.target not in ("softmax", "labels"):
-            raise ScoringError(f"HSIC target must be 'softmax' or 'labels', got '{self.target}'")
+        if self.target not in ("softmax", "labels", "features"):
+            raise ScoringError("HSIC target must be 'softmax', 'labels' or 'features', got "
+                               f"'{self.target}'")
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ScoringError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}")
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
@@ -224,9 +228,11 @@ class HSICCriterion(Criterion):
         groups = feature_groups(shape, self.max_images, dtype, self.max_feature_bytes)
         # the arithmetic is never autocast (even when a caller runs this under autocast): only
         # collect's forward is, as self.amp says
+        features = self.target == "features" or shape.num_classes == 0
         with _no_autocast(model):
             first = collect(model, loader, shape, blocks=groups[0], max_images=self.max_images,
-                            feature_dtype=dtype, statistics=True, amp=self.amp)
+                            feature_dtype=dtype, statistics=True, amp=self.amp,
+                            output="features" if features else "softmax")
             target = self.target_gram(first, shape.num_classes)
             scores: list[BlockScores] = []
             for g, group in enumerate(groups):
@@ -242,14 +248,15 @@ class HSICCriterion(Criterion):
         return scores
 
     def target_gram(self, got: Collected, num_classes: int) -> torch.Tensor:
-        """(n, n) float64 linear Gram matrix of the softmax predictions or one-hot labels.
+        """(n, n) float64 linear Gram matrix of the softmax predictions, the output features or
+        one-hot labels.
 
         Built from mean-centred targets (HSIC is the same): a random or uncertain model's
         softmax is nearly uniform, and the Gram of the raw probabilities would be a constant
         matrix whose centring leaves nothing but rounding error.
         """
-        if self.target == "softmax":
-            y = got.probs.double()
+        if self.target in ("softmax", "features") or num_classes == 0:
+            y = got.probs.double()  # what collect gathered: predictions or features
         elif got.labels is None:
             raise ScoringError("target='labels' needs a loader that yields (images, labels)")
         else:

@@ -299,3 +299,17 @@ def test_read_state_reads_the_manifest_without_taking_the_lock(tmp_path):
     (tmp_path / "r" / "run.json").write_text("{")
     with pytest.raises(OutputError):
         read_state(tmp_path / "r")
+
+
+def test_a_run_recorded_before_a_nested_setting_existed_resumes_at_its_default(tmp_path):
+    """A training run's config is a nested object: a field added since the run began counts
+    at its default there, key by key; any other difference still refuses."""
+    old = {"model": "m", "config": {"epochs": 3}}
+    RunDir.claim(tmp_path, "train", old).release()
+    new = {"model": "m", "config": {"epochs": 3, "kd_loss": "kl"}}
+    defaults = {"config": {"epochs": 8, "kd_loss": "kl"}}
+    RunDir.claim(tmp_path, "train", new, resume=True, defaults=defaults).release()
+    with pytest.raises(OutputError, match="differs in: config"):
+        RunDir.claim(tmp_path, "train", {"model": "m", "config": {"epochs": 3,
+                                                                  "kd_loss": "cosine"}},
+                     resume=True, defaults=defaults)

@@ -58,7 +58,9 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
     splits = fit_data(net, splits, source=src.name)  # every check before the claim
     check_training(cfg, splits)
     settings = {"model": model_id(src), "data": splits.name, "config": dataclasses.asdict(cfg)}
-    with RunDir.claim(out, "train", settings, inputs=src.inputs(), resume=resume) as run:
+    defaults = {"config": dataclasses.asdict(TrainConfig())}  # fields added since a run began
+    with RunDir.claim(out, "train", settings, inputs=src.inputs(), resume=resume,
+                      defaults=defaults) as run:
         t0 = time.perf_counter()
         history = fit(net, splits, cfg, run.path, resume=resume, device=device, progress=progress)
         wall = time.perf_counter() - t0
@@ -92,7 +94,8 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
     settings = {"student": model_id(student), "teacher": model_id(teacher),
                 "data": splits.name, "config": dataclasses.asdict(cfg)}
     with RunDir.claim(out, "finetune", settings, inputs=[student, *teacher.inputs()],
-                      resume=resume) as run:
+                      resume=resume, defaults={"config": dataclasses.asdict(TrainConfig())}
+                      ) as run:
         t0 = time.perf_counter()
         history = finetune(net, dense, splits, cfg, run.path, resume=resume, device=device,
                            progress=progress)

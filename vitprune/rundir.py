@@ -281,12 +281,22 @@ def _legacy_compress(out: Path) -> dict | None:
             "done": done, "info": old.get("info", {}), "legacy": LEGACY_COMPRESS}
 
 
+def _with_defaults(recorded: dict, defaults: dict) -> dict:
+    """``recorded`` with the ``defaults`` of settings it does not hold, nested objects merged
+    key by key (a training config recorded before a field was added takes its default)."""
+    out = dict(defaults)
+    for k, v in recorded.items():
+        out[k] = (_with_defaults(v, out[k]) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else v)
+    return out
+
+
 def _check_same(out: Path, record: dict, kind: str, settings: dict, defaults: dict,
                 resume: bool | None) -> None:
     if record.get("kind") != kind:
         raise OutputError(f"{out} holds a vitprune {record.get('kind')} run, not a {kind} run; "
                           "choose another --out. Nothing was changed.")
-    prior = {**defaults, **record.get("settings", {})}
+    prior = _with_defaults(record.get("settings", {}), defaults)
     diff = sorted(k for k in set(prior) | set(settings) if prior.get(k) != settings.get(k))
     if diff:
         raise OutputError(

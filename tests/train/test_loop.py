@@ -277,3 +277,46 @@ def test_deits_randaugment_runs_with_current_pillow():
         random.seed(seed)
         safe(img)  # never raises
     assert 0 < len(failed) < 200  # with the pinned Pillow the rare max-magnitude draws fail
+
+
+def test_feature_distillation_moves_a_backbones_embedding_towards_its_teachers(synth_splits,
+                                                                                tmp_path):
+    """kd_loss='cosine' with kd_alpha=1 on a model without a classifier: the loss is
+    1 - cos(student, teacher) of the embeddings, no label is read, and fine-tuning raises the
+    pruned backbone's feature fidelity."""
+    from vitprune.adapters import vit_shape
+    from vitprune.models import build_model
+    from vitprune.pipeline import MaskedAccuracy, calibration_batches, finetune
+    from vitprune.search import Ratios, ratios_to_plan
+    from vitprune.surgery import prune
+    from vitprune.train.distill import kd_loss
+
+    s, t = torch.randn(4, 8), torch.randn(4, 8)
+    assert kd_loss(s, t, kind="cosine").item() == pytest.approx(
+        (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1)).mean().item())
+    torch.manual_seed(0)
+    dense = build_model("vit_small_patch14_dinov2", img_size=28, patch_size=7, in_chans=1,
+                        depth=2, embed_dim=32, num_heads=4, num_classes=0, init_values=1.0).eval()
+    shape = vit_shape(dense)
+    small = prune(dense, ratios_to_plan(shape, Ratios.uniform(2, 0.5, 0.6), token_blocks=()))
+    batches = [(x, torch.full_like(y, -1)) for x, y in calibration_batches(synth_splits, 64)]
+
+    from vitprune.plan import PrunePlan
+
+    teacher = MaskedAccuracy(dense, batches, objective="features")
+    target = teacher.dense  # the teacher's features on the calibration images
+    teacher.close()
+
+    def fidelity(model):
+        probe = MaskedAccuracy(model, batches, objective="features")
+        probe.dense = target
+        value = probe(PrunePlan.dense(vit_shape(model)))
+        probe.close()
+        return value
+
+    before = fidelity(small)
+    cfg = TrainConfig(epochs=2, lr=2e-3, kd_alpha=1.0, kd_loss="cosine", max_steps_per_epoch=8)
+    finetune(small, dense, synth_splits, cfg, tmp_path / "ft", progress=False)
+    assert fidelity(small) > before
+    with pytest.raises(ConfigError, match="kd_hard"):
+        TrainConfig(kd_alpha=1.0, kd_loss="cosine", kd_hard=True)

@@ -11,12 +11,14 @@ from ..errors import ConfigError, require
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None, *,
             alpha: float = 1.0, temperature: float = 1.0, hard: bool = False,
-            label_smoothing: float = 0.0) -> torch.Tensor:
+            label_smoothing: float = 0.0, kind: str = "kl") -> torch.Tensor:
     """``(1 - alpha) * CE(labels, s) + alpha * D(t, s)``, averaged over the batch.
 
     ``D`` is soft distillation, ``T^2 * KL(softmax(t / T) || softmax(s / T))`` (the ``T^2`` keeps
     gradient scale independent of ``T``), or with ``hard=True`` the cross-entropy against the
-    teacher's arg-max class (DeiT's hard distillation).
+    teacher's arg-max class (DeiT's hard distillation), or with ``kind="cosine"``
+    ``1 - cos(s, t)``: feature distillation of outputs that are embeddings (per token, averaged,
+    for (B, N, D) outputs).
 
     Args:
         student: student logits (B, classes).
@@ -31,7 +33,9 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     require(temperature > 0, "temperature", f"must be > 0, got {temperature!r}")
     teacher = teacher.detach().float()
     student = student.float()
-    if hard:
+    if kind == "cosine":
+        distill = (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    elif hard:
         distill = F.cross_entropy(student, teacher.argmax(-1))
     else:
         t = temperature
@@ -59,13 +63,13 @@ class Distiller:
     """
 
     def __init__(self, teacher: torch.nn.Module, *, alpha: float, temperature: float,
-                 hard: bool = False, label_smoothing: float = 0.0):
+                 hard: bool = False, label_smoothing: float = 0.0, kind: str = "kl"):
         self.teacher = logits_module(teacher).eval()
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.kind = label_smoothing, kind
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = self.teacher(images)
         return kd_loss(logits, t, labels, alpha=self.alpha, temperature=self.temperature,
-                       hard=self.hard, label_smoothing=self.label_smoothing)
+                       hard=self.hard, label_smoothing=self.label_smoothing, kind=self.kind)

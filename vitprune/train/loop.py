@@ -82,6 +82,11 @@ class TrainConfig:
     kd_temperature: float = field(default=1.0, metadata={"help": "distillation temperature T"})
     kd_hard: bool = field(default=False, metadata={
         "help": "hard distillation: cross-entropy against the teacher's arg-max"})
+    kd_loss: str = field(default="kl", metadata={
+        "help": "what the student matches: the teacher's softened predictions (kl), or its "
+                "outputs by cosine similarity (cosine: feature distillation, for backbones "
+                "without a classifier, whose outputs are their embeddings; needs no labels "
+                "with --kd-alpha 1)", "choices": ("kl", "cosine")})
 
     def __post_init__(self):
         require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
@@ -111,6 +116,11 @@ class TrainConfig:
         for name in ("augment", "kd_hard"):
             v = getattr(self, name)
             require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        require(self.kd_loss in ("kl", "cosine"), "kd_loss",
+                f"must be kl or cosine, got {self.kd_loss!r}")
+        require(not (self.kd_hard and self.kd_loss == "cosine"), "kd_hard",
+                "is a kind of kl distillation (the teacher's arg-max); drop it with --kd-loss "
+                "cosine")
         for name in ("mixup", "cutmix"):
             v = getattr(self, name)
             require(is_number(v) and v >= 0, name, f"must be >= 0, got {v!r}")
@@ -384,7 +394,8 @@ def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str
             raise ConfigError("kd_alpha", "> 0 distils from a teacher: pass the teacher model, "
                               "or set kd_alpha to 0")
         return Distiller(teacher.to(device), alpha=cfg.kd_alpha, temperature=cfg.kd_temperature,
-                         hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing)
+                         hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing,
+                         kind=cfg.kd_loss)
     # soft targets (mixed batches) already carry the smoothing
     return lambda logits, y, x: F.cross_entropy(  # noqa: E731
         logits.float(), y, label_smoothing=0.0 if y.ndim == 2 else cfg.label_smoothing)

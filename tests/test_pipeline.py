@@ -250,3 +250,23 @@ def test_the_feature_objective_ranks_a_plan_that_prunes_more_below_one_that_prun
         x = batches[0][0]
         feats = objective.run(x)
         assert feats.shape[0] == len(x) and feats.shape[-1] in (32, 16)
+
+
+def test_a_backbone_without_classifier_searches_on_its_features_by_default(synth_splits,
+                                                                           tmp_path):
+    from vitprune.config import SearchSettings
+    from vitprune.errors import ConfigError
+    from vitprune.models import build_model
+    from vitprune.pipeline import for_model, policy_search
+
+    torch.manual_seed(0)
+    backbone = build_model("vit_small_patch14_dinov2", img_size=28, patch_size=7, in_chans=1,
+                           depth=2, embed_dim=32, num_heads=4, num_classes=0,
+                           init_values=1.0).eval()
+    assert for_model(SearchSettings(), backbone).objective == "features"
+    assert for_model(SearchSettings(), build_model("fmnist_vit_tiny")).objective == "top1"
+    with pytest.raises(ConfigError, match="no classifier"):
+        for_model(SearchSettings(objective="kl"), backbone)
+    res = policy_search(backbone, synth_splits, 0.7, tmp_path / "s", trials=3, init=2,
+                        calib_images=32, progress=False)
+    assert 0 < res.best.value <= 100.0 and res.config.objective == "features"

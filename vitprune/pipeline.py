@@ -22,7 +22,7 @@ from .cost import macs
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
 from .devices import autocast, device_of
-from .errors import DataError, ModelError, PlanError, VitpruneError, require
+from .errors import ConfigError, DataError, ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
@@ -338,6 +338,18 @@ def search_space(model: torch.nn.Module, settings: SearchSettings | None = None,
                        drop=settings.depth)
 
 
+def for_model(settings: SearchSettings, model: torch.nn.Module) -> SearchSettings:
+    """``settings`` as they apply to ``model``: a model without a classifier (``num_classes=0``:
+    a DINOv2, CLIP or SAM encoder) has no prediction, so the top-1 objective becomes the feature
+    objective; the KL objective is refused for it."""
+    if vit_shape(model).num_classes:
+        return settings
+    if settings.objective == "kl":
+        raise ConfigError("objective", "kl compares predictions, and this model has no "
+                          "classifier (num_classes=0); use --objective features")
+    return dataclasses.replace(settings, objective="features")
+
+
 def check_budget(model: torch.nn.Module, budget: Budget | str | float,
                  settings: SearchSettings | None = None, **fields: Any) -> Budget:
     """The budget, parsed; :class:`BudgetError` (with the reachable range) if no plan of the
@@ -386,7 +398,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     Raises:
         ConfigError, BudgetError, ScoringError, OutputError: see the messages.
     """
-    settings = dataclasses.replace(settings or SearchSettings(), **fields)
+    settings = for_model(dataclasses.replace(settings or SearchSettings(), **fields), model)
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
     if scores is None:

@@ -9,6 +9,7 @@ the fastest call kept: the same statistic as the table's cells.
 
     python benchmarks/latency_predict.py run --case fmnist_b64 --out runs/latency
     python benchmarks/latency_predict.py run --case deit_s_b32 --out runs/latency   # minutes
+    python benchmarks/latency_predict.py run --case swin_t_b32 --out runs/latency   # minutes
     python benchmarks/latency_predict.py run --case deit_s_b256_cuda --out runs/latency  # GPU
     python benchmarks/latency_predict.py report runs/latency --out docs/latency
 
@@ -48,6 +49,9 @@ CASES = {
                        repeats=3, token_points=16),
     "deit_s_b256_cuda": dict(model="deit_small_patch16_224", batch=256, device="cuda",
                              rounds=3, repeats=9),
+    # Swin-T: a table with one grid per stage (no token stages); 10 plans keep it to minutes
+    "swin_t_b32": dict(model="swin_tiny_patch4_window7_224", batch=32, device="cpu", rounds=1,
+                       repeats=2, plans=10),
 }
 PLANS = 20
 
@@ -57,7 +61,7 @@ def random_plans(shape, count: int, seed: int = 0) -> list[PrunePlan]:
     each), token stages at a quarter, half and three quarters of the depth keeping 30-100%."""
     rng = np.random.default_rng(seed)
     L = len(shape.blocks)
-    stages = sorted({L // 4, L // 2, 3 * L // 4})
+    stages = [] if shape.windowed else sorted({L // 4, L // 2, 3 * L // 4})
     plans = []
     for _ in range(count):
         blocks = tuple(
@@ -90,7 +94,7 @@ def run(case: str, out: Path, threads: int) -> dict:
                             repeats=cfg["repeats"], token_points=cfg.get("token_points"))
         fsutil.write_json(d / "table.json", table.to_dict())
         print(f"{case}: table built in {time.perf_counter() - t0:.0f} s")
-    plans = random_plans(shape, PLANS)
+    plans = random_plans(shape, cfg.get("plans", PLANS))
     nets = [model] + [prune(model, p) for p in plans]
     timer = Timer(device, 2, cfg["repeats"], "min")
     x = torch.randn(batch, *input_shape(model), device=device)
@@ -106,8 +110,7 @@ def run(case: str, out: Path, threads: int) -> dict:
     res = {"case": case, **cfg, "model_name": cfg["model"] if cfg["model"] != "shipped"
            else "fmnist_vit_d12 (shipped)", "device_name": device_name(device),
            "threads": threads if device == "cpu" else None, "torch": torch.__version__,
-           "table_build_s": table.meta.get("build_s"), "table_cells": int(
-               table.attn_ms.size + table.mlp_ms.size + table.select_ms.size),
+           "table_build_s": table.meta.get("build_s"), "table_cells": table.cells,
            "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
            "dense_error": rows[0]["error"], "rows": rows}
     fsutil.write_json(d / "result.json", res)
@@ -116,7 +119,14 @@ def run(case: str, out: Path, threads: int) -> dict:
 
 
 def report(runs: Path, out: str) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(runs.glob("*/result.json"))]
+    """Write the page from the cases under ``runs``; cases already on the page whose runs are
+    not here (made on another machine or in another session) are kept as they were."""
+    results = {r["case"]: r for r in (json.loads(p.read_text())
+                                      for p in sorted(runs.glob("*/result.json")))}
+    old = Path(out + ".json")
+    if old.exists():
+        results = {**{r["case"]: r for r in json.loads(old.read_text())["cases"]}, **results}
+    results = [results[k] for k in sorted(results)]
     lines = [
         "# Latency tables: predicted against measured time of pruned models",
         "",
@@ -124,9 +134,10 @@ def report(runs: Path, out: str) -> None:
         "each case, then `python benchmarks/latency_predict.py report runs/latency --out "
         "docs/latency` (figures in `docs/latency.json`). For each case: the model's latency "
         "table (`vitprune latency-table`), 20 random plans (random heads, MLP neurons and three "
-        "token stages keeping 30-100% in every block), each pruned model built and timed whole "
-        "(rounds of all models in turn, each warm and timed back to back; the fastest call "
-        "kept, as for the table's cells). Error = predicted / measured - 1.",
+        "token stages keeping 30-100% in every block; for Swin 10 plans, no token stages), "
+        "each pruned model built and timed whole (rounds of all models in turn, each warm and "
+        "timed back to back; the fastest call kept, as for the table's cells). "
+        "Error = predicted / measured - 1.",
         "",
         "| case | model | device | batch | table build | cells | median abs error | worst | dense |",
         "|---|---|---|---|---|---|---|---|---|",

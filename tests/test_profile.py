@@ -72,3 +72,26 @@ def test_the_command_settings_and_the_builder_refuse_alike(tiny_vit, bad):
     with pytest.raises(ConfigError) as builder:
         build_table(tiny_vit, **{"batch": 1, **bad}, progress=False)
     assert str(settings.value) == str(builder.value) and next(iter(bad)) in str(builder.value)
+
+
+def test_a_swin_stage_times_its_plain_and_its_shifted_windows(monkeypatch):
+    """A Swin stage alternates plain and shifted windows (a roll and a mask more): its grid
+    averages the attention of both kinds, timed on the stage's first two blocks."""
+    import vitprune.profile as profile
+    from vitprune.models import build_model
+
+    model = build_model("swin_tiny_patch4_window7_224", img_size=28, patch_size=2, in_chans=1,
+                        embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=7,
+                        num_classes=10).eval()
+    shifts, real = [], profile._block
+
+    def record(adapter, block, *args, **kwargs):
+        if kwargs.get("heads") is not None:
+            shifts.append(tuple(block.shift_size))
+        return real(adapter, block, *args, **kwargs)
+
+    monkeypatch.setattr(profile, "_block", record)
+    table = profile.build_table(model, batch=2, neuron_points=2, repeats=1, passes=1,
+                                calibration_plans=2, progress=False)
+    assert len(table.stages) == 2
+    assert (0, 0) in shifts and any(s != (0, 0) for s in shifts)

@@ -108,7 +108,8 @@ def build_table(model: nn.Module, *, batch: int, device: str = "cpu", threads: i
     try:
         from tqdm.auto import tqdm
 
-        cells = (passes * sum(shape.blocks[g[0]].heads + neuron_points + 1 for g in groups) + 1
+        cells = (passes * sum(shape.blocks[g[0]].heads * min(2, len(g)) + neuron_points + 1
+                              for g in groups) + 1
                  if axes is None else passes * (len(axes[0]) + len(axes[1]) + 1) * len(axes[2]) + 1)
         with tqdm(total=cells, desc="latency table", disable=not progress,
                   mininterval=min_interval(), unit="cell") as bar:
@@ -350,23 +351,32 @@ def stage_groups(shape: VitShape) -> list[tuple[int, ...]]:
 def _stage_grid(timer: Timer, adapter: Any, blocks: Any, shape: VitShape, group: tuple[int, ...],
                 neuron_points: int, neuron_multiple: int, passes: int, bar: Any, batch: int,
                 device: str, dt: torch.dtype) -> StageGrid:
-    """A stage's :class:`StageGrid`: its first block's halves at every head count and at the
-    MLP-width grid, on the stage's own tokens (the blocks of a stage are alike but for the
-    shifted windows of every other one, a memory move the calibration takes up)."""
+    """A stage's :class:`StageGrid` on the stage's own tokens: its MLP half at the MLP-width
+    grid, and its attention half at every head count averaged over the stage's blocks, timed on
+    its first two (a stage alternates plain and shifted windows; a shift adds a roll and a mask
+    to the attention half)."""
     b0, blk = shape.blocks[group[0]], blocks[group[0]]
     heads = tuple(range(1, b0.heads + 1))
     neurons = grid(max(1, b0.mlp_hidden // neuron_points), b0.mlp_hidden, neuron_points,
                    neuron_multiple)
     n = b0.grid[0] * b0.grid[1]
     drop_half = _dropped(adapter, blk, device, dt)
-    halves = {"attn": [adapter.halves(_block(adapter, blk, device, dt, heads=range(h),
-                                             head_dim=b0.head_dim))[0] for h in heads],
-              "mlp": [adapter.halves(_block(adapter, blk, device, dt, neurons=range(d)))[1]
-                      for d in neurons],
-              "drop": [drop_half] * (drop_half is not None)}
-    attn, mlp, _, drop = _time_grid(timer, halves, None, (n,), passes, bar,
-                                    (batch, b0.width, 0), device, dt)
-    attn, mlp = monotone(attn[:, 0]), monotone(mlp[:, 0])
+    attn_kinds = []  # (weight: blocks of this kind, the kind's attention times)
+    for k, i in enumerate(group[:2]):
+        halves = {"attn": [adapter.halves(_block(adapter, blocks[i], device, dt,
+                                                 heads=range(h), head_dim=b0.head_dim))[0]
+                           for h in heads],
+                  "mlp": [] if k else [adapter.halves(_block(adapter, blk, device, dt,
+                                                              neurons=range(d)))[1]
+                                       for d in neurons],
+                  "drop": [drop_half] * (drop_half is not None and not k)}
+        a, m, _, d = _time_grid(timer, halves, None, (n,), passes, bar, (batch, b0.width, 0),
+                                device, dt)
+        if not k:
+            mlp, drop = m, d
+        attn_kinds.append((len(group[k::2]), a[:, 0]))
+    attn = sum(w * a for w, a in attn_kinds) / len(group)
+    attn, mlp = monotone(attn), monotone(mlp[:, 0])
     dropped = 0.0 if drop_half is None else float(min(drop[0], attn[0], mlp[0]))
     return StageGrid(blocks=group, heads=heads, neurons=neurons, tokens=n, attn_ms=attn,
                      mlp_ms=mlp, drop_ms=dropped)

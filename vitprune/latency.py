@@ -410,7 +410,8 @@ class StagedLatencyTable(_Measured):
     def parts(self, shape: VitShape) -> float:
         h = np.array([[b.heads for b in shape.blocks]])
         d = np.array([[b.mlp_hidden for b in shape.blocks]])
-        return float(self.parts_counts(h, d, h, h, h)[0])
+        none = np.zeros_like(h)  # each stage's tokens are its own; no token stages
+        return float(self.parts_counts(h, d, none, none, none.astype(bool))[0])
 
     def predict_counts(self, heads: np.ndarray, neurons: np.ndarray, n_in: np.ndarray,
                        n_out: np.ndarray, stage: np.ndarray) -> np.ndarray:

@@ -3,10 +3,19 @@ the layouts deployment must handle."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
 torch.set_num_threads(1)  # the machines are small and shared: keep tests gentle and repeatable
+# transformers copies a directory's own modeling code (trust_remote_code) here: not the home cache
+if "HF_MODULES_CACHE" not in os.environ:
+    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="vitprune-tests-hf-modules-")
+    atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

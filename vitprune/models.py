@@ -18,10 +18,8 @@ import torch
 
 from . import fsutil
 from .adapters import SMALL_CONFIGS, ArchSpec, adapter_for, adapter_named, supported
+from .adapters.base import MODEL_CONFIG as MODEL_CONFIG
 from .errors import ConfigError, ModelError
-
-#: the record of a model directory saved by vitprune (its architecture, plan and checksum)
-MODEL_CONFIG = "model.json"
 
 __all__ = ["SMALL_CONFIGS", "ArchSpec", "ModelSource", "available_models", "build_model",
            "check_supported", "load_weights", "parse_model_args", "read_state_dict"]

@@ -32,6 +32,8 @@ from ..cost import VitShape
 from ..errors import ModelError
 from ..plan import TokenStage
 
+#: the record of a model directory saved by vitprune (its architecture, plan and checksum)
+MODEL_CONFIG = "model.json"
 #: the attribute a saved data config is attached to, on a model of any family
 DATA_CONFIG_ATTR = "vitprune_data_config"
 
@@ -232,6 +234,13 @@ class Adapter(ABC):
         """Attach a saved data config to ``model`` so :meth:`data_config` returns it: one
         attribute, the same for every family."""
         setattr(model, DATA_CONFIG_ATTR, dict(config))
+
+    def save_files(self, out: Path, model: nn.Module) -> None:
+        """Write, into model directory ``out``, what the family's own library needs to load
+        ``model`` without vitprune (called by :func:`vitprune.io.model_dir.save` before it
+        writes ``model.json``). None by default: a timm model loads with ``vitprune.load``,
+        or runs without vitprune as its ONNX export."""
+        return None
 
     # ---- changing a model ----------------------------------------------------------------
     @abstractmethod

@@ -35,7 +35,8 @@ from .. import fsutil
 from ..cost import BlockShape, VitShape
 from ..errors import DependencyError, ModelError
 from ..plan import TokenStage, apply_token_stages
-from .base import Adapter, ArchSpec, BlockParts, token_stage
+from . import hf_remote
+from .base import MODEL_CONFIG, Adapter, ArchSpec, BlockParts, token_stage
 from .tokens import TokenSelecting, attend
 
 #: :attr:`ArchSpec.name` of every model of this family; the config travels in its kwargs
@@ -103,6 +104,11 @@ def _architecture(config: dict[str, Any], where: str) -> str:
     archs = config.get("architectures") or []
     archs = [archs] if isinstance(archs, str) else list(archs)
     kind = archs[0] if archs else f"model_type {config.get('model_type')!r}"
+    if archs and archs[0] in {m for _, m in hf_remote.REMOTE_CLASS.values()}:
+        raise ModelError(
+            f"{where} describes a model pruned by vitprune, whose {MODEL_CONFIG} is missing: load "
+            "it with transformers (from_pretrained(dir, trust_remote_code=True)), or restore "
+            f"{MODEL_CONFIG} to load it with vitprune")
     if len(archs) != 1 or archs[0] not in SUPPORTED:
         raise ModelError(
             f"{where} describes {kind}, which vitprune cannot prune; supported Hugging Face "
@@ -347,6 +353,17 @@ class HFAdapter(Adapter):
             self.set_data_config(model, data_config_of(_read_json(pre), self.input_shape(model)))
         return model.eval(), self.arch(model)
 
+    def save_files(self, out: Path, model: nn.Module) -> None:
+        """config.json, preprocessor_config.json and the modeling code that let plain
+        transformers load the (pruned) model from ``out`` (:mod:`.hf_remote`)."""
+        shape = self.shape(model)
+        stages = [{"layer": i, "keep_rate": s.keep_rate, "fuse": s.fuse}
+                  for i, b in enumerate(self.blocks(model)) if (s := token_stage(b)) is not None]
+        config = hf_remote.remote_config(config_record(model), [b.heads for b in shape.blocks],
+                                         [b.mlp_hidden for b in shape.blocks], stages)
+        data = self.data_config(model) or default_data_config(self.input_shape(model))
+        hf_remote.write(out, config, data)
+
     # ---- reading a model -----------------------------------------------------------------
     def check(self, model: nn.Module) -> None:
         """Raise :class:`ModelError` unless every layer is a plain ViT/DeiT layer (or vitprune's
@@ -466,6 +483,14 @@ def _override(cfg: Any, key: str, value: Any) -> None:
         raise ModelError(f"a Hugging Face {type(cfg).__name__} has no field '{key}'; use one of "
                          f"its fields or {', '.join(_CONFIG_ALIASES)}")
     setattr(cfg, key, list(value) if isinstance(value, tuple) else value)
+
+
+def default_data_config(input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """The preprocessing vitprune gives a model that records none (timm's defaults)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({"input_size": tuple(input_size)})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
 def data_config_of(pre: dict[str, Any], input_size: tuple[int, int, int]) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def save(out: str | Path, model: torch.nn.Module, arch: ArchSpec | None = None, 
     if isinstance(plan, dict):
         plan = PrunePlan.from_dict(plan)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fsutil.atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p)))
+    fsutil.atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
+    adapter_for(model).save_files(out, model)  # what the family's own library reads
     fsutil.write_json(out / CONFIG, {
         "format": FORMAT, "version": VERSION, "arch": arch.to_dict(),
         "plan": None if plan is None else plan.to_dict(),

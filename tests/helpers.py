@@ -123,6 +123,23 @@ def image_folder(root: Path, *, size: tuple[int, int] = (40, 48), channels: int 
     return root
 
 
+def unlabeled_folder(root: Path, n: int = 24, *, size: tuple[int, int] = (32, 32),
+                     test: int = 0) -> Path:
+    """Unlabeled images: ``n`` random RGB images in ``root`` itself (a flat folder) or, with
+    ``test``, in ``root/train/`` with ``test`` more in ``root/val/``; the same images for the
+    same arguments."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for d, k in ((root / "train", n), (root / "val", test)) if test else ((root, n),):
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(k):
+            # smooth images (a few blobs), so that a model's features depend on their content
+            img = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            Image.fromarray(img).resize(size[::-1], Image.BICUBIC).save(d / f"img{i:03d}.png")
+    return root
+
+
 def synthetic_table(shape):
     """A table whose times follow the work (ms ~ heads x tokens, width x tokens): deterministic,
     for tests of the arithmetic on tables."""

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,9 @@ from .pipeline import (
     check_training,
     evaluate_models,
     finetune,
+    finetune_for_model,
     fit_data,
+    for_model,
     latency_check,
     load_data,
     load_dense,
@@ -90,10 +92,10 @@ class CompressResult:
     def summary(self) -> dict[str, Any]:
         """What ``vitprune compress`` prints: where things are, the MACs kept and test top-1."""
         rows = self.metrics.rows
+        what = "test_fidelity" if rows["dense"].backbone else "test_top1"
         return {"out": str(self.out), "model": str(self.model_dir), "report": str(self.report),
-                "macs_kept": self.metrics.macs_kept, "test_top1_dense": rows["dense"].test_top1,
-                "test_top1_pruned": rows["pruned"].test_top1,
-                "test_top1_finetuned": rows["finetuned"].test_top1}
+                "macs_kept": self.metrics.macs_kept,
+                **{f"{what}_{k}": getattr(rows[k], what) for k in ("dense", "pruned", "finetuned")}}
 
 
 def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnist",
@@ -137,6 +139,9 @@ def compress(model: str | Path | ModelSource, data: str | Splits = "fashion-mnis
     torch.manual_seed(cfg.seed)  # a model built by name: its random weights follow the seed
     dense, arch = load_dense(src, splits, device=device, verb="compress")
     splits = fit_data(dense, splits, source=src.name)  # before anything is written
+    # a backbone is fine-tuned by feature distillation; its search objective is its features
+    cfg = replace(cfg, finetune=finetune_for_model(cfg.finetune, dense),
+                  search=for_model(cfg.search, dense))
     check_training(cfg.finetune, splits)
     check_budget(dense, cfg.budget, cfg.search)
     say = _Say(progress)

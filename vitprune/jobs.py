@@ -28,6 +28,7 @@ from .pipeline import (
     check_pair,
     check_training,
     finetune,
+    finetune_for_model,
     fit_data,
     lineage,
     load_dense,
@@ -42,6 +43,7 @@ from .runtime import check_runtime, runner
 from .speed import measure
 from .surgery import count_params, prune
 from .train import TrainConfig, fit
+from .train.loop import check_backbone_training
 
 MACS_CONVENTION = "multiply-accumulates per image, patch embedding and classifier included"
 
@@ -56,6 +58,8 @@ def train(model: str | Path | ModelSource, splits: Splits, cfg: TrainConfig, out
     torch.manual_seed(cfg.seed)  # a model built by name: its initial weights follow the seed
     net, arch, plan = resolve_for_data(src, splits, device=device)
     splits = fit_data(net, splits, source=src.name)  # every check before the claim
+    if not vit_shape(net).num_classes:
+        check_backbone_training(cfg, has_teacher=False)  # refused: it has nothing to learn from
     check_training(cfg, splits)
     settings = {"model": model_id(src), "data": splits.name, "config": dataclasses.asdict(cfg)}
     defaults = {"config": dataclasses.asdict(TrainConfig())}  # fields added since a run began
@@ -90,6 +94,7 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
     check_pair(net, dense)  # before the output is claimed
     require(cfg.kd_alpha > 0, "kd_alpha", "must be > 0: fine-tuning distils from the teacher")
     splits = fit_data(net, splits, source=str(student))
+    cfg = finetune_for_model(cfg, net)  # a backbone: feature distillation
     check_training(cfg, splits)
     settings = {"student": model_id(student), "teacher": model_id(teacher),
                 "data": splits.name, "config": dataclasses.asdict(cfg)}
@@ -100,15 +105,16 @@ def finetune_model(student: str | Path, teacher: str | Path | ModelSource, split
         history = finetune(net, dense, splits, cfg, run.path, resume=resume, device=device,
                            progress=progress)
         wall = time.perf_counter() - t0
-        test = test_metrics(net, splits, device)
+        test = test_metrics(net, splits, device, reference=dense)
+        quality = {k: test[k] for k in ("test_top1", "test_fidelity", "test_knn_top1")
+                   if k in test}
         if dist.is_main():
             save(run.path, net.cpu(), arch, plan=plan, meta={
                 "finetuned": {"command": command, "teacher": teacher.id(),
                               "student": str(student),
-                              "history": [h.to_dict() for h in history],
-                              "test_top1": test["test_top1"],
+                              "history": [h.to_dict() for h in history], **quality,
                               "wall_seconds_this_run": round(wall, 1)}})
-    return {"out": str(out), "test_top1": test["test_top1"], "epochs": len(history),
+    return {"out": str(out), **quality, "epochs": len(history),
             "final_train_loss": history[-1].train_loss, "wall_seconds": round(wall, 1)}
 
 
@@ -194,17 +200,35 @@ def _file_id(path: str | Path) -> str:
 
 
 def eval_model(model: str | Path | ModelSource, splits: Splits, *,
+               reference: str | Path | ModelSource | None = None,
                device: str = DEFAULT_DEVICE) -> dict[str, Any]:
     """Test top-1 and loss of ``model`` on ``splits`` (fitted to the model first), with its MACs
-    and parameters."""
+    and parameters.
+
+    A model without a classifier (``num_classes=0``) has no top-1: its k-NN top-1 where the
+    images have labels and, given a ``reference`` (the dense model it was pruned from), its
+    feature fidelity to it on the test and calibration splits.
+    """
     src = ModelSource.of(model)
     device = devices.resolve(device)
     net, _, _ = resolve_for_data(src, splits, device=device)
     splits = fit_data(net, splits, source=src.name)
-    res = test_metrics(net, splits, device)
+    ref = None
+    if reference is not None:
+        ref_src = ModelSource.of(reference)
+        ref, _, _ = resolve_for_data(ref_src, splits, device=device)
+        check_pair(net, ref)
+        if vit_shape(net).num_classes:
+            raise ConfigError("reference", "measures a model without a classifier against its "
+                              "dense model's features; a classifier is measured by its top-1: "
+                              "leave --reference out")
+    res = test_metrics(net, splits, device, reference=ref)
     cost = macs(vit_shape(net))
-    return {"model": src.name, "data": splits.name, "split": "test", "top1": res["test_top1"],
-            "loss": res["test_loss"], "images": res["test_images"], "gmacs": cost.total / 1e9,
+    quality = ({"top1": res["test_top1"], "loss": res["test_loss"]} if "test_top1" in res else
+               {k.removeprefix("test_"): res[k] for k in ("test_knn_top1", "test_fidelity",
+                                                          "calib_fidelity") if k in res})
+    return {"model": src.name, "data": splits.name, "split": "test", **quality,
+            "images": res["test_images"], "gmacs": cost.total / 1e9,
             "gmacs_blocks_only": cost.blocks / 1e9, "params_m": res["params"] / 1e6,
             "macs_convention": MACS_CONVENTION}
 

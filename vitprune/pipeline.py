@@ -46,6 +46,7 @@ from .search.space import SearchSpace
 from .speed import compare, timing
 from .surgery import Masker, count_params
 from .train import EVAL_BATCH, TrainConfig, evaluate, fit
+from .train.features import evaluate_fidelity, knn_top1
 
 
 def model_id(model: str | Path | ModelSource, checkpoint: str | Path | None = None) -> str:
@@ -138,7 +139,13 @@ def fit_data(model: torch.nn.Module, splits: Splits, *, source: str = "") -> Spl
         raise DataError(f"{name} takes {h}x{w} images but {splits.name} is read at "
                         f"{size[0]}x{size[1]}; use {fix}")
     classes = vit_shape(model).num_classes
-    if splits.num_classes > classes:
+    if splits.num_classes == 0 and classes:
+        raise DataError(f"{splits.name} has no labels, and {name} is a classifier "
+                        f"({classes} classes), which is trained and measured on labels; put the "
+                        "images in class folders (train/<class>/...), or use a model without a "
+                        "classifier (--model-args num_classes=0), which is fine-tuned by feature "
+                        "distillation")
+    if splits.num_classes > classes and classes:
         raise DataError(f"{splits.name} has {splits.num_classes} classes but {name}'s classifier "
                         f"predicts {classes}; for a model given by name pass --model-args "
                         f"num_classes={splits.num_classes}, or train a model on this data")
@@ -350,6 +357,16 @@ def for_model(settings: SearchSettings, model: torch.nn.Module) -> SearchSetting
     return dataclasses.replace(settings, objective="features")
 
 
+def finetune_for_model(cfg: TrainConfig, model: torch.nn.Module) -> TrainConfig:
+    """``cfg`` as it applies to ``model``: a model without a classifier is fine-tuned by
+    feature distillation alone (``kd_loss="cosine"``, ``kd_alpha=1``, no image mixing), the
+    only training it has without a prediction; a classifier's settings are kept."""
+    if vit_shape(model).num_classes:
+        return cfg
+    return dataclasses.replace(cfg, kd_loss="cosine", kd_alpha=1.0, kd_hard=False, mixup=0.0,
+                               cutmix=0.0)
+
+
 def check_budget(model: torch.nn.Module, budget: Budget | str | float,
                  settings: SearchSettings | None = None, **fields: Any) -> Budget:
     """The budget, parsed; :class:`BudgetError` (with the reachable range) if no plan of the
@@ -486,17 +503,35 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, splits: Splits,
                progress=progress)
 
 
-def test_metrics(model: torch.nn.Module, splits: Splits,
-                 device: str | None = None) -> dict[str, Any]:
+def test_metrics(model: torch.nn.Module, splits: Splits, device: str | None = None, *,
+                 reference: torch.nn.Module | None = None) -> dict[str, Any]:
     """Test top-1 and loss (all processes' parts of the test split), MACs and parameters, on
-    ``device`` (default: where the model is)."""
+    ``device`` (default: where the model is).
+
+    A model without a classifier has no top-1: its feature fidelity to ``reference`` (the dense
+    model; None: no fidelity) on the test and calibration splits and, where the images have
+    labels, its k-NN top-1 on the test split against the calibration images
+    (:mod:`vitprune.train.features`).
+    """
     device = device or device_of(model)
     loader = make_loader(splits.test, EVAL_BATCH, rank=dist.rank(), world=dist.world(),
                          num_workers=splits.workers)
-    acc = evaluate(model.to(device), loader, device)
+    model = model.to(device)
     shape = vit_shape(model)
-    return {"test_top1": acc["top1"], "test_loss": acc["loss"], "test_images": acc["n"],
-            "macs": macs(shape).total, "params": count_params(model)}
+    row: dict[str, Any] = {"macs": macs(shape).total, "params": count_params(model)}
+    if shape.num_classes:
+        acc = evaluate(model, loader, device)
+        return {"test_top1": acc["top1"], "test_loss": acc["loss"], "test_images": acc["n"], **row}
+    calib = make_loader(splits.calib, EVAL_BATCH, rank=dist.rank(), world=dist.world(),
+                        num_workers=splits.workers)
+    row["test_images"] = len(splits.test)
+    if reference is not None:
+        reference = reference.to(device)
+        row["test_fidelity"] = evaluate_fidelity(model, reference, loader, device)["fidelity"]
+        row["calib_fidelity"] = evaluate_fidelity(model, reference, calib, device)["fidelity"]
+    if splits.num_classes:
+        row["test_knn_top1"] = knn_top1(model, calib, loader, device)
+    return row
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
@@ -514,8 +549,11 @@ def evaluate_models(models: dict[str, torch.nn.Module], splits: Splits, *,
                         num_workers=splits.workers)
     rows = {}
     for name, m in models.items():
-        rows[name] = {**test_metrics(m, splits, device),
-                      "calib_top1": evaluate(m.to(device), calib, device)["top1"]}
+        if vit_shape(m).num_classes:
+            rows[name] = {**test_metrics(m, splits, device),
+                          "calib_top1": evaluate(m.to(device), calib, device)["top1"]}
+        else:  # a backbone: measured against the dense model's features
+            rows[name] = test_metrics(m, splits, device, reference=models["dense"])
     if timed and dist.is_main():
         img = input_shape(next(iter(models.values())))
         pair = {name: models[name] for name in timed}

@@ -12,7 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-_ROW = ("test_top1", "test_loss", "test_images", "macs", "params")
+_ROW = ("test_images", "macs", "params")
+# measured where they apply: top-1 and loss for a classifier; for a model without one (a
+# backbone) the fidelity of its features to the dense model's and, on labelled images, a k-NN
+# top-1 (vitprune.train.features)
+_OPTIONAL = ("test_top1", "test_loss", "calib_top1", "test_fidelity", "calib_fidelity",
+             "test_knn_top1")
 
 
 @dataclass(frozen=True)
@@ -20,55 +25,88 @@ class EvalRow:
     """One model's evaluation.
 
     Attributes:
-        test_top1, test_loss, test_images: on the test split (top-1 in %).
+        test_images: images in the test split.
         macs, params: MACs per image and parameters (counted from the tensors).
+        test_top1, test_loss: on the test split (top-1 in %); None for a model without a
+            classifier.
         calib_top1: top-1 on the calibration split, like with like with the fine-tuning curve
-            (None in runs made before it was measured).
+            (None in runs made before it was measured, and for a backbone).
+        test_fidelity, calib_fidelity: a backbone's feature fidelity to the dense model
+            (100 x mean cosine similarity) on the test and calibration splits; None for a
+            classifier.
+        test_knn_top1: a backbone's k-NN top-1 on the test split against the labelled
+            calibration images (None: a classifier, or images without labels).
         speed: by device type (``cpu``, ``cuda``), by ``batch<B>``: the measurement
             (``latency_ms``, ``throughput`` ...); empty for a model that was not timed.
     """
 
-    test_top1: float
-    test_loss: float
     test_images: int
     macs: int
     params: int
+    test_top1: float | None = None
+    test_loss: float | None = None
     calib_top1: float | None = None
+    test_fidelity: float | None = None
+    calib_fidelity: float | None = None
+    test_knn_top1: float | None = None
     speed: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> bool:
+        """A model without a classifier (measured by its feature fidelity)."""
+        return self.test_top1 is None
+
+    @property
+    def quality(self) -> float:
+        """The row's headline measure: test top-1, or a backbone's test feature fidelity."""
+        return self.test_fidelity if self.backbone else self.test_top1
 
     def timed(self, kind: str, batch: int) -> dict[str, Any] | None:
         """The measurement on device type ``kind`` at ``batch`` (None: not timed)."""
         return self.speed.get(kind, {}).get(f"batch{batch}")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k) for k in _ROW}
-        if self.calib_top1 is not None:
-            d["calib_top1"] = self.calib_top1
+        d: dict[str, Any] = {k: getattr(self, k) for k in (*_OPTIONAL[:2], *_ROW)}
+        if self.backbone:
+            del d["test_top1"], d["test_loss"]
+        d.update({k: getattr(self, k) for k in _OPTIONAL[2:] if getattr(self, k) is not None})
         return {**d, **self.speed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalRow:
-        speed = {k: v for k, v in d.items() if k not in (*_ROW, "calib_top1") and isinstance(v, dict)}
-        return cls(**{k: d[k] for k in _ROW}, calib_top1=d.get("calib_top1"), speed=speed)
+        speed = {k: v for k, v in d.items() if k not in (*_ROW, *_OPTIONAL) and isinstance(v, dict)}
+        return cls(**{k: d[k] for k in _ROW}, **{k: d.get(k) for k in _OPTIONAL}, speed=speed)
 
 
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch of training or fine-tuning: its mean training loss, the calibration top-1 and
-    loss after it, and its wall time (s)."""
+    loss after it (for a model without a classifier: its feature fidelity to the teacher on the
+    calibration split instead), and its wall time (s)."""
 
     epoch: int
     train_loss: float
-    calib_top1: float
-    calib_loss: float
+    calib_top1: float | None
+    calib_loss: float | None
     seconds: float
+    calib_fidelity: float | None = None
+
+    @property
+    def quality(self) -> float:
+        """Calibration top-1, or a backbone's calibration feature fidelity."""
+        return self.calib_top1 if self.calib_fidelity is None else self.calib_fidelity
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.calib_fidelity is None:
+            del d["calib_fidelity"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        need = ("epoch", "train_loss", "seconds")
+        return cls(**{f.name: d[f.name] if f.name in need else d.get(f.name)
+                      for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 from . import fsutil
 from .cost import VitShape, token_counts
 from .plan import PrunePlan, planned_shape
-from .records import Evaluation
+from .records import EvalRow, Evaluation
 from .search.report import SearchSummary
 
 # the report and its plots, as a compression run directory holds them
@@ -36,7 +36,8 @@ def write_report(out: Path, metrics: Evaluation, plan: PrunePlan, dense: VitShap
         plots = [PLAN_PLOT, FINETUNE_PLOT]
     except ImportError:
         warnings.warn("matplotlib is not installed: the report has no plots", stacklevel=2)
-    text = "\n".join(_summary(metrics, config) + _plan_table(plan, dense) + _search(search, plots))
+    text = "\n".join(_summary(metrics, config) + _plan_table(plan, dense)
+                     + _search(search, plots, config.get("objective", "top1")))
     fsutil.write_text(out / REPORT, text + "\n")
     return out / REPORT
 
@@ -53,8 +54,9 @@ def _summary(metrics: Evaluation, config: dict[str, Any]) -> list[str]:
              + (f"CPU speed with {metrics.threads} threads" if metrics.device_type == "cpu"
                 else f"Speed on {metrics.device_name or 'the GPU'} (bf16 autocast)")
              + " (median of repeats after warm-up).", "",
-             f"| model | MMACs | MACs kept | params (M) | test top-1 | latency b{batches[0]} (ms) "
-             f"| throughput b{batches[-1]} (img/s) | speed-up b{batches[0]} / b{batches[-1]} |",
+             f"| model | MMACs | MACs kept | params (M) | {_quality_head(d)} | latency "
+             f"b{batches[0]} (ms) | throughput b{batches[-1]} (img/s) | speed-up b{batches[0]} / "
+             f"b{batches[-1]} |",
              "|---|---|---|---|---|---|---|---|"]
     kind = metrics.device_type  # where the speed was measured
     for key, r in rows.items():
@@ -66,10 +68,12 @@ def _summary(metrics: Evaluation, config: dict[str, Any]) -> list[str]:
                      f"{dk[lat]['latency_ms'] / cpu[lat]['latency_ms']:.2f}x / "
                      f"{cpu[thr]['throughput'] / dk[thr]['throughput']:.2f}x"]
         lines.append(f"| {NAMES[key]} | {r.macs / 1e6:.1f} | {r.macs / d.macs:.1%} | "
-                     f"{r.params / 1e6:.3f} | {r.test_top1:.2f} | " + " | ".join(speed) + " |")
-    drop = rows["finetuned"].test_top1 - d.test_top1
-    lines += ["", f"Accuracy change after fine-tuning: {drop:+.2f} points; before fine-tuning: "
-                  f"{rows['pruned'].test_top1 - d.test_top1:+.2f}.", ""]
+                     f"{r.params / 1e6:.3f} | {_quality(r)} | " + " | ".join(speed) + " |")
+    drop = rows["finetuned"].quality - d.quality
+    what = ("Feature fidelity to the dense model (100 x mean cosine similarity of the output "
+            "features, test split)" if d.backbone else "Accuracy")
+    lines += ["", f"{what} change after fine-tuning: {drop:+.2f} points; before fine-tuning: "
+                  f"{rows['pruned'].quality - d.quality:+.2f}.", ""]
     lat = metrics.latency
     if lat:
         lines += [f"Latency budget on the table of {lat['table']}: predicted "
@@ -94,12 +98,18 @@ def _plan_table(plan: PrunePlan, dense: VitShape) -> list[str]:
     return lines + [""]
 
 
-def _search(search: SearchSummary, plots: list[str]) -> list[str]:
+#: what the search's objective value is, by objective
+OBJECTIVE_TEXT = {"top1": "masked calibration top-1",
+                  "kl": "objective (minus the KL divergence from the dense model)",
+                  "features": "masked calibration feature fidelity"}
+
+
+def _search(search: SearchSummary, plots: list[str], objective: str) -> list[str]:
     best = search.best
     lo, hi = search.band_fraction
     lines = ["## Search", "",
              f"{search.n_evaluations} evaluations inside the band {lo:.1%}-{hi:.1%} of the dense "
-             f"MACs; best masked calibration top-1 {best.value:.2f} at evaluation "
+             f"MACs; best {OBJECTIVE_TEXT.get(objective, objective)} {best.value:.2f} at evaluation "
              f"{best.trial + 1} ({best.macs_fraction:.1%} of the dense MACs).", "",
              "![search](search/search.png)", ""]
     if plots:
@@ -135,6 +145,20 @@ def _plot_plan(dest: Path, plan: PrunePlan, dense: VitShape) -> None:
     fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))
 
 
+def _quality_head(dense: EvalRow) -> str:
+    if not dense.backbone:
+        return "test top-1"
+    return "test fidelity" + (" / k-NN top-1" if dense.test_knn_top1 is not None else "")
+
+
+def _quality(r: EvalRow) -> str:
+    """The row's test top-1, or a backbone's test fidelity (and k-NN top-1 on labelled data)."""
+    if not r.backbone:
+        return f"{r.test_top1:.2f}"
+    return f"{r.test_fidelity:.2f}" + (f" / {r.test_knn_top1:.2f}" if r.test_knn_top1 is not None
+                                       else "")
+
+
 def _plot_finetune(dest: Path, metrics: Evaluation) -> None:
     """Calibration top-1 after each fine-tuning epoch, against the dense and pruned models'
     calibration top-1: like with like (the test split is never seen during fine-tuning)."""
@@ -142,12 +166,15 @@ def _plot_finetune(dest: Path, metrics: Evaluation) -> None:
     rows = metrics.rows
     fig = _figure((6, 3.5))
     ax = fig.subplots()
-    ax.plot([h.epoch for h in hist], [h.calib_top1 for h in hist], "o-",
+    backbone = rows["dense"].backbone
+    ax.plot([h.epoch for h in hist], [h.quality for h in hist], "o-",
             label="pruned, fine-tuning")
     for key, style, label in (("dense", dict(color="0.3", ls="--"), "dense"),
                               ("pruned", dict(color="C3", ls=":"), "pruned before fine-tuning")):
-        if rows[key].calib_top1 is not None:  # older runs measured only test top-1
-            ax.axhline(rows[key].calib_top1, label=label, **style)
-    ax.set(xlabel="epoch", ylabel="calibration top-1 (%)", title="fine-tuning")
+        level = rows[key].calib_fidelity if backbone else rows[key].calib_top1
+        if level is not None:  # older runs measured only test top-1
+            ax.axhline(level, label=label, **style)
+    ax.set(xlabel="epoch", title="fine-tuning",
+           ylabel="calibration feature fidelity" if backbone else "calibration top-1 (%)")
     ax.legend(loc="lower right")
     fsutil.atomic_write(dest, lambda p: fig.savefig(p, format="png", dpi=100))

@@ -81,3 +81,53 @@ def test_non_square_image_folders_train_a_non_square_model(tmp_path):
     assert cfg["data_config"]["input_size"] == [3, 32, 48]
     s = load_splits("imagefolder", tmp_path / "data", img_size=(32, 48), calib_size=2)
     assert s.test[0][0].shape == (3, 32, 48)
+
+
+def test_a_flat_folder_of_unlabeled_images_is_carved_into_three_splits(tmp_path):
+    from tests.helpers import unlabeled_folder
+
+    unlabeled_folder(tmp_path / "flat", n=30)
+    s = load_splits("imagefolder", tmp_path / "flat", img_size=32, calib_size=4)
+    assert (len(s.train), len(s.calib), len(s.test)) == (22, 4, 4)
+    assert s.num_classes == 0 and "unlabeled" in s.name
+    names = [{f.name for f in part.files} for part in (s.train, s.calib, s.test)]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    x, y = next(iter(make_loader(s.calib, 8)))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [-1] * 4
+    again = load_splits("imagefolder", tmp_path / "flat", img_size=32, calib_size=4)
+    assert [f.name for f in again.calib.files] == [f.name for f in s.calib.files]  # deterministic
+
+
+def test_unlabeled_train_with_a_flat_val_folder(tmp_path):
+    from tests.helpers import unlabeled_folder
+
+    unlabeled_folder(tmp_path, n=20, test=5)
+    s = load_splits("imagefolder", tmp_path, img_size=32, calib_size=3)
+    assert (len(s.train), len(s.calib), len(s.test)) == (17, 3, 5)
+    assert all(f.parent.name == "val" for f in s.test.files) and s.num_classes == 0
+
+
+def test_unlabeled_layouts_that_cannot_work_are_refused(tmp_path):
+    from tests.helpers import unlabeled_folder
+
+    unlabeled_folder(tmp_path / "few", n=3)
+    with pytest.raises(DataError, match="too few"):
+        load_splits("imagefolder", tmp_path / "few", img_size=32)
+    image_folder(tmp_path / "classes_val", n=(2, 2))
+    unlabeled_folder(tmp_path / "u", n=12, test=2)
+    (tmp_path / "u" / "val").rename(tmp_path / "u" / "old_val")
+    (tmp_path / "classes_val" / "val").rename(tmp_path / "u" / "val")
+    with pytest.raises(DataError, match="class folders or no images"):
+        load_splits("imagefolder", tmp_path / "u", img_size=32)
+
+
+def test_a_classifier_is_refused_unlabeled_images(tmp_path):
+    from tests.helpers import unlabeled_folder
+    from vitprune.models import build_model
+    from vitprune.pipeline import fit_data
+
+    unlabeled_folder(tmp_path, n=20)
+    s = load_splits("imagefolder", tmp_path, img_size=28)
+    with pytest.raises(DataError, match="no labels.*num_classes=0"):
+        fit_data(build_model("vit_tiny_patch16_224", img_size=28, patch_size=7, num_classes=3,
+                             depth=1), s)

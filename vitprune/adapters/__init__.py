@@ -22,7 +22,16 @@ from torch import nn
 
 from ..cost import VitShape
 from ..errors import ModelError
-from .base import Adapter, ArchSpec, BlockParts, head_channels, slice_linear, timm_module, token_stage
+from .base import (
+    Adapter,
+    ArchSpec,
+    BlockParts,
+    Features,
+    head_channels,
+    slice_linear,
+    timm_module,
+    token_stage,
+)
 from .hf_vit import HFAdapter
 from .t2t_vit import T2TAdapter
 from .timm_eva import EvaAdapter
@@ -110,10 +119,14 @@ def from_directory(path: Path) -> tuple[nn.Module, ArchSpec] | None:
 
 def logits_module(model: nn.Module) -> nn.Module:
     """``model`` as a module whose forward returns the logits tensor (see
-    :meth:`~vitprune.adapters.base.Adapter.logits_module`); a model of no registered family is
-    returned as it is."""
+    :meth:`~vitprune.adapters.base.Adapter.logits_module`), or for a model without a classifier
+    (``num_classes=0``) its output features (:class:`~vitprune.adapters.base.Features`: what
+    it hands on, which fine-tuning distils and evaluation compares); a model of no registered
+    family is returned as it is."""
     for a in _ADAPTERS:
         if a.handles(model):
+            if a.shape(model).num_classes == 0:
+                return Features(model, a)
             return a.logits_module(model)
     return model
 

@@ -364,6 +364,21 @@ class DroppedHalf(nn.Module):
         return self.bias.to(x.dtype).expand_as(x)
 
 
+class Features(nn.Module):
+    """A model without a classifier as a module whose forward returns its output features
+    (:meth:`Adapter.features`: pooled (B, D) or per-token (B, N, D)). It holds the model itself:
+    parameters, train/eval mode and devices are shared."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter  # not a module: a plain attribute
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> the model's output features."""
+        return self.adapter.features(self.model, images)
+
+
 def token_stage(block: nn.Module) -> TokenStage | None:
     """The token stage a block runs (its ``token_stage`` attribute), or None."""
     stage = getattr(block, "token_stage", None)
@@ -412,10 +427,11 @@ def slice_norm(norm: nn.LayerNorm, idx: torch.Tensor) -> None:
     norm.normalized_shape = (len(idx),)
 
 
-# constructor arguments that are sizes or counts: they must be positive (num_classes=0 would
-# build a headless backbone, which vitprune cannot prune yet)
-POSITIVE_ARGS = ("depth", "num_heads", "embed_dim", "patch_size", "num_classes", "img_size",
-                 "in_chans", "mlp_ratio")
+# constructor arguments that are sizes or counts: they must be positive (num_classes may be 0:
+# a backbone without a classifier, e.g. DINOv2's or CLIP's image encoder)
+POSITIVE_ARGS = ("depth", "num_heads", "embed_dim", "patch_size", "img_size", "in_chans",
+                 "mlp_ratio")
+NON_NEGATIVE_ARGS = ("num_classes",)
 CHOICES = {"global_pool": ("", "avg", "avgmax", "max", "token", "map")}
 
 
@@ -436,12 +452,11 @@ def check_constructor_args(cls: type, name: str, args: dict[str, Any]) -> None:
                              f"{type(default).__name__} values for {key} (its default is "
                              f"{default!r})")
         sizes = value if isinstance(value, (list, tuple)) else [value]
-        if key in POSITIVE_ARGS and not all(isinstance(v, (int, float))
-                                            and not isinstance(v, bool) and v > 0
-                                            for v in sizes):
-            raise ModelError(f"--model-args {key}={value!r}: must be positive" + (
-                "; a model without a classifier (num_classes=0) is not supported yet"
-                if key == "num_classes" else ""))
+        low = 0 if key in NON_NEGATIVE_ARGS else 1e-12 if key in POSITIVE_ARGS else None
+        if low is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       and v >= low for v in sizes):
+            raise ModelError(f"--model-args {key}={value!r}: must be "
+                             + ("0 (no classifier) or more" if low == 0 else "positive"))
         if key in CHOICES and value not in CHOICES[key]:
             raise ModelError(f"--model-args {key}={value!r}: must be one of "
                              f"{', '.join(map(repr, CHOICES[key]))}")

@@ -137,7 +137,8 @@ def resolve_for_data(name_or_dir: str | ModelSource, splits: Any,
                      checkpoint: str | Path | None = None, device: str = "cpu"
                      ) -> tuple[torch.nn.Module, ArchSpec, PrunePlan | None]:
     """:func:`resolve_model`, a name built to fit ``splits`` (its classes, channels and image
-    size); registered small configurations and saved directories are taken as they are."""
+    size; unlabeled images or ``num_classes=0`` in the source's args: no classifier);
+    registered small configurations and saved directories are taken as they are."""
     from ..models import SMALL_CONFIGS
 
     src = ModelSource.of(name_or_dir, checkpoint)
@@ -145,4 +146,6 @@ def resolve_for_data(name_or_dir: str | ModelSource, splits: Any,
     if src.name not in SMALL_CONFIGS and not src.is_dir:
         over = {"num_classes": splits.num_classes, "in_chans": splits.in_chans,
                 "img_size": splits.img_size}
+        if src.args.get("num_classes") == 0:  # asked for a backbone: labels do not add a head
+            del over["num_classes"]
     return resolve_model(src, device=device, **over)

@@ -25,6 +25,7 @@ from ..errors import ConfigError, ModelError, OutputError, is_int, is_number, re
 from ..progress import min_interval
 from ..records import EpochRecord
 from .distill import Distiller
+from .features import evaluate_fidelity
 from .schedule import warmup_cosine
 
 CKPT = "checkpoint.pt"
@@ -203,6 +204,38 @@ def evaluate(model: torch.nn.Module, loader, device: str | torch.device | None =
     return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
 
 
+def _record(model: torch.nn.Module, reference: torch.nn.Module | None, calib, device: str, *,
+            epoch: int, train_loss: float, t0: float) -> EpochRecord:
+    """The epoch's record: calibration top-1 and loss, or with a ``reference`` (a backbone's
+    teacher) the calibration feature fidelity to it."""
+    if reference is not None:  # no prediction: how close its features are to the teacher's
+        fid = evaluate_fidelity(model, reference, calib, device)["fidelity"]
+        return EpochRecord(epoch=epoch, train_loss=train_loss, calib_top1=None, calib_loss=None,
+                           seconds=time.perf_counter() - t0, calib_fidelity=fid)
+    val = evaluate(model, calib, device)
+    return EpochRecord(epoch=epoch, train_loss=train_loss, calib_top1=val["top1"],
+                       calib_loss=val["loss"], seconds=time.perf_counter() - t0)
+
+
+def check_backbone_training(cfg: TrainConfig, has_teacher: bool) -> None:
+    """A model without a classifier trains by feature distillation alone: from a teacher, with
+    ``kd_loss="cosine"`` and ``kd_alpha=1`` (no label term) and no image mixing (which mixes
+    labels).
+
+    Raises:
+        ConfigError: the setting that does not fit, and what to use.
+    """
+    require(has_teacher, "kd_alpha", "a model without a classifier (num_classes=0) has no "
+            "labels to learn: it is fine-tuned by feature distillation from its dense model "
+            "(vitprune compress or finetune --teacher)")
+    require(cfg.kd_loss == "cosine", "kd_loss", f"is {cfg.kd_loss!r}, but a model without a "
+            "classifier is distilled on its output features: use --kd-loss cosine")
+    require(cfg.kd_alpha == 1.0, "kd_alpha", f"is {cfg.kd_alpha}, but a model without a "
+            "classifier has no label term: use --kd-alpha 1")
+    require(not cfg.mixes, "mixup", "mixes labels, which a model without a classifier does not "
+            "learn: pass --mixup 0 --cutmix 0")
+
+
 def _check_out(out: Path, resume: bool) -> dict | None:
     ckpt = out / CKPT
     if resume:
@@ -246,6 +279,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelError("nothing to train: every parameter of the model has requires_grad=False "
                          "(call model.requires_grad_(True) on the model to fine-tune)")
+    backbone = vit_shape(model).num_classes == 0
+    if backbone:
+        check_backbone_training(cfg, teacher is not None or loss_fn is not None)
     main = dist.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -284,9 +320,8 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         loss_sum = step.epoch(net, loader, steps, epoch, bar)
         bar.close()
         loss_sum = dist.sum_([loss_sum], device)[0] / world
-        val = evaluate(model if step.ema is None else step.ema.module, calib, device)
-        rec = EpochRecord(epoch=epoch + 1, train_loss=loss_sum / steps, calib_top1=val["top1"],
-                          calib_loss=val["loss"], seconds=time.perf_counter() - t0)
+        rec = _record(model if step.ema is None else step.ema.module, teacher if backbone else None,
+                      calib, device, epoch=epoch + 1, train_loss=loss_sum / steps, t0=t0)
         history.append(rec)
         if main:
             if progress:

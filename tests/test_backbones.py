@@ -115,3 +115,24 @@ def test_model_args_take_num_classes_0(capsys):
     assert main(["cost", "--model", "vit_small_patch14_dinov2", "--model-args",
                  "num_classes=-1"]) == 2
     assert "num_classes=-1: must be 0 (no classifier) or more" in capsys.readouterr().err
+
+
+def test_mse_feature_distillation_and_the_settings_a_backbone_refuses():
+    from vitprune.models import build_model
+    from vitprune.pipeline import finetune_for_model
+    from vitprune.train import TrainConfig, kd_loss
+    from vitprune.train.loop import check_backbone_training
+
+    s, t = torch.randn(4, 8), torch.randn(4, 8)
+    assert kd_loss(s, t, kind="mse").item() == pytest.approx(((s - t) ** 2).mean().item())
+    backbone = build_model("vit_small_patch14_dinov2", **{**DINO, "depth": 1})
+    cfg = finetune_for_model(TrainConfig(kd_alpha=0.5, mixup=0.8), backbone)
+    assert (cfg.kd_loss, cfg.kd_alpha, cfg.mixup, cfg.cutmix) == ("cosine", 1.0, 0.0, 0.0)
+    assert finetune_for_model(TrainConfig(kd_loss="mse"), backbone).kd_loss == "mse"
+    classifier = build_model("fmnist_vit_tiny")
+    assert finetune_for_model(TrainConfig(kd_alpha=0.5), classifier).kd_alpha == 0.5
+    for bad, match in ((dict(kd_loss="kl", kd_alpha=1.0), "kd-loss cosine"),
+                       (dict(kd_loss="cosine", kd_alpha=0.5), "kd-alpha 1"),
+                       (dict(kd_loss="cosine", kd_alpha=1.0, mixup=0.8), "mixup 0")):
+        with pytest.raises(ConfigError, match=match):
+            check_backbone_training(TrainConfig(**bad), has_teacher=True)

@@ -17,6 +17,7 @@ from vitprune.config import (
     CompressConfig,
     DataConfig,
     DeviceSettings,
+    EvalSettings,
     ExportSettings,
     InputFiles,
     LatencyTableSettings,
@@ -34,7 +35,7 @@ from vitprune.train.loop import RECIPE_FIELDS
 TRAINING = {"train": TrainConfig(), "finetune": FINETUNE, "compress": FINETUNE}
 SETTINGS = (DataConfig(), ScoreConfig(), SearchSettings(), CompressConfig(),
             LatencyTableSettings(), BenchSettings(), ExportSettings(), DeviceSettings(),
-            OutputSettings(), ShapeSettings(), InputFiles())
+            OutputSettings(), ShapeSettings(), InputFiles(), EvalSettings())
 # a model's options (--model ..., --teacher ...) are ModelSource's fields, the API's own type
 PREFIXES = ("teacher_", "student_")
 CLI_OWN = {"func", "json"}  # which command runs, and how the CLI prints its result

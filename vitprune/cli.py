@@ -20,6 +20,7 @@ from .config import (
     CompressConfig,
     DataConfig,
     DeviceSettings,
+    EvalSettings,
     ExportSettings,
     InputFiles,
     LatencyTableSettings,
@@ -273,7 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     data = _data(args)
     device = _setup(args)
     src = _source(args)
-    return eval_model(src, _splits(data, src), device=device, reference=args.reference)
+    return eval_model(src, _splits(data, src), device=device, **values(args, EvalSettings))
 
 
 def cmd_prune(args: argparse.Namespace) -> dict:
@@ -342,10 +343,7 @@ def _options_train(command: Callable[..., argparse.ArgumentParser]) -> None:
 def _options_eval(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("eval", "test top-1, loss, MACs and parameters of a model (a model without a "
                 "classifier: k-NN top-1 and feature fidelity to --reference)", cmd_eval)
-    add_fields(p, ModelSource), _common(p), _json(p)
-    p.add_argument("--reference", metavar="MODEL", default=None,
-                   help="for a model without a classifier (num_classes=0): the dense model "
-                   "(name or directory) whose output features its fidelity is measured against")
+    add_fields(p, ModelSource), _common(p), add_fields(p, EvalSettings), _json(p)
 
 
 def _options_score(command: Callable[..., argparse.ArgumentParser]) -> None:

@@ -241,6 +241,16 @@ class LatencyTableSettings:
 
 
 @dataclass(frozen=True)
+class EvalSettings:
+    """What ``eval`` measures a model against besides its labels."""
+
+    reference: str | None = field(default=None, metadata={
+        "help": "for a model without a classifier (num_classes=0): the dense model (a saved "
+                "directory, or a name) whose output features its fidelity is measured against",
+        "metavar": "MODEL"})
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """How ``bench`` times a model: the runtime, and warm-up and median of repeats."""
 

@@ -359,11 +359,13 @@ def for_model(settings: SearchSettings, model: torch.nn.Module) -> SearchSetting
 
 def finetune_for_model(cfg: TrainConfig, model: torch.nn.Module) -> TrainConfig:
     """``cfg`` as it applies to ``model``: a model without a classifier is fine-tuned by
-    feature distillation alone (``kd_loss="cosine"``, ``kd_alpha=1``, no image mixing), the
+    feature distillation alone (``kd_loss="cosine"``, or ``"mse"`` where asked; ``kd_alpha=1``;
+    no image mixing), the
     only training it has without a prediction; a classifier's settings are kept."""
     if vit_shape(model).num_classes:
         return cfg
-    return dataclasses.replace(cfg, kd_loss="cosine", kd_alpha=1.0, kd_hard=False, mixup=0.0,
+    loss = cfg.kd_loss if cfg.kd_loss != "kl" else "cosine"  # mse where asked
+    return dataclasses.replace(cfg, kd_loss=loss, kd_alpha=1.0, kd_hard=False, mixup=0.0,
                                cutmix=0.0)
 
 

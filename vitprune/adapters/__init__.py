@@ -125,7 +125,7 @@ def logits_module(model: nn.Module) -> nn.Module:
     family is returned as it is."""
     for a in _ADAPTERS:
         if a.handles(model):
-            if a.shape(model).num_classes == 0:
+            if a.classes(model) == 0:
                 return Features(model, a)
             return a.logits_module(model)
     return model

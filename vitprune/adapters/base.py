@@ -202,6 +202,12 @@ class Adapter(ABC):
         Hugging Face model returns an output object). Used to run, train, time and export."""
         return model
 
+    def classes(self, model: nn.Module) -> int:
+        """Classes ``model`` predicts (0: a backbone without a classifier), read without
+        walking its blocks (timm's ``num_classes``; else from :meth:`shape`)."""
+        n = getattr(model, "num_classes", None)
+        return n if isinstance(n, int) and not isinstance(n, bool) else self.shape(model).num_classes
+
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The model's output features for ``images``: (B, D) pooled embeddings or (B, N, D)
         per-token features, what a backbone hands on (the search's feature objective compares

@@ -420,6 +420,9 @@ class HFAdapter(Adapter):
             return (model.cls_classifier, model.distillation_classifier)
         return (model.classifier,)
 
+    def classes(self, model: nn.Module) -> int:
+        return int(model.config.num_labels)
+
     def num_prefix(self, model: nn.Module) -> int:
         """1 (class token), or 2 for DeiT (class and distillation tokens, with or without the
         distillation classifier)."""

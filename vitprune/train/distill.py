@@ -18,7 +18,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     gradient scale independent of ``T``), or with ``hard=True`` the cross-entropy against the
     teacher's arg-max class (DeiT's hard distillation), or with ``kind="cosine"``
     ``1 - cos(s, t)``: feature distillation of outputs that are embeddings (per token, averaged,
-    for (B, N, D) outputs).
+    for (B, N, D) outputs), or with ``kind="mse"`` their mean squared difference.
 
     Args:
         student: student logits (B, classes).
@@ -35,6 +35,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor |
     student = student.float()
     if kind == "cosine":
         distill = (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    elif kind == "mse":
+        distill = F.mse_loss(student, teacher)
     elif hard:
         distill = F.cross_entropy(student, teacher.argmax(-1))
     else:

@@ -29,6 +29,9 @@ from .features import evaluate_fidelity
 from .schedule import warmup_cosine
 
 CKPT = "checkpoint.pt"
+#: what a student matches: the teacher's predictions (kl), or its outputs (feature distillation)
+KD_LOSSES = ("kl", "cosine", "mse")
+FEATURE_LOSSES = ("cosine", "mse")
 LOG = "train_log.jsonl"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,9 +88,9 @@ class TrainConfig:
         "help": "hard distillation: cross-entropy against the teacher's arg-max"})
     kd_loss: str = field(default="kl", metadata={
         "help": "what the student matches: the teacher's softened predictions (kl), or its "
-                "outputs by cosine similarity (cosine: feature distillation, for backbones "
-                "without a classifier, whose outputs are their embeddings; needs no labels "
-                "with --kd-alpha 1)", "choices": ("kl", "cosine")})
+                "outputs by cosine similarity (cosine) or squared error (mse): feature "
+                "distillation, for backbones without a classifier, whose outputs are their "
+                "embeddings; needs no labels with --kd-alpha 1", "choices": KD_LOSSES})
 
     def __post_init__(self):
         require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
@@ -117,11 +120,11 @@ class TrainConfig:
         for name in ("augment", "kd_hard"):
             v = getattr(self, name)
             require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
-        require(self.kd_loss in ("kl", "cosine"), "kd_loss",
-                f"must be kl or cosine, got {self.kd_loss!r}")
-        require(not (self.kd_hard and self.kd_loss == "cosine"), "kd_hard",
+        require(self.kd_loss in KD_LOSSES, "kd_loss",
+                f"must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
+        require(not (self.kd_hard and self.kd_loss != "kl"), "kd_hard",
                 "is a kind of kl distillation (the teacher's arg-max); drop it with --kd-loss "
-                "cosine")
+                f"{self.kd_loss}")
         for name in ("mixup", "cutmix"):
             v = getattr(self, name)
             require(is_number(v) and v >= 0, name, f"must be >= 0, got {v!r}")
@@ -219,7 +222,7 @@ def _record(model: torch.nn.Module, reference: torch.nn.Module | None, calib, de
 
 def check_backbone_training(cfg: TrainConfig, has_teacher: bool) -> None:
     """A model without a classifier trains by feature distillation alone: from a teacher, with
-    ``kd_loss="cosine"`` and ``kd_alpha=1`` (no label term) and no image mixing (which mixes
+    ``kd_loss`` ``"cosine"`` or ``"mse"`` and ``kd_alpha=1`` (no label term) and no image mixing (which mixes
     labels).
 
     Raises:
@@ -228,8 +231,8 @@ def check_backbone_training(cfg: TrainConfig, has_teacher: bool) -> None:
     require(has_teacher, "kd_alpha", "a model without a classifier (num_classes=0) has no "
             "labels to learn: it is fine-tuned by feature distillation from its dense model "
             "(vitprune compress or finetune --teacher)")
-    require(cfg.kd_loss == "cosine", "kd_loss", f"is {cfg.kd_loss!r}, but a model without a "
-            "classifier is distilled on its output features: use --kd-loss cosine")
+    require(cfg.kd_loss in FEATURE_LOSSES, "kd_loss", f"is {cfg.kd_loss!r}, but a model without "
+            "a classifier is distilled on its output features: use --kd-loss cosine (or mse)")
     require(cfg.kd_alpha == 1.0, "kd_alpha", f"is {cfg.kd_alpha}, but a model without a "
             "classifier has no label term: use --kd-alpha 1")
     require(not cfg.mixes, "mixup", "mixes labels, which a model without a classifier does not "

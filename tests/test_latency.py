@@ -182,7 +182,8 @@ def test_latency_commands(tmp_path, capsys):
     tiny = vit_shape(build_model("fmnist_vit_tiny"))
     saved = LatencyTable.load(out)
     assert res["predicted_ms"] == saved.predict(planned_shape(tiny, PrunePlan.from_dict(plan)))
-    assert res["dense_ms"] == saved.predict(tiny)
+    # a fraction is of the dense model's time measured whole at build time, not the prediction
+    assert res["dense_ms"] == saved.meta["dense_ms_measured"] != saved.predict(tiny)
     assert main(["cost", "--model", "fmnist_vit_d12", "--latency-table", str(out)]) == 2
     assert "another model" in capsys.readouterr().err
     search = ["search", "--model", "fmnist_vit_tiny", "--data", "synthetic", "--trials", "3",
@@ -319,3 +320,25 @@ def test_a_staged_table_refuses_another_model_and_damage():
     d["stages"][0]["attn_ms"] = [1.0]
     with pytest.raises(ConfigError, match="attn_ms"):
         LatencyTable.from_dict(d)
+
+
+def test_a_fractional_budget_is_of_the_measured_dense_time_for_the_tables_own_model():
+    """The dense model measured whole at build time is the reference for the table's model;
+    for another shape (a pruned model searched again), or without the record, the prediction."""
+    import dataclasses
+
+    from tests.helpers import synthetic_table
+    from vitprune.search import Ratios, ratios_to_plan
+
+    shape = vit_shape(build_model("fmnist_vit_tiny"))
+    table = synthetic_table(shape)
+    parts = table.parts(shape)
+    with_record = dataclasses.replace(table, meta={**table.meta, "dense_ms_measured": 7.5,
+                                                   "dense_ms_parts": parts})
+    assert with_record.dense_ms(shape) == 7.5
+    pruned = planned_shape(shape, ratios_to_plan(shape, Ratios.uniform(4, 0.5, 0.5),
+                                                 token_blocks=()))
+    assert with_record.dense_ms(pruned) == with_record.predict(pruned)
+    bare = dataclasses.replace(table, meta={k: v for k, v in table.meta.items()
+                                            if k != "dense_ms_measured"})
+    assert bare.dense_ms(shape) == bare.predict(shape)

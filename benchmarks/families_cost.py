@@ -147,6 +147,14 @@ WHAT_IS_PRUNED = [
     "windowed blocks and the neck need the whole grid | yes | patch embedding, absolute "
     "positions, the convolutional neck and any head (counted whole) |",
     "",
+    "A model without a classifier (`num_classes=0`: DINOv2, CLIP, SigLIP encoders, SAM's) is "
+    "searched on the fidelity of its output features and fine-tuned by feature distillation. "
+    "The output each family exposes: timm ViT/DeiT, EVA-02, T2T-ViT and Swin hand on their "
+    "pooled pre-logits embedding (`forward_head(..., pre_logits=True)`: the class token, the "
+    "token average or SigLIP's attention pool, as the model's `global_pool` says), one vector an "
+    "image; SAM's encoder its neck's feature map, one vector per position (compared per token "
+    "and averaged). Hugging Face classes are classifiers (`num_labels` >= 1) and expose none.",
+    "",
 ]
 
 

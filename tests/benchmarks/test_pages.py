@@ -13,7 +13,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pages  # noqa: E402
 
 # page -> the benchmark module whose page(record) writes it from docs/<page>.json
-GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget"}
+GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget",
+             "baseline_t197": "baseline_t197"}
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))

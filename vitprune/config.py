@@ -37,8 +37,8 @@ from .train import FINETUNE, TrainConfig
 def parse_budget(text: str | float) -> Budget:
     """A budget as a person writes it.
 
-    ``0.6`` or ``60%`` keeps 60% of the dense cost (MACs, or predicted time under a latency
-    table); ``2.7G`` is an absolute 2.7 GMACs per image; ``12ms`` an absolute 12 ms per batch
+    ``0.6`` or ``60%`` keeps 60% of the dense cost (MACs, or under a latency table the dense
+    model's time measured when the table was built); ``2.7G`` is an absolute 2.7 GMACs per image; ``12ms`` an absolute 12 ms per batch
     (latency budgets).
 
     Raises:
@@ -364,8 +364,8 @@ class CompressConfig:
     """
 
     budget: str = field(default="0.6", metadata={
-        "help": "0.6 or 60% keeps 60% of the dense MACs (or of the predicted time, with "
-                "--budget-metric latency); 2.7G is 2.7 GMACs per image; 12ms is 12 ms per "
+        "help": "0.6 or 60% keeps 60% of the dense MACs (or of the dense model's time measured "
+                "with the latency table, with --budget-metric latency); 2.7G is 2.7 GMACs per image; 12ms is 12 ms per "
                 "batch of the latency table"})
     seed: int = field(default=0, metadata={
         "help": "seeds the search and the fine-tuning (and the weights of a model built by name "

@@ -84,7 +84,7 @@ class Budget:
     def describe(self, metric: str = "macs") -> str:
         """The target as a person reads it, e.g. ``"60% of the dense MACs"``."""
         if self.unit == "fraction":
-            what = "MACs" if metric == "macs" else "predicted time"
+            what = "MACs" if metric == "macs" else "time (measured whole with the table)"
             return f"{self.value:.1%} of the dense {what}"
         return f"{self.value:.4g} GMACs" if self.unit == "gmacs" else f"{self.value:.4g} ms"
 

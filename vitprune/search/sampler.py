@@ -39,7 +39,7 @@ class Band:
 
 
 def _what(space: SearchSpace) -> str:
-    return "MACs" if space.metric == "macs" else "predicted time"
+    return "MACs" if space.metric == "macs" else "time"
 
 
 def _amount(space: SearchSpace, cost: float) -> str:

@@ -1,0 +1,491 @@
+"""docs/evidence.md and docs/evidence.json: vitprune against its peers at equal measured speed,
+with a dense reference given the same fine-tuning, over seeds, with paired intervals.
+
+One resumable command runs the study in phases; each phase's outputs stay under ``--runs`` and a
+re-run continues where it stopped:
+
+1. ``plans`` (one process, nothing else on the cores: it times models): per model and target
+   fraction of the dense time at batch 64 (0.6 and 0.4), per seed:
+   * **vitprune**: GP-EI under a latency budget on the model's batch-64 latency table (built
+     first, quiet cores), three dimensions; **vitprune without tokens** (heads and neurons);
+     **tokens only** (EViT-style selection, ratios to 0.9);
+   * every other method is then matched to vitprune's *measured* speed-up (bisection on its own
+     knob, each candidate timed in turn with the dense model, :mod:`equal_speed`):
+     **Torch-Pruning** in its best configuration (mode and head ratio chosen on the calibration
+     split at vitprune's MACs, then its neuron ratio stepped) and **ToMe** (its merge count per
+     block stepped);
+   * **dense reference**: nothing pruned.
+2. ``finetune`` (any number of one-thread processes; a file lock per cell): every plan gets the
+   same fine-tuning (distillation from the dense model; the reference distils from its own
+   copy); per-image test predictions are kept beside each cell's ``result.json``. ToMe is also
+   kept training-free.
+3. ``time`` (quiet cores): every fine-tuned model against the dense one, batch 1 and 64.
+4. ``report``: the page, with each row's paired 95% interval against vitprune and the reference.
+
+    python benchmarks/evidence.py plans --runs runs/evidence                 # quiet cores
+    (the settings, e.g. --epochs 2 --seeds 0 1 2, are given to ``plans``; the later phases
+    read them from the study's ``study.json``)
+    nohup python benchmarks/evidence.py finetune --runs runs/evidence &      # x2, one thread each
+    python benchmarks/evidence.py time --runs runs/evidence                  # quiet cores
+    python benchmarks/evidence.py report --runs runs/evidence                # docs/evidence.*
+
+``--smoke`` runs the same code on a tiny model and synthetic data in a minute (the test's path).
+On a GPU pass ``--device cuda`` and larger ``--epochs`` / ``--trials``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+from equal_speed import match_speedup, speedup  # noqa: E402
+from stats import correct, paired_bootstrap, wording  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.adapters import vit_shape  # noqa: E402
+from vitprune.config import SearchSettings  # noqa: E402
+from vitprune.cost import macs  # noqa: E402
+from vitprune.data import load_splits, make_loader  # noqa: E402
+from vitprune.pipeline import (  # noqa: E402
+    MaskedAccuracy,
+    calibration_batches,
+    finetune,
+    load_dense,
+    policy_search,
+    test_metrics,
+)
+from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
+from vitprune.profile import build_table  # noqa: E402
+from vitprune.surgery import prune  # noqa: E402
+from vitprune.train import EVAL_BATCH, FINETUNE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"t197": "vitprune/assets/fmnist_vit_t197", "d12": "vitprune/assets/fmnist_vit_d12"}
+TARGETS = (0.6, 0.4)  # fraction of the dense model's measured time at batch 64
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # vitprune | tp | tome | tome-ft | dense
+    dims: tuple[str, ...] = ("heads", "neurons", "tokens")
+    max_ratio: float = 0.5
+
+
+METHODS = (
+    Method("vitprune", "vitprune"),
+    Method("vitprune without tokens", "vitprune", dims=("heads", "neurons")),
+    Method("tokens only", "vitprune", dims=("tokens",), max_ratio=0.9),
+    Method("Torch-Pruning (best configuration)", "tp", dims=("heads", "neurons")),
+    Method("ToMe, training-free", "tome", dims=("tokens",)),
+    Method("ToMe, fine-tuned", "tome-ft", dims=("tokens",)),
+    Method("dense reference", "dense", dims=()),
+)
+BY_NAME = {m.name: m for m in METHODS}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+class Study:
+    """One study directory: its settings (``study.json``, written once), the dense models and
+    the cells ``<model>/<target>/<method>/s<seed>/``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.runs = args, args.runs
+        self.runs.mkdir(parents=True, exist_ok=True)
+        settings = {k: getattr(args, k) for k in ("models", "targets", "seeds", "epochs",
+                                                  "max_steps", "trials", "init", "calib_images",
+                                                  "smoke")}
+        path = self.runs / "study.json"
+        if path.exists() and args.phase != "plans":  # the later phases run the study's settings
+            settings = json.loads(path.read_text())
+            args.smoke = settings["smoke"]
+        if path.exists():
+            mine = json.loads(path.read_text())
+            if mine != settings:
+                raise SystemExit(f"{self.runs} holds a study with other settings ({mine}); use "
+                                 "another --runs or the same settings")
+        else:
+            fsutil.write_json(path, settings)
+        self.settings = settings
+        self._splits, self._dense = None, {}
+
+    @property
+    def splits(self):
+        if self._splits is None:
+            self._splits = (load_splits("synthetic", calib_size=64) if self.args.smoke
+                            else load_splits("fashion-mnist", calib_size=2000))
+        return self._splits
+
+    def dense(self, model: str) -> torch.nn.Module:
+        if model not in self._dense:
+            path = "fmnist_vit_tiny" if self.args.smoke else MODELS[model]
+            torch.manual_seed(0)
+            self._dense[model] = load_dense(path, self.splits, device="cpu",
+                                            verb="benchmark")[0].eval()
+        return self._dense[model]
+
+    def cell(self, model: str, target: float, method: Method, seed: int) -> Path:
+        t = "dense" if method.kind == "dense" else f"t{target}"
+        return self.runs / model / t / slug(method.name) / f"s{seed}"
+
+    def cells(self) -> list[tuple[str, float, Method, int]]:
+        out = []
+        for model in self.settings["models"]:
+            for seed in self.settings["seeds"]:
+                for target in self.settings["targets"]:
+                    for m in METHODS:
+                        if m.kind == "dense" and target != self.settings["targets"][0]:
+                            continue  # the reference has no target: once a seed
+                        if m.kind == "tome" and seed != self.settings["seeds"][0]:
+                            continue  # training-free: no seed
+                        out.append((model, target, m, seed))
+        return out
+
+    # ---- phase 1: plans matched to a measured speed ------------------------------------------
+    def table(self, model: str) -> Path:
+        path = self.runs / model / "table_b64.json"
+        if not path.exists():
+            if self.args.smoke:  # a table whose times follow the work: timing a tiny model
+                sys.path.insert(0, str(ROOT))  # at a tiny batch is all overhead
+                from tests.helpers import synthetic_table
+
+                t = synthetic_table(vit_shape(self.dense(model)))
+            else:
+                t = build_table(self.dense(model), batch=BATCH, threads=self.args.threads,
+                                progress=False)
+            fsutil.write_json(path, t.to_dict())
+        return path
+
+    def timed(self, a: torch.nn.Module, b: torch.nn.Module) -> float:
+        """Measured speed-up of ``b`` over ``a`` at the study's batch."""
+        if self.args.smoke:
+            return speedup(a, b, batch=2, rounds=1, reps=1)
+        return speedup(a, b, batch=BATCH, rounds=5, reps=3)
+
+    def plan_cell(self, model: str, target: float, m: Method, seed: int) -> None:
+        cell = self.cell(model, target, m, seed)
+        if (cell / "plan.json").exists() or m.kind == "tome-ft":
+            return  # fine-tuned ToMe reuses the training-free cell's r
+        cell.mkdir(parents=True, exist_ok=True)
+        dense, t0 = self.dense(model), time.perf_counter()
+        info: dict = {"method": m.name, "model": model, "target": target, "seed": seed}
+        if m.kind == "dense":
+            plan = PrunePlan.dense(vit_shape(dense))
+        elif m.kind == "vitprune":
+            settings = replace(SearchSettings(), budget_metric="latency",
+                               latency_table=str(self.table(model)), dims=m.dims,
+                               max_ratio=m.max_ratio, trials=self.settings["trials"],
+                               init=self.settings["init"],
+                               calib_images=self.settings["calib_images"])
+            res = policy_search(dense, self.splits, target, cell / "search", settings=settings,
+                                seed=seed, progress=False, resume=True)
+            plan = res.best_plan
+            info["calib_top1_before"] = res.best.value
+        else:  # matched to vitprune's measured speed-up at this target and seed
+            ref = self.cell(model, target, METHODS[0], seed)
+            want = self.timed(dense, prune(dense, PrunePlan.load(ref / "plan.json")).eval())
+            try:
+                plan = self._match(m, dense, want, ref, info)
+            except ValueError as exc:  # the method cannot reach that speed: a result too
+                info["unreachable"] = str(exc)
+                fsutil.write_json(cell / "plan_info.json", info)
+                print(json.dumps(info), flush=True)
+                return
+        if plan is not None:
+            plan.save(cell / "plan.json")
+        if m.kind != "dense":
+            info["speedup_b64_at_plan"] = self.timed(dense, self._model(m, dense, cell, info,
+                                                                        plan))
+        info["plan_seconds"] = round(time.perf_counter() - t0, 1)
+        fsutil.write_json(cell / "plan_info.json", info)
+        print(json.dumps(info), flush=True)
+
+    def _model(self, m: Method, dense, cell: Path, info: dict, plan: PrunePlan | None):
+        if m.kind in ("tome", "tome-ft"):
+            from peer_tome import apply_tome
+
+            return apply_tome(dense, info["r"]).eval()
+        return prune(dense, plan).eval()
+
+    def _match(self, m: Method, dense, want: float, ref: Path, info: dict) -> PrunePlan | None:
+        info["target_speedup_b64"] = want
+        if m.kind == "tome":
+            from peer_tome import apply_tome, r_schedule, tome_shape
+
+            shape = vit_shape(dense)
+            most = tome_shape(shape, [shape.num_patches] * len(shape.blocks))  # every pair merged
+            floor = macs(most).total / macs(shape).total
+            knob, got, _ = match_speedup(lambda x: apply_tome(dense, r_schedule(shape, 1 - x)),
+                                         dense, want, batch=BATCH, lo=0.0,
+                                         hi=1.0 - floor - 1e-6, measure=self.timed)
+            info.update(r=r_schedule(shape, 1 - knob), knob=knob, matched_speedup=got)
+            return None
+        from peer_torch_pruning import best_configuration, plan_of, tp_prune
+
+        vp = PrunePlan.load(ref / "plan.json")
+        shape = vit_shape(dense)
+        kept = macs(planned_shape(shape, vp)).total / macs(shape).total
+        batches = calibration_batches(self.splits, 640 if not self.args.smoke else 32,
+                                      batch_size=64 if not self.args.smoke else 16)
+        calib = MaskedAccuracy(dense, calibration_batches(self.splits,
+                                                          self.settings["calib_images"]))
+        try:
+            grid = {"modes": ("local", "global"), "head_ratios": (0.0,)} if self.args.smoke else {}
+            _, best, tried = best_configuration(dense, kept, batches, calib, **grid)
+        finally:
+            calib.close()
+        info.update(configuration=best, tried=tried, chosen_at_macs=kept)
+
+        def build(r: float) -> torch.nn.Module:
+            return prune(dense, plan_of(dense, tp_prune(dense, r, best["head_ratio"], batches,
+                                                        mode=best["mode"]))).eval()
+
+        knob, got, model = match_speedup(build, dense, want, batch=BATCH, lo=0.0, hi=0.95,
+                                         measure=self.timed)
+        info.update(neuron_ratio=knob, matched_speedup=got)
+        return plan_of(dense, tp_prune(dense, knob, best["head_ratio"], batches,
+                                       mode=best["mode"]))
+
+    # ---- phase 2: the same fine-tuning for every cell ------------------------------------------
+    def finetune_cell(self, model: str, target: float, m: Method, seed: int) -> None:
+        cell = self.cell(model, target, m, seed)
+        if (cell / "result.json").exists():
+            return
+        source = self.cell(model, target, BY_NAME["ToMe, training-free"],
+                           self.settings["seeds"][0]) if m.kind == "tome-ft" else cell
+        if not (source / "plan_info.json").exists():
+            return  # its plan is not made yet (phase 1)
+        cell.mkdir(parents=True, exist_ok=True)
+        with open(cell / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another process has it
+            if (cell / "result.json").exists():
+                return
+            info = json.loads((source / "plan_info.json").read_text())
+            if "unreachable" in info:
+                fsutil.write_json(cell / "result.json", {"method": m.name, "model": model,
+                                                         "target": target, "seed": seed,
+                                                         "unreachable": info["unreachable"]})
+                return
+            plan = PrunePlan.load(source / "plan.json") if (source / "plan.json").exists() else None
+            dense = self.dense(model)
+            student = self._model(m, dense, cell, info, plan)
+            before = test_metrics(student, self.splits)["test_top1"]
+            history = []
+            if m.kind != "tome":
+                cfg = replace(FINETUNE, epochs=self.settings["epochs"], seed=seed,
+                              max_steps_per_epoch=self.settings["max_steps"])
+                history = finetune(student, dense, self.splits, cfg, cell / "finetune",
+                                   resume=True, progress=False)
+            after = test_metrics(student, self.splits)
+            np.save(cell / "test_pred.npy", predictions(student, self.splits))
+            if m.kind not in ("tome", "tome-ft"):
+                torch.save(student.state_dict(), cell / "weights.pt")  # for phase 3
+            fsutil.write_json(cell / "result.json", {
+                "method": m.name, "model": model, "target": target, "seed": seed,
+                "macs": after["macs"], "macs_kept": after["macs"] / macs(vit_shape(dense)).total,
+                "params": after["params"], "test_top1_before": before,
+                "test_top1": after["test_top1"],
+                "calib_top1_per_epoch": [h.calib_top1 for h in history],
+                "finetune_seconds": round(sum(h.seconds for h in history), 1)})
+
+    # ---- phase 3: measured speed of every finished model ---------------------------------------
+    def time_cell(self, model: str, target: float, m: Method, seed: int) -> None:
+        cell = self.cell(model, target, m, seed)
+        if (not (cell / "result.json").exists() or (cell / "speed.json").exists()
+                or "unreachable" in json.loads((cell / "result.json").read_text())):
+            return
+        dense = self.dense(model)
+        info = json.loads(((self.cell(model, target, BY_NAME["ToMe, training-free"],
+                                      self.settings["seeds"][0]) if m.kind == "tome-ft" else cell)
+                           / "plan_info.json").read_text())
+        plan = PrunePlan.load(cell / "plan.json") if (cell / "plan.json").exists() else None
+        net = self._model(m, dense, cell, info, plan)
+        rounds, reps = (1, 1) if self.args.smoke else (7, 3)
+        out = {}
+        for batch in (1, BATCH):
+            out[f"speedup_b{batch}"] = speedup(dense, net, batch=batch if not self.args.smoke
+                                               else min(batch, 2), rounds=rounds,
+                                               reps=reps if batch > 1 else 5 * reps)
+        fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads()})
+
+
+def predictions(model: torch.nn.Module, splits) -> np.ndarray:
+    """The predicted class of every test image, in the split's order (uint8)."""
+    from vitprune.adapters import logits_module
+
+    run, out = logits_module(model.eval()), []
+    with torch.no_grad():
+        for x, _ in make_loader(splits.test, EVAL_BATCH):
+            out.append(run(x).argmax(dim=1).to(torch.uint8))
+    return torch.cat(out).numpy()
+
+
+def labels(splits) -> np.ndarray:
+    return torch.cat([torch.as_tensor(y) for _, y in make_loader(splits.test, EVAL_BATCH)]).numpy()
+
+
+# ---- phase 4: the page -----------------------------------------------------------------------
+def _summary(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
+def _row(study: Study, model: str, target: float, m: Method, y: np.ndarray) -> dict | None:
+    """One method's finished cells at one target: means and ranges over seeds, and its
+    per-seed correctness (``_correct``) for the intervals; None where none has finished."""
+    seeds = [s for s in study.settings["seeds"]
+             if (study.cell(model, target, m, s) / "result.json").exists()]
+    if not seeds:
+        return None
+    cells = [study.cell(model, target, m, s) for s in seeds]
+    res = [json.loads((c / "result.json").read_text()) for c in cells]
+    if any("unreachable" in r for r in res):
+        return {"seeds": seeds, "unreachable": res[0]["unreachable"]}
+    speed = [json.loads((c / "speed.json").read_text()) for c in cells
+             if (c / "speed.json").exists()]
+    return {"seeds": seeds, "macs_kept": _summary([r["macs_kept"] for r in res]),
+            "test_top1_before": _summary([r["test_top1_before"] for r in res]),
+            "test_top1": _summary([r["test_top1"] for r in res]),
+            **({f"speedup_b{b}": _summary([sp[f"speedup_b{b}"] for sp in speed])
+                for b in (1, BATCH)} if len(speed) == len(cells) else {}),
+            "_correct": {s: correct(np.load(c / "test_pred.npy"), y)
+                         for s, c in zip(seeds, cells)}}
+
+
+def _paired(row: dict, ref: dict | None) -> dict | None:
+    """The paired interval of ``row`` minus ``ref`` over the seeds both have."""
+    if not ref or "_correct" not in row:
+        return None
+    both = [s for s in row["_correct"] if s in ref]
+    if not both:
+        return None
+    return paired_bootstrap(np.stack([row["_correct"][s] for s in both]),
+                            np.stack([ref[s] for s in both]))
+
+
+def collect(study: Study) -> dict:
+    """Every finished row, by model and target, with its paired intervals."""
+    y = labels(study.splits)
+    out = {"settings": study.settings, "models": {}}
+    first = study.settings["targets"][0]
+    for model in study.settings["models"]:
+        ref = _row(study, model, first, BY_NAME["dense reference"], y) or {}
+        per_target = {}
+        for target in study.settings["targets"]:
+            rows = {m.name: r for m in METHODS
+                    if (r := ref if m.kind == "dense" else _row(study, model, target, m, y))}
+            vp = rows.get("vitprune", {}).get("_correct")
+            for name, row in rows.items():
+                if name != "vitprune" and (iv := _paired(row, vp)):
+                    row["vs_vitprune"] = iv
+                if name != "dense reference" and (iv := _paired(row, ref.get("_correct"))):
+                    row["vs_dense"] = iv
+            per_target[str(target)] = rows
+        for rows in per_target.values():
+            for row in rows.values():
+                row.pop("_correct", None)
+        out["models"][model] = per_target
+    return out
+
+
+def page(r: dict) -> str:
+    s = r["settings"]
+    lines = ["# Evidence: vitprune against its peers at equal measured speed", "",
+             "Generated by `benchmarks/evidence.py report` from `docs/evidence.json` (commands in "
+             "the script's docstring). Per model and target (a fraction of the dense model's "
+             "measured time at batch 64, CPU), every method's model is matched to the speed-up "
+             "vitprune's latency-budget plan measures; each is fine-tuned alike "
+             f"({s['epochs']} epoch(s) of distillation from the dense model"
+             + (f", {s['max_steps']} steps each" if s["max_steps"] else "")
+             + f"; seeds {', '.join(map(str, s['seeds']))}). Top-1 on the {r['test_images']:,} "
+             "test images: "
+             "mean (range over seeds). Intervals: paired bootstrap over the test images, 95%, "
+             "seeds averaged; difference in points.", ""]
+    for model, targets in r["models"].items():
+        for target, rows in targets.items():
+            lines += [f"## {model}, {float(target):.0%} of the dense time", "",
+                      "| method | MACs kept | speed-up b1 | speed-up b64 | top-1 before | top-1 "
+                      "after | vs vitprune | vs dense reference |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for name, row in rows.items():
+                if "unreachable" in row:
+                    lines.append(f"| {name} | cannot reach this speed ({row['unreachable']}) "
+                                 "| | | | | | |")
+                    continue
+
+                def fmt(v: dict | None, pct: bool = False, x: bool = False) -> str:
+                    if not v:
+                        return "-"
+                    f = ((lambda a: f"{100 * a:.1f}%") if pct else
+                         (lambda a: f"{a:.2f}x") if x else (lambda a: f"{a:.2f}"))
+                    return f(v["mean"]) + ("" if v["n"] == 1 else f" ({f(v['min'])}-{f(v['max'])})")
+
+                def iv(d: dict | None) -> str:
+                    return "-" if not d else f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+                lines.append(f"| {name} | {fmt(row['macs_kept'], pct=True)} | "
+                             f"{fmt(row.get('speedup_b1'), x=True)} | "
+                             f"{fmt(row.get(f'speedup_b{BATCH}'), x=True)} | "
+                             f"{fmt(row['test_top1_before'])} | {fmt(row['test_top1'])} | "
+                             f"{iv(row.get('vs_vitprune'))} | {iv(row.get('vs_dense'))} |")
+            vp = rows.get("vitprune", {})
+            if vp.get("vs_dense"):
+                lines += ["", "vitprune is " + wording(vp["vs_dense"], "the dense reference") + "."]
+            lines.append("")
+    lines += ["## Reading", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("phase", choices=("plans", "finetune", "time", "report"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/evidence"))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--init", type=int, default=12)
+    ap.add_argument("--calib-images", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=None, help="default: 2 to time, 1 to train")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model on synthetic data")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence",
+                    help="report: the page and JSON (without suffix)")
+    args = ap.parse_args(argv)
+    args.threads = args.threads or (1 if args.phase == "finetune" else 2)
+    torch.set_num_threads(args.threads)
+    study = Study(args)
+    if args.phase == "report":
+        record = {"command": "python benchmarks/evidence.py plans|finetune|time|report --runs "
+                             "RUNS", "test_images": len(study.splits.test), **collect(study)}
+        fsutil.write_json(args.out.with_suffix(".json"), record)
+        pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+        return 0
+    step = {"plans": study.plan_cell, "finetune": study.finetune_cell,
+            "time": study.time_cell}[args.phase]
+    for cell in study.cells():
+        step(*cell)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

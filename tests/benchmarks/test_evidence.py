@@ -1,0 +1,55 @@
+"""The evidence study's phases run end to end (smoke: a tiny model, synthetic data, a table
+whose times follow the work), and its page is generated from what the cells hold."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import evidence  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("evidence")
+    base = ["--runs", str(runs)]
+    assert evidence.main(["plans", *base, "--smoke", "--models", "d12", "--seeds", "0",
+                          "--targets", "0.6", "--trials", "3", "--init", "2",
+                          "--calib-images", "32", "--max-steps", "1"]) == 0
+    for phase in ("finetune", "time"):
+        assert evidence.main([phase, *base]) == 0
+    assert evidence.main(["report", *base, "--out", str(runs / "evidence")]) == 0
+    return runs
+
+
+def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study):
+    cells = study / "d12" / "t0.6"
+    methods = {p.name for p in cells.iterdir()}
+    assert methods == {evidence.slug(m.name) for m in evidence.METHODS if m.kind != "dense"}
+    for m in evidence.METHODS:
+        if m.kind in ("tp", "tome"):
+            info = json.loads((cells / evidence.slug(m.name) / "s0" / "plan_info.json").read_text())
+            assert info["target_speedup_b64"] > 0  # matched to vitprune's measured speed-up
+            assert "matched_speedup" in info or "unreachable" in info
+    tp = json.loads((cells / "torch_pruning__best_configuration" / "s0" /
+                     "plan_info.json").read_text())
+    assert "unreachable" in tp or {c["mode"] for c in tp["tried"]} == {"local", "global"}
+    assert (study / "d12" / "dense" / "dense_reference" / "s0" / "test_pred.npy").exists()
+
+
+def test_the_page_holds_each_row_and_its_intervals(study):
+    record = json.loads((study / "evidence.json").read_text())
+    rows = record["models"]["d12"]["0.6"]
+    assert {"vitprune", "dense reference", "tokens only"} <= set(rows)
+    vp = rows["vitprune"]
+    assert vp["vs_dense"]["low"] <= vp["vs_dense"]["diff"] <= vp["vs_dense"]["high"]
+    assert "vs_vitprune" not in vp and "vs_dense" not in rows["dense reference"]
+    assert rows["tokens only"]["vs_vitprune"]["images"] == record["test_images"]
+    page = (study / "evidence.md").read_text()
+    assert "## d12, 60% of the dense time" in page and "<!-- reading -->" in page
+    # the page is its JSON regenerated (what the docs test holds every generated page to)
+    assert page == evidence.pages.render(study / "evidence.md", evidence.page(record),
+                                         after="## Reading")

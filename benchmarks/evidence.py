@@ -13,7 +13,8 @@ re-run continues where it stopped:
      knob, each candidate timed in turn with the dense model, :mod:`equal_speed`):
      **Torch-Pruning** in its best configuration (mode and head ratio chosen on the calibration
      split at vitprune's MACs, then its neuron ratio stepped) and **ToMe** (its merge count per
-     block stepped);
+     block stepped). Both are deterministic given their target, so they are matched once, to
+     vitprune's first seed, and every seed fine-tunes that plan;
    * **dense reference**: nothing pruned.
 2. ``finetune`` (any number of one-thread processes; a file lock per cell): every plan gets the
    same fine-tuning (distillation from the dense model; the reference distils from its own
@@ -181,6 +182,15 @@ class Study:
         cell = self.cell(model, target, m, seed)
         if (cell / "plan.json").exists() or m.kind == "tome-ft":
             return  # fine-tuned ToMe reuses the training-free cell's r
+        first = self.settings["seeds"][0]
+        if m.kind == "tp" and seed != first:  # deterministic given the target: planned once
+            src = self.cell(model, target, m, first)
+            if (src / "plan_info.json").exists():
+                cell.mkdir(parents=True, exist_ok=True)
+                for name in ("plan.json", "plan_info.json"):
+                    if (src / name).exists():
+                        fsutil.write_text(cell / name, (src / name).read_text())
+            return
         cell.mkdir(parents=True, exist_ok=True)
         dense, t0 = self.dense(model), time.perf_counter()
         info: dict = {"method": m.name, "model": model, "target": target, "seed": seed}

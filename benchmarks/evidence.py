@@ -20,7 +20,9 @@ re-run continues where it stopped:
    same fine-tuning (distillation from the dense model; the reference distils from its own
    copy); per-image test predictions are kept beside each cell's ``result.json``. ToMe is also
    kept training-free.
-3. ``time`` (quiet cores): every fine-tuned model against the dense one, batch 1 and 64.
+3. ``time`` (quiet cores): every model against the dense one, batch 1 and 64 (speed does not
+   depend on the weights: each is rebuilt from its plan, so a study carried between machines
+   needs only its cells' small files).
 4. ``report``: the page, with each row's paired 95% interval against vitprune and the reference.
 
     python benchmarks/evidence.py plans --runs runs/evidence                 # quiet cores
@@ -306,8 +308,6 @@ class Study:
                                    resume=True, progress=False)
             after = test_metrics(student, self.splits)
             np.save(cell / "test_pred.npy", predictions(student, self.splits))
-            if m.kind not in ("tome", "tome-ft"):
-                torch.save(student.state_dict(), cell / "weights.pt")  # for phase 3
             fsutil.write_json(cell / "result.json", {
                 "method": m.name, "model": model, "target": target, "seed": seed,
                 "macs": after["macs"], "macs_kept": after["macs"] / macs(vit_shape(dense)).total,

@@ -53,6 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 from equal_speed import match_speedup, speedup  # noqa: E402
+from results import test_predictions  # noqa: E402
 from stats import correct, paired_bootstrap, wording  # noqa: E402
 
 from vitprune import fsutil  # noqa: E402
@@ -307,7 +308,7 @@ class Study:
                 history = finetune(student, dense, self.splits, cfg, cell / "finetune",
                                    resume=True, progress=False)
             after = test_metrics(student, self.splits)
-            np.save(cell / "test_pred.npy", predictions(student, self.splits))
+            np.save(cell / "test_pred.npy", test_predictions(student, self.splits))
             fsutil.write_json(cell / "result.json", {
                 "method": m.name, "model": model, "target": target, "seed": seed,
                 "macs": after["macs"], "macs_kept": after["macs"] / macs(vit_shape(dense)).total,
@@ -335,17 +336,6 @@ class Study:
                                                else min(batch, 2), rounds=rounds,
                                                reps=reps if batch > 1 else 5 * reps)
         fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads()})
-
-
-def predictions(model: torch.nn.Module, splits) -> np.ndarray:
-    """The predicted class of every test image, in the split's order (uint8)."""
-    from vitprune.adapters import logits_module
-
-    run, out = logits_module(model.eval()), []
-    with torch.no_grad():
-        for x, _ in make_loader(splits.test, EVAL_BATCH):
-            out.append(run(x).argmax(dim=1).to(torch.uint8))
-    return torch.cat(out).numpy()
 
 
 def labels(splits) -> np.ndarray:

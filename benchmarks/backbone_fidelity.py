@@ -131,8 +131,8 @@ def _read(path: Path) -> dict:
 
 
 def _summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 2), "min": round(min(values), 2),
-            "max": round(max(values), 2), "n": len(values)}
+    return {"mean": round(statistics.mean(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4), "n": len(values)}
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -151,6 +151,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             row[f"{key}_test_fidelity"] = _summary([e[key]["test_fidelity"] for e in ev])
             row[f"{key}_knn_top1"] = _summary([e[key]["test_knn_top1"] for e in ev])
         row["dense_knn_top1"] = ev[0]["dense"]["test_knn_top1"]
+        row["dense_gmacs"] = round(ev[0]["dense"]["macs"] / 1e9, 4)
         if timing:
             for b, lat in timing["latency_ms"].items():
                 ups = [statistics.median(d / p for d, p in zip(lat["dense"], lat[f"b{budget}_s{s}"]))
@@ -161,8 +162,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     record = {"command": "python benchmarks/backbone_fidelity.py run --runs RUNS --seeds "
                          + " ".join(map(str, sorted({s for r in rows for s in r["seeds"]})))
                          + "; ... time --runs RUNS; ... report --runs RUNS",
-              "model": NAME, "model_args": ARGS, "dense_gmacs": round(
-                  rows[0]["gmacs"]["mean"] / rows[0]["macs_kept"]["mean"], 3) if rows else None,
+              "model": NAME, "model_args": ARGS,
+              "dense_gmacs": rows[0]["dense_gmacs"] if rows else None,
               "settings": SETTINGS, "timing": None if timing is None else
               {"threads": timing["threads"], "rounds": timing["rounds"], "torch": timing["torch"]},
               "dense_arch": dense["arch"], "rows": rows}

@@ -4,8 +4,9 @@
 For each case (model, batch): build the latency table (``vitprune latency-table``'s defaults),
 search a plan at each budget on the table (GP-EI, vitprune's defaults but fewer evaluations:
 the quality of the plan does not matter here, its time does), prune it, and time the dense and
-pruned models in turn, round after round (fastest call of each round, as the table's cells);
-the measured fraction is the median over rounds of pruned / dense. The target: within 5% of
+pruned models in turn, round after round; the measured fraction is the fastest call of the
+pruned model over all rounds over the dense model's (the statistic of the table's cells and of
+``compress``'s latency check), with the median of the rounds' own ratios beside it. The target: within 5% of
 the budget (0.5 asked: 0.475-0.525).
 
     python benchmarks/latency_budget.py run --out runs/latency_budget     # ~10 min, quiet cores
@@ -32,6 +33,7 @@ from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import input_shape, logits_module, vit_shape  # noqa: E402
 from vitprune.config import SearchSettings  # noqa: E402
 from vitprune.data import load_splits  # noqa: E402
+from vitprune.errors import BudgetError  # noqa: E402
 from vitprune.latency import LatencyTable  # noqa: E402
 from vitprune.pipeline import load_dense, policy_search  # noqa: E402
 from vitprune.profile import build_table  # noqa: E402
@@ -65,8 +67,13 @@ def run_case(name: str, out: Path, threads: int, rounds: int) -> dict:
     for budget in BUDGETS:
         settings = SearchSettings(budget_metric="latency", latency_table=str(table_path),
                                   trials=20, init=8, calib_images=512)
-        res = policy_search(dense, splits, budget, out / f"{name}_b{budget}", settings=settings,
-                            progress=False, resume=True)
+        try:
+            res = policy_search(dense, splits, budget, out / f"{name}_b{budget}",
+                                settings=settings, progress=False, resume=True)
+        except BudgetError as exc:  # the space cannot reach it: a result too
+            rows.append({"case": name, "model": model, "batch": batch, "budget": budget,
+                         "unreachable": str(exc)})
+            continue
         small = prune(dense, res.best_plan).eval()
         x = torch.randn(batch, *input_shape(dense))
         timer = Timer("cpu", 2, 7, "min")
@@ -77,9 +84,12 @@ def run_case(name: str, out: Path, threads: int, rounds: int) -> dict:
         rows.append({
             "case": name, "model": model, "batch": batch, "budget": budget,
             "predicted_fraction": table.predict(vit_shape(small)) / table.dense_ms(shape),
-            "measured_fraction": statistics.median(fractions),
+            # the table's statistic: the fastest call of each model over all rounds
+            "measured_fraction": min(p for _, p in per_round) / min(d for d, _ in per_round),
+            "median_round_fraction": statistics.median(fractions),
             "measured_range": [min(fractions), max(fractions)],
-            "dense_ms_measured_now": statistics.median(d for d, _ in per_round),
+            "dense_ms_measured_now": min(d for d, _ in per_round),
+            "dense_ms_rounds": [d for d, _ in per_round], "pruned_ms_rounds": [p for _, p in per_round],
             "dense_ms_table": table.dense_ms(shape), "dense_ms_predicted": table.predict(shape),
             "rounds": rounds, "threads": threads})
         print(json.dumps(rows[-1]), flush=True)
@@ -113,17 +123,25 @@ def page(record: dict) -> str:
              "`docs/latency_budget.json` (commands in the script's docstring). A plan searched "
              "under a latency budget (a fraction of the dense model's time, which is the dense "
              "model measured whole when the table is built), pruned, then timed against the "
-             "dense model in turn round after round; measured = median over rounds of pruned / "
-             f"dense (range in brackets). Target: within {tol:.0%} of the budget.", "",
-             f"| case | table | budget | predicted | measured | within {tol:.0%} | dense: table "
-             "ref. / predicted / measured now (ms) |", "|---|---|---|---|---|---|---|"]
+             "dense model in turn round after round; measured = the fastest call of the pruned "
+             "model over the dense model's (the table's statistic), with the median of the "
+             "rounds' ratios and their range beside it. Target: within "
+             f"{tol:.0%} of the budget.", "",
+             f"| case | table | budget | predicted | measured | median of rounds (range) | "
+             f"within {tol:.0%} | dense: table ref. / predicted / measured now (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in record["cases"]:
         for r in c["rows"]:
+            if "unreachable" in r:
+                lines.append(f"| {c['case']} | {c['table']} | {r['budget']:.0%} | unreachable: "
+                             f"{r['unreachable'].split(': ', 1)[-1]} | | | | |")
+                continue
             ok = abs(r["measured_fraction"] / r["budget"] - 1) <= tol
             lo, hi = r["measured_range"]
             lines.append(
                 f"| {c['case']} | {c['table']} | {r['budget']:.0%} | "
-                f"{r['predicted_fraction']:.1%} | {r['measured_fraction']:.1%} ({lo:.1%}-{hi:.1%})"
+                f"{r['predicted_fraction']:.1%} | {r['measured_fraction']:.1%} | "
+                f"{r['median_round_fraction']:.1%} ({lo:.1%}-{hi:.1%})"
                 f" | {'yes' if ok else 'no'} | {r['dense_ms_table']:.2f} / "
                 f"{r['dense_ms_predicted']:.2f} / {r['dense_ms_measured_now']:.2f} |")
     return "\n".join([*lines, "", "## Reading", ""]) + "\n"

@@ -38,8 +38,8 @@ def parse_budget(text: str | float) -> Budget:
     """A budget as a person writes it.
 
     ``0.6`` or ``60%`` keeps 60% of the dense cost (MACs, or under a latency table the dense
-    model's time measured when the table was built); ``2.7G`` is an absolute 2.7 GMACs per image; ``12ms`` an absolute 12 ms per batch
-    (latency budgets).
+    model's time measured when the table was built); ``2.7G`` is an absolute 2.7 GMACs per
+    image; ``12ms`` an absolute 12 ms per batch (latency budgets).
 
     Raises:
         ConfigError: (field ``budget``) anything else.
@@ -365,8 +365,8 @@ class CompressConfig:
 
     budget: str = field(default="0.6", metadata={
         "help": "0.6 or 60% keeps 60% of the dense MACs (or of the dense model's time measured "
-                "with the latency table, with --budget-metric latency); 2.7G is 2.7 GMACs per image; 12ms is 12 ms per "
-                "batch of the latency table"})
+                "with the latency table, with --budget-metric latency); 2.7G is 2.7 GMACs per "
+                "image; 12ms is 12 ms per batch of the latency table"})
     seed: int = field(default=0, metadata={
         "help": "seeds the search and the fine-tuning (and the weights of a model built by name "
                 "without a checkpoint)"})

@@ -97,12 +97,11 @@ class _Measured:
         """The dense model's time, the reference of a fractional budget (``0.5`` = half of it).
 
         For the table's own dense model: its time measured whole when the table was built,
-        interleaved round by round with the calibration models (fastest call), which is the
-        time a user compares a pruned model's with. The prediction from the parts misses it
-        (the dense model sat 10% above its parts on DeiT-S at batch 32 and 26% below on the
-        Fashion-MNIST model at batch 64), so a fraction of the prediction was not that fraction
-        of the measured time. For another model (a pruned one searched again) or a table
-        without the record: the prediction.
+        interleaved round by round with the calibration models (the median of the rounds'
+        fastest calls), which is the time a user compares a pruned model's with. The
+        prediction from the parts can miss it (the dense model sat 10% above its parts on
+        DeiT-S at batch 32 and 26% below on the Fashion-MNIST model at batch 64). For another
+        model (a pruned one searched again) or a table without the record: the prediction.
         """
         measured, parts = self.meta.get("dense_ms_measured"), self.meta.get("dense_ms_parts")
         if measured and parts and abs(self.parts(shape) - parts) <= 1e-9 * max(1.0, parts):

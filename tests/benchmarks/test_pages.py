@@ -14,7 +14,8 @@ import pages  # noqa: E402
 
 # page -> the benchmark module whose page(record) writes it from docs/<page>.json
 GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget",
-             "baseline_t197": "baseline_t197", "evidence": "evidence"}
+             "baseline_t197": "baseline_t197", "evidence": "evidence",
+             "hsic_variants": "hsic_variants"}
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))

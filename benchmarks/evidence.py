@@ -7,8 +7,9 @@ re-run continues where it stopped:
 1. ``plans`` (one process, nothing else on the cores: it times models): per model and target
    fraction of the dense time at batch 64 (0.6 and 0.4), per seed:
    * **vitprune**: GP-EI under a latency budget on the model's batch-64 latency table (built
-     first, quiet cores), three dimensions; **vitprune without tokens** (heads and neurons);
-     **tokens only** (EViT-style selection, ratios to 0.9);
+     first, quiet cores), three dimensions, vitprune's default search settings (ratios to 0.9);
+     **vitprune without tokens** (heads and neurons); **tokens only** (EViT-style selection);
+     a budget a space cannot reach is recorded as such;
    * every other method is then matched to vitprune's *measured* speed-up (bisection on its own
      knob, each candidate timed in turn with the dense model, :mod:`equal_speed`):
      **Torch-Pruning** in its best configuration (mode and head ratio chosen on the calibration
@@ -61,6 +62,7 @@ from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.config import SearchSettings  # noqa: E402
 from vitprune.cost import macs  # noqa: E402
 from vitprune.data import load_splits, make_loader  # noqa: E402
+from vitprune.errors import BudgetError  # noqa: E402
 from vitprune.pipeline import (  # noqa: E402
     MaskedAccuracy,
     calibration_batches,
@@ -80,12 +82,16 @@ TARGETS = (0.6, 0.4)  # fraction of the dense model's measured time at batch 64
 BATCH = 64
 
 
+class Unreachable(Exception):
+    """A method cannot reach the cell's time (its search space or knob stops short)."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     kind: str  # vitprune | tp | tome | tome-ft | dense
     dims: tuple[str, ...] = ("heads", "neurons", "tokens")
-    max_ratio: float = 0.5
+    max_ratio: float | None = None  # None: vitprune's default
 
 
 METHODS = (
@@ -183,50 +189,63 @@ class Study:
 
     def plan_cell(self, model: str, target: float, m: Method, seed: int) -> None:
         cell = self.cell(model, target, m, seed)
-        if (cell / "plan.json").exists() or m.kind == "tome-ft":
-            return  # fine-tuned ToMe reuses the training-free cell's r
+        if (cell / "plan_info.json").exists() or m.kind == "tome-ft":
+            return  # done (fine-tuned ToMe reuses the training-free cell's r)
         first = self.settings["seeds"][0]
         if m.kind == "tp" and seed != first:  # deterministic given the target: planned once
-            src = self.cell(model, target, m, first)
-            if (src / "plan_info.json").exists():
-                cell.mkdir(parents=True, exist_ok=True)
-                for name in ("plan.json", "plan_info.json"):
-                    if (src / name).exists():
-                        fsutil.write_text(cell / name, (src / name).read_text())
-            return
+            return _copy_plan(self.cell(model, target, m, first), cell)
         cell.mkdir(parents=True, exist_ok=True)
         dense, t0 = self.dense(model), time.perf_counter()
         info: dict = {"method": m.name, "model": model, "target": target, "seed": seed}
-        if m.kind == "dense":
-            plan = PrunePlan.dense(vit_shape(dense))
-        elif m.kind == "vitprune":
-            settings = replace(SearchSettings(), budget_metric="latency",
-                               latency_table=str(self.table(model)), dims=m.dims,
-                               max_ratio=m.max_ratio, trials=self.settings["trials"],
-                               init=self.settings["init"],
-                               calib_images=self.settings["calib_images"])
-            res = policy_search(dense, self.splits, target, cell / "search", settings=settings,
-                                seed=seed, progress=False, resume=True)
-            plan = res.best_plan
-            info["calib_top1_before"] = res.best.value
-        else:  # matched to vitprune's measured speed-up at this target and seed
-            ref = self.cell(model, target, METHODS[0], seed)
-            want = self.timed(dense, prune(dense, PrunePlan.load(ref / "plan.json")).eval())
-            try:
-                plan = self._match(m, dense, want, ref, info)
-            except ValueError as exc:  # the method cannot reach that speed: a result too
-                info["unreachable"] = str(exc)
-                fsutil.write_json(cell / "plan_info.json", info)
-                print(json.dumps(info), flush=True)
-                return
-        if plan is not None:
-            plan.save(cell / "plan.json")
-        if m.kind != "dense":
-            info["speedup_b64_at_plan"] = self.timed(dense, self._model(m, dense, cell, info,
-                                                                        plan))
+        try:
+            if m.kind == "dense":
+                plan = PrunePlan.dense(vit_shape(dense))
+            elif m.kind == "vitprune":
+                plan = self._search(model, target, m, seed, cell, info)
+            else:  # matched to vitprune's measured speed-up at this target and seed
+                plan = self._peer(model, target, m, seed, info)
+        except Unreachable as exc:  # the method cannot reach that time: a result too
+            info["unreachable"] = str(exc)
+            plan = None
+        else:
+            if plan is not None:
+                plan.save(cell / "plan.json")
+            if m.kind != "dense":
+                info["speedup_b64_at_plan"] = self.timed(
+                    dense, self._model(m, dense, cell, info, plan))
         info["plan_seconds"] = round(time.perf_counter() - t0, 1)
         fsutil.write_json(cell / "plan_info.json", info)
         print(json.dumps(info), flush=True)
+
+    def _search(self, model: str, target: float, m: Method, seed: int, cell: Path,
+                info: dict) -> PrunePlan:
+        """vitprune's plan: GP-EI under the latency budget, its default settings."""
+        settings = replace(SearchSettings(), budget_metric="latency",
+                           latency_table=str(self.table(model)), dims=m.dims,
+                           trials=self.settings["trials"], init=self.settings["init"],
+                           calib_images=self.settings["calib_images"],
+                           **({} if m.max_ratio is None else {"max_ratio": m.max_ratio}))
+        try:
+            res = policy_search(self.dense(model), self.splits, target, cell / "search",
+                                settings=settings, seed=seed, progress=False, resume=True)
+        except BudgetError as exc:
+            raise Unreachable(str(exc)) from None
+        info["calib_top1_before"] = res.best.value
+        return res.best_plan
+
+    def _peer(self, model: str, target: float, m: Method, seed: int,
+              info: dict) -> PrunePlan | None:
+        """A peer's plan matched to vitprune's measured speed-up (None: ToMe, its r in info)."""
+        dense = self.dense(model)
+        ref = self.cell(model, target, METHODS[0], seed)
+        if not (ref / "plan.json").exists():
+            raise Unreachable("vitprune's plan, the speed to match, is missing (unreachable "
+                              "at this target)")
+        want = self.timed(dense, prune(dense, PrunePlan.load(ref / "plan.json")).eval())
+        try:
+            return self._match(m, dense, want, ref, info)
+        except ValueError as exc:
+            raise Unreachable(str(exc)) from None
 
     def _model(self, m: Method, dense, cell: Path, info: dict, plan: PrunePlan | None):
         if m.kind in ("tome", "tome-ft"):
@@ -336,6 +355,15 @@ class Study:
                                                else min(batch, 2), rounds=rounds,
                                                reps=reps if batch > 1 else 5 * reps)
         fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads()})
+
+
+def _copy_plan(src: Path, cell: Path) -> None:
+    """``src``'s plan files into ``cell`` (nothing where ``src`` is not planned yet)."""
+    if (src / "plan_info.json").exists():
+        cell.mkdir(parents=True, exist_ok=True)
+        for name in ("plan.json", "plan_info.json"):
+            if (src / name).exists():
+                fsutil.write_text(cell / name, (src / name).read_text())
 
 
 def labels(splits) -> np.ndarray:

@@ -49,7 +49,7 @@ CHILD = textwrap.dedent("""
     from PIL import Image
     from transformers import AutoModelForImageClassification, pipeline
 
-    x = torch.load(sys.argv[2])
+    x = torch.load(sys.argv[2], weights_only=True)
     out = {}
     for d in sys.argv[3:]:
         model = AutoModelForImageClassification.from_pretrained(d, trust_remote_code=True).eval()

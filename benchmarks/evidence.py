@@ -154,10 +154,15 @@ class Study:
         return self.runs / model / t / slug(method.name) / f"s{seed}"
 
     def cells(self) -> list[tuple[str, float, Method, int]]:
+        """The study's cells, or those ``--only`` names (a part of the study a sitting runs)."""
+        only = [tuple(o.split(":")) for o in (self.args.only or [])]
         out = []
         for model in self.settings["models"]:
             for seed in self.settings["seeds"]:
                 for target in self.settings["targets"]:
+                    if only and not any(o[0] == model and (len(o) == 1 or float(o[1]) == target)
+                                        for o in only):
+                        continue
                     for m in METHODS:
                         if m.kind == "dense" and target != self.settings["targets"][0]:
                             continue  # the reference has no target: once a seed
@@ -496,10 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="default: 2 to time, 1 to train")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on synthetic data")
+    ap.add_argument("--only", nargs="+", metavar="MODEL[:TARGET]",
+                    help="plans|finetune|time: only these models (and targets) of the study")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence",
                     help="report: the page and JSON (without suffix)")
     args = ap.parse_args(argv)
     args.threads = args.threads or (1 if args.phase == "finetune" else 2)
+    for o in args.only or []:
+        model, _, target = o.partition(":")
+        if model not in MODELS or (target and float(target) not in args.targets):
+            ap.error(f"--only {o}: not a model (and target) of the study")
     torch.set_num_threads(args.threads)
     study = Study(args)
     if args.phase == "report":

@@ -342,3 +342,73 @@ def test_a_fractional_budget_is_of_the_measured_dense_time_for_the_tables_own_mo
     bare = dataclasses.replace(table, meta={k: v for k, v in table.meta.items()
                                             if k != "dense_ms_measured"})
     assert bare.dense_ms(shape) == bare.predict(shape)
+
+
+def _measured_here(tiny, tmp_path):
+    """A synthetic table that says it was measured on this machine (a dense time measured)."""
+    d = synthetic(vit_shape(tiny)).to_dict()
+    d["meta"].update(device="cpu", dense_ms_measured=LatencyTable.from_dict(d).predict(
+        vit_shape(tiny)))
+    path = tmp_path / "here.json"
+    path.write_text(json.dumps(d))
+    return path, LatencyTable.from_dict(d)
+
+
+def _loop_settings(path, rounds=3):
+    from vitprune.config import SearchSettings
+
+    return SearchSettings(method="random", trials=4, init=4, calib_images=16,
+                          budget_metric="latency", latency_table=str(path), latency_rounds=rounds)
+
+
+def test_a_latency_search_re_searches_until_the_measured_time_holds(tiny, tmp_path, monkeypatch):
+    """The table under-predicts every plan by 20% (as searched plans were measured to be): the
+    first plan misses 0.6 by 20%, the second is searched at 0.5 and measures 0.6."""
+    from vitprune import pipeline
+    from vitprune.data import load_splits
+
+    path, table = _measured_here(tiny, tmp_path)
+    shape = vit_shape(tiny)
+    dense_ms = table.dense_ms(shape)
+    calls = []
+
+    def slow(tab, dense, plan, rounds=5):
+        calls.append(plan)
+        return 1.2 * tab.predict(planned_shape(shape, plan)) / dense_ms
+
+    monkeypatch.setattr(pipeline, "measured_fraction", slow)
+    splits = load_splits("synthetic", calib_size=32)
+    res = pipeline.policy_search(tiny, splits, "0.6", tmp_path / "s",
+                                 settings=_loop_settings(path), progress=False)
+    record = json.loads((tmp_path / "s" / pipeline.LATENCY_ROUNDS).read_text())
+    assert [r["round"] for r in record["rounds"]] == [1, 2] and record["chosen"] == 2
+    assert record["held"] and record["rounds"][1]["budget"] == pytest.approx(
+        0.6 / (record["rounds"][0]["measured_fraction"] / 0.6))
+    got = table.predict(planned_shape(shape, res.best_plan)) / dense_ms
+    assert 1.2 * got == pytest.approx(record["rounds"][1]["measured_fraction"])
+    assert abs(1.2 * got / 0.6 - 1) <= pipeline.LATENCY_MISS
+    assert PrunePlan.load(tmp_path / "s" / "best_plan.json") == res.best_plan  # the chosen one
+    # a resume makes the same choice from the record, timing nothing again
+    monkeypatch.setattr(pipeline, "measured_fraction", lambda *a, **k: pytest.fail("timed"))
+    again = pipeline.policy_search(tiny, splits, "0.6", tmp_path / "s", resume=True,
+                                   settings=_loop_settings(path), progress=False)
+    assert again.best_plan == res.best_plan and len(calls) == 2
+
+
+def test_a_latency_search_searches_once_where_it_cannot_time_its_table(tiny, tmp_path,
+                                                                        monkeypatch):
+    """A table measured elsewhere (no dense time measured here), or one round asked: no loop."""
+    from vitprune import pipeline
+    from vitprune.data import load_splits
+
+    monkeypatch.setattr(pipeline, "measured_fraction", lambda *a, **k: pytest.fail("timed"))
+    splits = load_splits("synthetic", calib_size=32)
+    fake = tmp_path / "synthetic.json"
+    fake.write_text(json.dumps(synthetic(vit_shape(tiny)).to_dict()))
+    here, _ = _measured_here(tiny, tmp_path)
+    for name, path, rounds in (("a", fake, 3), ("b", here, 1)):
+        pipeline.policy_search(tiny, splits, "0.6", tmp_path / name, progress=False,
+                               settings=_loop_settings(path, rounds))
+        assert not (tmp_path / name / pipeline.LATENCY_ROUNDS).exists()
+    with pytest.raises(ConfigError, match="latency_rounds"):
+        _loop_settings(here, 0)

@@ -179,6 +179,11 @@ class SearchSettings:
     neuron_multiple: int = field(default=1, metadata={
         "help": "keep each block's MLP width a multiple of this (8, 16, 64: widths the "
                 "hardware's kernels may prefer); inside the search space, so the budget sees it"})
+    latency_rounds: int = field(default=3, metadata={
+        "help": "searches at most under a latency budget: after each, the chosen plan is timed "
+                "against the dense model, and where its measured time misses the budget by more "
+                "than 5% the search runs again at the budget scaled by the miss (1: search "
+                "once; only with a table measured on this machine and device)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", tuple(self.dims))
@@ -209,6 +214,8 @@ class SearchSettings:
                 "must be latency when a --latency-table is given (or leave the table out)")
         require(is_int(self.neuron_multiple) and self.neuron_multiple >= 1, "neuron_multiple",
                 f"must be an integer >= 1, got {self.neuron_multiple!r}")
+        require(is_int(self.latency_rounds) and self.latency_rounds >= 1, "latency_rounds",
+                f"must be an integer >= 1 (1: search once), got {self.latency_rounds!r}")
 
     def latency(self) -> LatencyTable | None:
         """The latency table the budget is measured against (None: a MACs budget)."""

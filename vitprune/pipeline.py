@@ -26,7 +26,7 @@ from .errors import ConfigError, DataError, ModelError, PlanError, VitpruneError
 from .io import resolve_for_data, resolve_model
 from .io.model_dir import dir_checksum, read_config
 from .models import ArchSpec, ModelSource
-from .plan import PrunePlan
+from .plan import PrunePlan, planned_shape
 from .records import EpochRecord
 from .scoring import (
     SCORE_IMAGES,
@@ -433,8 +433,9 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     try:
         if dist.is_main():
             try:
-                result = search(objective, space, budget, config=cfg, out_dir=out,
-                                resume=resume, progress=progress)
+                result = _search_to_time(model, objective, space, budget, cfg, Path(out),
+                                         resume=resume, progress=progress,
+                                         rounds=settings.latency_rounds)
             except VitpruneError as exc:  # every rank raises it, none is left waiting
                 result = exc
             objective.stop()
@@ -447,6 +448,95 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if isinstance(result, VitpruneError):
         raise result
     return result
+
+
+LATENCY_MISS = 0.05  # a latency budget holds when the measured time is within 5% of it
+LATENCY_ROUNDS = "latency_rounds.json"  # the closed loop's record, in the search directory
+
+
+def _closes_loop(space: SearchSpace, model: torch.nn.Module, budget: Budget) -> bool:
+    """Whether the search can time its plan where its latency table was measured: a table
+    measured on this kind of device (with the dense model's measured time), a time budget."""
+    table = space.latency
+    return (table is not None and budget.unit in ("fraction", "ms")
+            and table.meta.get("dense_ms_measured") is not None
+            and table.meta.get("device", "cpu") == torch.device(device_of(model)).type)
+
+
+def measured_fraction(table: Any, dense: torch.nn.Module, plan: PrunePlan,
+                      rounds: int = 5) -> float:
+    """The time ``plan``'s model takes as a fraction of ``dense``'s, measured here at the
+    table's batch and threads: the median of ``rounds`` interleaved rounds (fastest calls)."""
+    import statistics
+
+    from .surgery import prune
+
+    pruned = prune(dense, plan).eval()
+    return statistics.median(latency_check(table, dense, pruned)["measured_fraction"]
+                             for _ in range(rounds))
+
+
+def _search_to_time(model: torch.nn.Module, objective: MaskedAccuracy, space: SearchSpace,
+                    budget: Budget, cfg: Any, out: Path, *, resume: bool, progress: bool,
+                    rounds: int) -> SearchResult:
+    """The search, closed on measured time: under a latency budget the chosen plan is timed
+    against the dense model; where it misses the budget by more than :data:`LATENCY_MISS`,
+    the search runs again (in ``out/round<k>``) at the budget scaled by the miss, up to
+    ``rounds`` searches. The round that holds (else the closest) is the result; the rounds are
+    recorded in ``out/latency_rounds.json`` (read back on a resume, so a resumed search makes
+    the same choice)."""
+    result = search(objective, space, budget, config=cfg, out_dir=out, resume=resume,
+                    progress=progress)
+    if rounds <= 1 or not _closes_loop(space, model, budget):
+        return result
+    import json
+
+    from .fsutil import write_json
+    from .search.report import write_outputs
+
+    table, shape = space.latency, space.shape
+    target = budget.value if budget.unit == "fraction" else budget.value / table.dense_ms(shape)
+    record = out / LATENCY_ROUNDS
+    before = json.loads(record.read_text())["rounds"] if resume and record.exists() else []
+    rows: list[dict[str, Any]] = []
+    results = [result]
+    asked = budget
+    for k in range(rounds):
+        if k:
+            sub = out / f"round{k + 1}"
+            results.append(search(objective, space, asked, config=cfg, out_dir=sub,
+                                  resume=resume and sub.exists(), progress=progress))
+        old = before[k] if k < len(before) and before[k]["budget"] == asked.value else None
+        if not old:
+            objective.masker.clear()  # the dense model is timed dense, not as last masked
+        got = (old["measured_fraction"] if old else
+               measured_fraction(table, model, results[-1].best_plan))
+        predicted = table.predict(planned_shape(shape, results[-1].best_plan))
+        rows.append({"round": k + 1, "budget": asked.value, "unit": asked.unit,
+                     "predicted_fraction": predicted / table.dense_ms(shape),
+                     "measured_fraction": got})
+        miss = got / target
+        if abs(miss - 1) <= LATENCY_MISS:
+            break
+        value = asked.value / miss
+        if asked.unit == "fraction":
+            value = min(value, 1.0)
+        try:
+            nxt = Budget(value, unit=asked.unit, tolerance=asked.tolerance)
+            resolve_band(space, nxt)
+        except VitpruneError as exc:  # the scaled budget is out of the space's reach
+            rows[-1]["stopped"] = str(exc)
+            break
+        asked = nxt
+    held = [i for i, r in enumerate(rows) if abs(r["measured_fraction"] / target - 1)
+            <= LATENCY_MISS]
+    pick = held[-1] if held else min(range(len(rows)), key=lambda i: abs(
+        rows[i]["measured_fraction"] / target - 1))
+    write_json(record, {"target_fraction": target, "tolerance": LATENCY_MISS, "rounds": rows,
+                        "chosen": pick + 1, "held": bool(held)})
+    if pick:  # the directory's best plan and summary are the chosen round's
+        write_outputs(results[pick], out)
+    return results[pick]
 
 
 def latency_check(table: Any, dense: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, Any]:

@@ -11,7 +11,8 @@ process so the ratios compare like with like.
 The compress runs can also be made separately (e.g. in parallel, one thread each), with
 ``vitprune compress --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --budget B
 --threads 1 --out runs/compress/bB``; this script then only reads them and measures speed.
-The hand-written reading of the tables lives in docs/compress_reading.md and is appended.
+The page is :func:`page` of docs/compress.json; its hand-written reading is kept between the
+page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ from pathlib import Path
 
 import torch
 
-import vitprune
-from vitprune import fsutil
-from vitprune.compression import read_run
-from vitprune.config import CompressConfig
-from vitprune.speed import THOROUGH, compare, timing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
 
-BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
+import vitprune  # noqa: E402
+from vitprune import fsutil  # noqa: E402
+from vitprune.compression import read_run  # noqa: E402
+from vitprune.config import CompressConfig  # noqa: E402
+from vitprune.speed import THOROUGH, compare, timing  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
+# the settings of `vitprune compress` the page states (the runs use its defaults)
+DEFAULTS = ("criterion", "score_images", "method", "trials", "init", "calib_images", "max_ratio",
+            "epochs", "lr", "augment", "kd_alpha", "kd_temperature")
 
 
 def main() -> int:
@@ -69,19 +77,20 @@ def main() -> int:
         })
     dense = {"mmacs": results[args.budgets[0]][0].metrics.rows["dense"].macs / 1e6,
              "latency_ms_b1": 1e3 * speed[1]["dense"], "throughput_b64": 64 / speed[64]["dense"]}
-    fsutil.write_json(args.out.with_suffix(".json"), {
-        "command": "python " + " ".join(sys.argv), "threads": args.threads, "dense": dense,
-        "rows": rows})
     cfg = CompressConfig().flat()  # the runs use vitprune's defaults
-    text = table(rows, dense, args, cfg)
-    fsutil.write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    record = {"command": "python " + " ".join(sys.argv), "threads": args.threads,
+              "defaults": {k: cfg[k] for k in DEFAULTS}, "dense": dense, "rows": rows}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
     return 0
 
 
-def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/compress.json`` alone."""
+    cfg, dense, rows = record["defaults"], record["dense"], record["rows"]
     lines = ["# Compress on the Fashion-MNIST baseline", "",
-             f"Command: `python {' '.join(sys.argv)}`  ",
+             f"Command: `{record['command']}`  ",
              f"Defaults of `vitprune compress`: {cfg['criterion']} scores ({cfg['score_images']} "
              f"calibration images), {cfg['method']} search ({cfg['trials']} evaluations, "
              f"{cfg['init']} random first, {cfg['calib_images']:,} calibration images each, prune "
@@ -90,8 +99,8 @@ def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
              f"{'shift/flip augmentation' if cfg['augment'] else 'no augmentation'}, "
              f"{1 - cfg['kd_alpha']:g} CE + {cfg['kd_alpha']:g} T^2 KL with T = "
              f"{cfg['kd_temperature']:g} from the dense model). Test split: 10,000 images. "
-             f"CPU speed: {args.threads} threads, dense and compressed models timed in turn in one "
-             "process (median), quiet cores.", "",
+             f"CPU speed: {record['threads']} threads, dense and compressed models timed in turn "
+             "in one process (median), quiet cores.", "",
              "| MACs kept | MMACs | params (M) | test top-1 dense | pruned, no fine-tuning | "
              "fine-tuned | change | latency b1 speed-up | throughput b64 speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -108,10 +117,7 @@ def table(rows: list[dict], dense: dict, args, cfg: dict) -> str:
     for r in rows:
         lines.append(f"| {r['budget']} | {r['search_s']:.0f} | {r['finetune_s']:.0f} | {r['epochs']} | "
                      + ", ".join(f"{v:.2f}" for v in r["finetune_calib_top1"]) + " |")
-    reading = Path(__file__).resolve().parents[1] / "docs" / "compress_reading.md"
-    if reading.exists():
-        lines += ["", reading.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ fine-tuning after removing 30% / 50% of the MLP neurons, or a third of the heads
 the components chosen by each criterion (scores from calibration images; accuracy on test).
 
     python benchmarks/criteria_accuracy.py --out docs/criteria_accuracy
+
+The page is :func:`page` of docs/criteria_accuracy.json; its hand-written reading is kept between
+the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from pathlib import Path
 
 import torch
 
-from vitprune import fsutil, load
-from vitprune.adapters import vit_shape
-from vitprune.data import load_splits, make_loader
-from vitprune.pipeline import MaskedAccuracy, score
-from vitprune.scoring import rankings
-from vitprune.search import Ratios, ratios_to_plan
-from vitprune.train import EVAL_BATCH
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil, load  # noqa: E402
+from vitprune.adapters import vit_shape  # noqa: E402
+from vitprune.data import load_splits, make_loader  # noqa: E402
+from vitprune.pipeline import MaskedAccuracy, score  # noqa: E402
+from vitprune.scoring import rankings  # noqa: E402
+from vitprune.search import Ratios, ratios_to_plan  # noqa: E402
+from vitprune.train import EVAL_BATCH  # noqa: E402
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
 SETTINGS = [("neurons -30%", 0.0, 0.3), ("neurons -50%", 0.0, 0.5), ("heads -1/3", 1 / 3, 0.0)]
@@ -61,15 +67,26 @@ def main() -> int:
         print(json.dumps({"criterion": name, **opts, **last}), flush=True)
     objective.close()
     kept_heads = len(ratios_to_plan(shape, Ratios.uniform(depth, heads=1 / 3)).blocks[0].heads)
+    record = {"command": "python " + " ".join(sys.argv), "images": args.images,
+              "heads": shape.blocks[0].heads, "kept_heads": kept_heads,
+              "random_seeds": args.random_seeds, "dense_top1": dense, "rows": list(rows.values())}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
+    return 0
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/criteria_accuracy.json`` alone."""
     md = ["# Criteria on the Fashion-MNIST baseline (no fine-tuning)", "",
-          f"Command: `python {' '.join(sys.argv)}`  ",
-          f"Dense test top-1: {dense:.2f}%. Scores from {args.images} calibration images (held out "
-          f"from training); accuracy on the 10,000 test images. \"heads -1/3\" keeps "
-          f"{kept_heads} of {shape.blocks[0].heads} heads per block (rounding). Random: mean (min-max) "
-          f"over {args.random_seeds} seeds.", "",
+          f"Command: `{record['command']}`  ",
+          f"Dense test top-1: {record['dense_top1']:.2f}%. Scores from {record['images']} "
+          "calibration images (held out from training); accuracy on the 10,000 test images. "
+          f"\"heads -1/3\" keeps {record['kept_heads']} of {record['heads']} heads per block "
+          f"(rounding). Random: mean (min-max) over {record['random_seeds']} seeds.", "",
           "| criterion | " + " | ".join(s[0] for s in SETTINGS) + " | scoring time (s) |",
           "|---|" + "---|" * (len(SETTINGS) + 1)]
-    for row in rows.values():
+    for row in record["rows"]:
         cells = []
         for label, _, _ in SETTINGS:
             v = row[label]
@@ -77,10 +94,7 @@ def main() -> int:
             cells.append(f"{statistics.mean(v):.2f}" + spread)
         secs = statistics.mean(row["score_seconds"])
         md.append(f"| {row['criterion']} | " + " | ".join(cells) + f" | {secs:.1f} |")
-    fsutil.write_json(args.out.with_suffix(".json"), {"dense_top1": dense, "rows": list(rows.values())})
-    fsutil.write_text(args.out.with_suffix(".md"), "\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0
+    return "\n".join([*md, "", "## Reading"])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ results with their range:
 
 Seed 0 is `make demo` itself (``runs/demo``); other seeds go to ``runs/demo_s<seed>``. A finished
 run is read, not run again (its wall time was recorded when it ran). Time it on quiet cores.
+The page is :func:`page` of docs/demo.json; its hand-written reading is kept between the page's
+reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from vitprune import fsutil
-from vitprune.compression import read_run
-from vitprune.rundir import read_state
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.compression import read_run  # noqa: E402
+from vitprune.rundir import read_state  # noqa: E402
 
 WALL = "demo_wall.json"  # written beside each run directory when this script times it
 
@@ -73,10 +78,19 @@ def main() -> int:
     args = ap.parse_args()
     rows = [run(s) for s in args.seeds]
     command = "python benchmarks/demo_runs.py " + " ".join(sys.argv[1:])
-    fsutil.write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
+    record = {"command": command, "rows": rows}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
+    return 0
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/demo.json`` alone."""
+    rows = record["rows"]
     lines = ["# `make demo`: what to expect", "",
-             f"Command: `{command}` (on two quiet CPU cores). Each row is the whole job of "
-             "`make demo` (HSIC scores, a 24-evaluation GP-EI search at budget 0.6, physical "
+             f"Command: `{record['command']}` (on two quiet CPU cores). Each row is the whole job "
+             "of `make demo` (HSIC scores, a 24-evaluation GP-EI search at budget 0.6, physical "
              "pruning, 3 epochs of fine-tuning with distillation, evaluation and CPU speed) with "
              "one seed; seed 0 is `make demo` itself.", "",
              "| seed | wall (min) | MACs kept | params (M) | test top-1 dense | pruned | "
@@ -99,12 +113,7 @@ def main() -> int:
                       f"{spread([r['wall_seconds'] / 60 for r in timed], '.1f')} minutes "
                       "(rows timed on quiet cores; '-': run beside other work, not timed)")
     lines[-1] += "."
-    reading = Path(__file__).resolve().parents[1] / "docs" / "demo_reading.md"
-    if reading.exists():
-        lines += ["", reading.read_text().rstrip()]
-    fsutil.write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

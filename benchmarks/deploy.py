@@ -15,7 +15,8 @@ The compressed models are made by (docs/compress.md)
 ``vitprune compress --model vitprune/assets/fmnist_vit_d12 --data fashion-mnist --budget B
 --threads 1 --out runs/compress/bB`` for B in 0.6 and 0.4. Results go to ``--out``.json after
 every measurement, and a re-run skips what is there (``--redo`` measures again). Time on quiet
-cores only. The hand-written reading lives in docs/deploy_reading.md and is appended.
+cores only. The page is :func:`page` of docs/deploy.json; its hand-written reading is kept
+between the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -32,17 +33,20 @@ import numpy as np
 import onnxruntime
 import torch
 
-import vitprune
-from vitprune import fsutil
-from vitprune.adapters import input_shape, vit_shape
-from vitprune.cost import macs
-from vitprune.io import load
-from vitprune.io.export import export_onnx, ort_runner
-from vitprune.models import build_model
-from vitprune.runtime import quantize_eager, runner
-from vitprune.search.space import solve_uniform
-from vitprune.speed import THOROUGH, compare, timing
-from vitprune.surgery import prune
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+import vitprune  # noqa: E402
+from vitprune import fsutil  # noqa: E402
+from vitprune.adapters import input_shape, vit_shape  # noqa: E402
+from vitprune.cost import macs  # noqa: E402
+from vitprune.io import load  # noqa: E402
+from vitprune.io.export import export_onnx, ort_runner  # noqa: E402
+from vitprune.models import build_model  # noqa: E402
+from vitprune.runtime import quantize_eager, runner  # noqa: E402
+from vitprune.search.space import solve_uniform  # noqa: E402
+from vitprune.speed import THOROUGH, compare, timing  # noqa: E402
+from vitprune.surgery import prune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "vitprune" / "assets" / "fmnist_vit_d12"
@@ -147,7 +151,7 @@ def main() -> int:
                 "date": time.strftime("%Y-%m-%d %H:%M")}, "cases": {}})
         for name in todo:
             measure_case(name, all_cases[name], res, res["runs"][r], jpath, r)
-    fsutil.write_text(args.out.with_suffix(".md"), report(res))
+    pages.write(args.out.with_suffix(".md"), page(res), after="## Reading")
     return 0
 
 
@@ -188,7 +192,8 @@ def _span(values: list[float], fmt: str) -> str:
         f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
-def report(res: dict) -> str:
+def page(res: dict) -> str:
+    """The page's generated text, from ``docs/deploy.json`` alone."""
     runs = res["runs"]
     env = runs[0]["env"]
     lines = ["# Deployment: the pruned model's speed-up in each runtime", "",
@@ -228,10 +233,7 @@ def report(res: dict) -> str:
                 lines.append(f"| {m} | " + " | ".join(f"{row[c]:.2f}" for c in cols)
                              + f" | {cost:+.2f} |")
         lines.append("")
-    reading = ROOT / "docs" / "deploy_reading.md"
-    if reading.exists():
-        lines += [reading.read_text().rstrip(), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "## Reading"])
 
 
 if __name__ == "__main__":

@@ -4,22 +4,30 @@
 Built on the meta device (no memory, no weights), so it runs in seconds on any machine:
 
     python benchmarks/families_cost.py --out docs/families
+
+The page also shows the measured speed of ``docs/families_speed.json`` (benchmarks/families_speed.py),
+copied into this page's JSON. The page is :func:`page` of docs/families.json; its hand-written
+reading is kept between the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
-from vitprune import fsutil
-from vitprune.adapters import vit_shape
-from vitprune.adapters.t2t_vit import T2T_PUBLISHED
-from vitprune.cost import macs
-from vitprune.models import build_model
-from vitprune.surgery import count_params
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.adapters import vit_shape  # noqa: E402
+from vitprune.adapters.t2t_vit import T2T_PUBLISHED  # noqa: E402
+from vitprune.cost import macs  # noqa: E402
+from vitprune.models import build_model  # noqa: E402
+from vitprune.surgery import count_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # published (params M, GMACs at 224): T2T-ViT authors' README; ViT-B/16 and DeiT-B (distilled)
@@ -64,7 +72,8 @@ def rows() -> list[dict]:
     return out
 
 
-def markdown(table: list[dict]) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/families.json`` alone."""
     lines = [
         "# Model families: parameters and MACs against the published numbers",
         "",
@@ -77,46 +86,11 @@ def markdown(table: list[dict]) -> str:
         "| family | model | params (M) | published | GMACs | published | off | stem GMACs |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in table:
+    for r in record["rows"]:
         lines.append(f"| {r['family']} | {r['model']} | {r['params_m']:.2f} | "
                      f"{r['published_params_m']} | {r['gmacs']:.3f} | {r['published_gmacs']} | "
                      f"{r['gmacs_off_pct']:+.1f}% | {r['stem_gmacs']:.3f} |")
-    lines += [
-        "",
-        "## Reading",
-        "",
-        "- Parameters: every published figure is reproduced to its printed precision (T2T-ViT "
-        "counts include the frozen sinusoidal position table and the Performer's fixed random "
-        "matrix, as the authors' script counts every parameter).",
-        "- T2T-ViT MACs: this layer count, with the T2T module's own products (the Performer's "
-        "random-feature products, or the T2T Transformer's attention) counted, is the authors' "
-        "convention: it rounds to every published figure (T2T-ViT-14: 4.78 G, published 4.8 G), "
-        "T2T-ViT-7's 1.147 G printed as 1.1 G included. The exception is T2T-ViT-24 (13.66 G, "
-        "published 13.8 G): the Performer and `-t` models of one depth differ only in the T2T "
-        "module (1.30 G at width 384-512 by this count, 1.3 G in the published -14 and -19 pairs) "
-        "but the published -24 pair differs by 1.2 G; this count matches the `-t-24` figure "
-        "(15.0 G). A count that leaves out the blocks' attention products (0.417 G in "
-        "T2T-ViT-14) gives 4.37 G, close to the 4.33 G a port to timm reports: that is where the "
-        "two figures part.",
-        "- The stem column is the embedding's cost: one patch-embedding convolution for timm and "
-        "Hugging Face, the whole tokens-to-token module for T2T-ViT (0.30 G Performer, 1.60 G "
-        "Transformer at T2T-ViT-14). It is never pruned and is part of every budget.",
-        "- Hugging Face ViT-B/16 and DeiT-B with its distillation head count the same as timm's "
-        "models of the same shape.",
-        "- Swin: the published figures are rounded to 0.1 G and 1 M; this count is within 0.5% "
-        "of each. Its stem column holds the patch embedding and the three patch-merging layers "
-        "between stages (0.014 G and 0.173 G at Swin-T), which are never pruned. Windowed attention "
-        "is counted as it runs: the token grid padded to whole windows, each token attending to "
-        "the 49 (or 144) of its window.",
-        "- EVA-02: the gated MLP counts three matrices (gate, value, output); rotary embeddings "
-        "and the MLP's inner norm are elementwise and left out, as norms are. Parameters are "
-        "exact (5,502,144 and 21,621,120).",
-        "- Every row is also held against torch's FLOP counter (fused attention off) in the "
-        "tests, dense and pruned: `tests/adapters/test_timm_swin.py`, `test_timm_eva.py`.",
-        "",
-        *WHAT_IS_PRUNED,
-        *speed_table(),
-    ]
+    lines += ["", *speed_table(record.get("speed")), "## Reading", *WHAT_IS_PRUNED]
     return "\n".join(lines)
 
 
@@ -158,13 +132,10 @@ WHAT_IS_PRUNED = [
 ]
 
 
-def speed_table() -> list[str]:
+def speed_table(rec: dict | None) -> list[str]:
     """The measured speed-up table of ``docs/families_speed.json`` (none before it is made)."""
-    if not SPEED.exists():
+    if not rec:
         return []
-    import json
-
-    rec = json.loads(SPEED.read_text())
     rows = rec["rows"]
     lines = [
         "## Measured CPU speed at 60% of the MACs",
@@ -182,19 +153,7 @@ def speed_table() -> list[str]:
         lines.append(f"| {r['family']} | {r['model']} | {r['pruned']} | {r['ratio']} | "
                      f"{r['macs_kept']:.1%} | {r['latency_ms']:.0f} | {r['speedup']:.2f}x | "
                      f"{lo:.2f}-{hi:.2f} |")
-    return lines + [
-        "",
-        "Reading: on this CPU every family runs faster than its MACs alone predict (1.7-2.3x at "
-        "55-60% of the MACs), and the spread between rounds is wide on these shared cores (Swin "
-        "1.4-2.1x): read the medians as what to expect within about 0.3x, not as one figure. "
-        "Swin's dense forward is the slowest per MAC (window partition, shifts and padding are "
-        "memory moves the MAC count does not see; pruning does not shrink them), and its "
-        "speed-up is the smallest. The ViT and EVA heads-and-neurons plans land at 55-56% of the "
-        "MACs (a uniform ratio removes whole heads, so the cost moves in steps), below the token "
-        "plans' 60%: the table does not say which dimension pays more at equal MACs. These are "
-        "uniform plans on random weights; the searched plans' accuracy is in docs/results.md.",
-        "",
-    ]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "families"),
                     help="path stem of the report: writes OUT.md and OUT.json")
     args = ap.parse_args(argv)
-    table = rows()
-    fsutil.write_json(Path(args.out + ".json"), {"rows": table})
-    fsutil.write_text(Path(args.out + ".md"), markdown(table))
-    print(markdown(table))
+    record = {"rows": rows(),
+              "speed": json.loads(SPEED.read_text()) if SPEED.exists() else None}
+    fsutil.write_json(Path(args.out + ".json"), record)
+    pages.write(Path(args.out + ".md"), page(record), after="## Reading")
+    print(page(record))
     return 0
 
 

@@ -1,6 +1,7 @@
 """docs/families_speed.json: measured CPU speed-up of DeiT-S, Swin-T and EVA-02-S pruned to 60%
 of their MACs, timed interleaved with their dense models (batch 32, eager PyTorch, the machine's
-threads), so the families' speed-ups can be read side by side. ``docs/families.md`` shows it.
+threads), so the families' speed-ups can be read side by side. ``docs/families.md`` shows it
+(regenerate it with ``python benchmarks/families_cost.py --out docs/families`` after this).
 
 Plans are uniform: the smallest ratio of heads and neurons in every block (and, in the second
 ViT/EVA row, of tokens at the default stages too) whose plan keeps at most 60% of the MACs, the

@@ -20,6 +20,9 @@ Steps (each resumable: its result is kept under ``--runs`` and a re-run skips it
     nohup python benchmarks/latency_compare.py run --table runs/latency/fmnist_b64/table.json \\
         --table-b1 runs/latency/fmnist_b1/table.json > runs/latency_compare.log 2>&1 &
     python benchmarks/latency_compare.py report --out docs/latency_compare
+
+The page is :func:`page` of docs/latency_compare.json; its hand-written reading is kept between
+the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import pages  # noqa: E402
 
 from vitprune import fsutil, load  # noqa: E402
 from vitprune.config import SearchSettings  # noqa: E402
@@ -279,14 +283,23 @@ def cmd_report(args) -> int:
     record = {"state": state, "rows": rows, "match": {"macs": m, "tp": t}, "speed": sp,
               "budget": args.budget, "seeds": sorted({r["seed"] for r in res})}
     fsutil.write_json(Path(str(args.out) + ".json"), record)
+    pages.write(Path(str(args.out) + ".md"), page(record), after="## Reading")
+    print(page(record))
+    return 0
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/latency_compare.json`` alone."""
+    state, sp, rows = record["state"], record["speed"], record["rows"]
+    m, t = record["match"]["macs"], record["match"]["tp"]
     lines = [
         "# Latency budget against MACs budget and Torch-Pruning, at equal measured speed",
         "",
-        f"Made by `python benchmarks/latency_compare.py run ...` then `report` (figures in "
-        f"`{Path(str(args.out)).name}.json`). Fashion-MNIST baseline (test top-1 90.02), CPU, "
+        "Made by `python benchmarks/latency_compare.py run ...` then `report` (figures in "
+        f"`latency_compare.json`). Fashion-MNIST baseline (test top-1 90.02), CPU, "
         f"{sp['threads']} threads. vitprune's plan is searched under a latency budget of "
-        f"{args.budget} of the dense time on the batch-64 latency table ({state['table']}); its "
-        f"measured time is {state['target']:.1%} of the dense model's (predicted "
+        f"{record['budget']} of the dense time on the batch-64 latency table ({state['table']}); "
+        f"its measured time is {state['target']:.1%} of the dense model's (predicted "
         f"{state['predicted_fraction']:.1%}). The MACs-budget search (same settings) and "
         "Torch-Pruning's uniform plan are taken at the MACs budget whose plan's measured time "
         "is nearest that (budgets tried below). Each plan is fine-tuned alike (one epoch of "
@@ -316,10 +329,7 @@ def cmd_report(args) -> int:
                       f"predicted at {reach['cheapest_fraction']:.1%} of the dense batch-1 time "
                       f"({reach['table']}); half the dense time is "
                       f"{'reachable' if reach['half_reachable'] else 'not reachable'}."]
-    lines.append("")
-    fsutil.write_text(Path(str(args.out) + ".md"), "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return "\n".join([*lines, "", "## Reading"])
 
 
 def main() -> int:

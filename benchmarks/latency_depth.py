@@ -8,6 +8,9 @@ of distillation), beside a width-only plan of the widest space at its cheapest.
 
     python benchmarks/latency_depth.py run --table runs/latency/fmnist_b1/table.json
     python benchmarks/latency_depth.py report --out docs/latency_depth
+
+The page is :func:`page` of docs/latency_depth.json; its hand-written reading is kept between the
+page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import pages  # noqa: E402
 
 from vitprune import fsutil, load  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
@@ -99,6 +104,14 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     res = json.loads((args.runs / "result.json").read_text())
+    fsutil.write_json(Path(str(args.out) + ".json"), res)
+    pages.write(Path(str(args.out) + ".md"), page(res), after="## Reading")
+    print(page(res))
+    return 0
+
+
+def page(res: dict) -> str:
+    """The page's generated text, from ``docs/latency_depth.json`` alone."""
     rows, dense = res["rows"], res["rows"]["dense"]
     lines = [
         "# Depth pruning at batch 1",
@@ -123,11 +136,7 @@ def cmd_report(args) -> int:
                      f"{r['blocks_without_mlp']} | {r['predicted_ms']:.3f} | "
                      f"{r['measured_ms']:.3f} | {dense['measured_ms'] / r['measured_ms']:.2f}x "
                      f"| {acc} |")
-    lines.append("")
-    fsutil.write_json(Path(str(args.out) + ".json"), res)
-    fsutil.write_text(Path(str(args.out) + ".md"), "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return "\n".join([*lines, "", "## Reading"])
 
 
 def main() -> int:

@@ -5,6 +5,9 @@ above, at each batch given (the fastest of the calls, interleaved so drift hits 
     python benchmarks/latency_multiples.py --out docs/latency_multiples
     python benchmarks/latency_multiples.py --model deit_small_patch16_224 --batches 32 \
         --out docs/latency_multiples_deit
+
+The page is :func:`page` of its JSON; its hand-written reading is kept between the page's reading
+markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import pages  # noqa: E402
 
 from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import adapter_for, vit_shape  # noqa: E402
@@ -54,26 +59,33 @@ def main() -> int:
             row["gain_vs_neighbours"] = (statistics.mean(
                 [v for v in (row["ms_below"], row["ms_above"]) if v]) / ms[w] - 1)
             rows.append(row)
+    record = {"rows": rows, "model": args.model, "threads": args.threads,
+              "batches": args.batches, "tokens": N, "embed_dim": C, "mlp_hidden": D,
+              "device_name": device_name("cpu")}
+    fsutil.write_json(Path(args.out + ".json"), record)
+    pages.write(Path(args.out + ".md"), page(record), after="## Reading")
+    print(page(record))
+    return 0
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from its JSON alone."""
+    model = record["model"]
     lines = ["# Do MLP widths on multiples pay here?", "",
-             f"Made by `python benchmarks/latency_multiples.py --model {args.model} --batches "
-             f"{' '.join(map(str, args.batches))}` (figures in the JSON beside). One block's MLP "
-             f"half of {args.model} ({N} tokens, model width {C}, MLP width {D}) on "
-             f"{device_name('cpu')}, {args.threads} threads: the fastest of 75 calls per MLP "
-             "width, interleaved. Gain: the mean time of the widths one below and one above, "
-             "over the aligned width's (one below does less work, so a positive gain there is "
-             "alignment alone).", "",
-             "| batch | width | ms | ms at width - 1 | ms at width + 1 | gain |",
+             f"Made by `python benchmarks/latency_multiples.py --model {model} --batches "
+             f"{' '.join(map(str, record['batches']))}` (figures in the JSON beside). One block's "
+             f"MLP half of {model} ({record['tokens']} tokens, model width {record['embed_dim']}, "
+             f"MLP width {record['mlp_hidden']}) on {record['device_name']}, "
+             f"{record['threads']} threads: the fastest of 75 calls per MLP width, interleaved. "
+             "Gain: the mean time of the widths one below and one above, over the aligned "
+             "width's (one below does less work, so a positive gain there is alignment alone).",
+             "", "| batch | width | ms | ms at width - 1 | ms at width + 1 | gain |",
              "|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in record["rows"]:
         lines.append(f"| {r['batch']} | {r['width']} | {r['ms']:.4f} | "
                      f"{r['ms_below']:.4f} | " + (f"{r['ms_above']:.4f}" if r["ms_above"] else "-")
                      + f" | {r['gain_vs_neighbours']:+.1%} |")
-    lines.append("")
-    fsutil.write_json(Path(args.out + ".json"), {"rows": rows, "model": args.model,
-                                                  "threads": args.threads})
-    fsutil.write_text(Path(args.out + ".md"), "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

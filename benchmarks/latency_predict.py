@@ -14,7 +14,9 @@ the fastest call kept: the same statistic as the table's cells.
     python benchmarks/latency_predict.py report runs/latency --out docs/latency
 
 Each case's directory keeps its table and results: a re-run reuses the table and skips a case
-that is done. Time nothing else on the machine meanwhile.
+that is done. Time nothing else on the machine meanwhile. The page is :func:`page` of
+docs/latency.json; its hand-written reading (what a latency table is, and how to read these
+figures) is kept between the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import pages  # noqa: E402
 
 from vitprune import fsutil, load  # noqa: E402
 from vitprune.adapters import input_shape, vit_shape  # noqa: E402
@@ -126,7 +130,15 @@ def report(runs: Path, out: str) -> None:
     old = Path(out + ".json")
     if old.exists():
         results = {**{r["case"]: r for r in json.loads(old.read_text())["cases"]}, **results}
-    results = [results[k] for k in sorted(results)]
+    record = {"cases": [results[k] for k in sorted(results)]}
+    fsutil.write_json(Path(out + ".json"), record)
+    pages.write(Path(out + ".md"), page(record), after="## Reading")
+    print("\n".join(page(record).splitlines()[:12 + len(record["cases"])]))
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/latency.json`` alone."""
+    results = record["cases"]
     lines = [
         "# Latency tables: predicted against measured time of pruned models",
         "",
@@ -148,17 +160,14 @@ def report(runs: Path, out: str) -> None:
                      f"{r['table_build_s']:.0f} s | {r['table_cells']} | "
                      f"{r['median_abs_error']:.1%} | {r['max_abs_error']:.1%} | "
                      f"{r['dense_error']:+.1%} |")
-    lines += ["", "Target: median at most 5%, worst at most 10%. How to read these figures, and "
-              "what they do not show: docs/latency_reading.md.", ""]
+    lines += ["", "Target: median at most 5%, worst at most 10%.", "", "## Reading"]
     for r in results:
         lines += [f"## {r['case']}", "", "| plan | measured ms | predicted ms | error |",
                   "|---|---|---|---|"]
         lines += [f"| {row['plan']} | {row['measured_ms']:.2f} | {row['predicted_ms']:.2f} | "
                   f"{row['error']:+.1%} |" for row in r["rows"]]
         lines.append("")
-    fsutil.write_json(Path(out + ".json"), {"cases": results})
-    fsutil.write_text(Path(out + ".md"), "\n".join(lines))
-    print("\n".join(lines[:12 + len(results)]))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,14 @@
 Reads the cells that ``benchmarks/results.py run`` left for the methods "ours" (ratios in
 [0, 0.5]) and "ours, ratios to 0.9" (ratios in [0, 0.9]) in each runs directory given. Each
 directory holds ``commands.txt``: the exact commands that filled it, one a line; the ``--model``
-of its ``results.py run`` line names the dense model (default: the shipped one). Writes nothing
-but the report; it measures nothing.
+of its ``results.py run`` line names the dense model (default: the shipped one). For the shipped
+model the same cells of the one-epoch study (docs/results.json) are kept beside, for comparison.
+Writes nothing but the report; it measures nothing.
 
     python benchmarks/max_ratio_report.py runs/max_ratio_tiny runs/max_ratio_d12
+
+The page is :func:`page` of docs/max_ratio.json; its hand-written reading is kept between the
+page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from vitprune import fsutil
-from vitprune.io.model_dir import CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.io.model_dir import CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "vitprune/assets/fmnist_vit_d12"
@@ -73,16 +80,20 @@ def _study(runs: Path) -> dict:
             "recipe": {"epochs": first["epochs"], "kd_alpha": first["kd_alpha"],
                        "augment": first["augment"], "trials": int(_option(argv, "--trials", "50")),
                        "init": int(_option(argv, "--init", "20"))},
-            "commands": commands, "budgets": budgets}
+            "commands": commands, "budgets": budgets,
+            "one_epoch": _one_epoch(model, set(budgets))}
 
 
-def _one_epoch(model: str) -> dict:
-    """Seed rows of the one-epoch study in docs/results.json (shipped model only)."""
+def _one_epoch(model: str, budgets: set[str]) -> list[dict]:
+    """The same cells in the one-epoch study of docs/results.json (shipped model only), by
+    budget (largest first), method and seed."""
     path = ROOT / "docs" / "results.json"
     if model != BASELINE or not path.exists():
-        return {}
-    return {(r["method"], r["budget"], r["seed"]): r for r in json.loads(path.read_text())["rows"]
-            if r["method"] in CAPS and "test_top1" in r}
+        return []
+    rows = [r for r in json.loads(path.read_text())["rows"]
+            if r["method"] in CAPS and "test_top1" in r and str(r["budget"]) in budgets]
+    return [{k: r[k] for k in ("method", "budget", "seed", "test_top1_before", "test_top1")}
+            for r in sorted(rows, key=lambda r: (-r["budget"], r["method"], r["seed"]))]
 
 
 def _fmt(c: dict) -> str:
@@ -93,7 +104,9 @@ def _fmt(c: dict) -> str:
     return f"**{c['mean']:.2f}** [{c['min']:.2f}-{c['max']:.2f}], {len(c['seeds'])} seed(s)"
 
 
-def _markdown(studies: list[dict]) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/max_ratio.json`` alone."""
+    studies = record["studies"]
     r = {**studies[0]["recipe"], "augment": "augmentation" if studies[0]["recipe"]["augment"]
          else "no augmentation"}
     if any(s["recipe"] != studies[0]["recipe"] for s in studies):
@@ -104,12 +117,11 @@ def _markdown(studies: list[dict]) -> str:
              "the default is now 0.9); `ours, ratios to "
              "0.9` allows [0, 0.9]. Everything else is the same: search, physical pruning, "
              "fine-tuning, Fashion-MNIST test top-1 (10,000 images).", "",
-             "Recipe: " + RECIPE.format(**r) + ".", ""]
+             "Recipe: " + RECIPE.format(**r) + ".", "", "## Reading"]
     for s in studies:
         lines += [f"## {s['arch']} (`{s['model']}`), dense test top-1 {s['dense_top1']:.2f}", "",
                   "| budget | cap | MACs kept | seed | top-1 before fine-tuning | test top-1 |",
                   "|---|---|---|---|---|---|"]
-        ref = _one_epoch(s["model"])
         for budget, b in s["budgets"].items():
             for cap, c in b["caps"].items():
                 if not c["seeds"]:
@@ -124,13 +136,11 @@ def _markdown(studies: list[dict]) -> str:
             per = ", ".join(f"{x:+.2f}" for x in b["diff_per_seed"])
             lines.append(f"| {budget} | {_fmt(b['caps']['0.5'])} | {_fmt(b['caps']['0.9'])} "
                          f"| {d} | {per} |")
-        if ref:
+        if s["one_epoch"]:
             lines += ["", "The same cells after one epoch (docs/results.md), for comparison:", ""]
-            for (method, budget, seed), x in sorted(ref.items(), key=lambda kv: (-kv[0][1],
-                                                                               kv[0][0], kv[0][2])):
-                if str(budget) in s["budgets"]:
-                    lines.append(f"- {method}, budget {budget}, seed {seed}: before "
-                                 f"{x['test_top1_before']:.2f}, after {x['test_top1']:.2f}")
+            lines += [f"- {x['method']}, budget {x['budget']}, seed {x['seed']}: before "
+                      f"{x['test_top1_before']:.2f}, after {x['test_top1']:.2f}"
+                      for x in s["one_epoch"]]
         lines += ["", "Commands:", "", "```"] + [f"# dense model: {c}" for c in
                                                   s["dense_trained_by"]] + s["commands"] + ["```", ""]
     return "\n".join(lines)
@@ -142,16 +152,10 @@ def main() -> int:
     ap.add_argument("runs", type=Path, nargs="+", help="runs directories of benchmarks/results.py")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "max_ratio",
                     help="writes OUT.md and OUT.json")
-    ap.add_argument("--reading", type=Path, default=None,
-                    help="markdown inserted after the recipe (the study's reading)")
     args = ap.parse_args()
-    studies = [_study(r) for r in args.runs]
-    text = _markdown(studies)
-    if args.reading:
-        head, _, rest = text.partition("\n## ")
-        text = f"{head.rstrip()}\n\n{args.reading.read_text().rstrip()}\n\n## {rest}"
-    args.out.with_suffix(".md").write_text(text)
-    fsutil.write_json(args.out.with_suffix(".json"), {"studies": studies})
+    record = {"studies": [_study(r) for r in args.runs]}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 0
 

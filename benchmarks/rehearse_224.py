@@ -13,7 +13,9 @@ Steps (each resumable; results go to --out.json as they come):
 3. the compress command in a child process, its wall time and peak resident memory per stage
    (sampled every 0.2 s; stages from its progress lines).
 The model has random weights (no hub access here): the rehearsal checks that every stage runs at
-224 and what it costs, not accuracy. Time on quiet cores only.
+224 and what it costs, not accuracy. Time on quiet cores only. The page is :func:`page` of
+--out.json; its hand-written reading is kept between the page's reading markers when the page is
+regenerated.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-from vitprune import fsutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
 
 MODEL = "deit_tiny_patch16_224"
 SETTINGS = ["--budget", "0.6", "--recipe", "deit", "--trials", "6", "--init", "4",
@@ -192,11 +197,12 @@ def main() -> int:
     if "compress" not in res or res["compress"]["returncode"]:
         res["compress"] = run_compress(root, args.work / "compress")
         fsutil.write_json(jpath, res)
-    fsutil.write_text(args.out.with_suffix(".md"), report(res))
+    pages.write(args.out.with_suffix(".md"), page(res), after="## Reading")
     return 0 if res["compress"]["returncode"] == 0 else 1
 
 
-def report(res: dict) -> str:
+def page(res: dict) -> str:
+    """The page's generated text, from ``docs/rehearse_224.json`` alone."""
     f, c = res["folder"], res["compress"]
     lines = [
         "# Rehearsal at 224: deit_tiny_patch16_224 compressed on Fashion-MNIST JPEGs", "",
@@ -218,10 +224,7 @@ def report(res: dict) -> str:
         lines.append(f"| loader, {w} worker process(es) | {res[f'loader_images_per_s_workers{w}']:.1f} |")
     lines.append(f"| fine-tuning step (student + teacher forward, backward, AdamW) | "
                  f"{res['train_images_per_s']:.1f} |")
-    reading = Path(__file__).resolve().parents[1] / "docs" / "rehearse_224_reading.md"
-    if reading.exists():
-        lines += ["", reading.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""docs/results.md, its JSON and its accuracy-vs-MACs plot, from the cells of benchmarks/results.py."""
+"""docs/results.md, its JSON and its accuracy-vs-MACs plot, from the cells of benchmarks/results.py.
+
+The page is :func:`page` of docs/results.json; its hand-written reading is kept between the
+page's reading markers when the page is regenerated."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vitprune import fsutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
 
 GROUPS = (("dimensions", "1. Which dimensions are pruned (same HSIC ranking, GP-EI search)"),
           ("criterion", "2. Which criterion ranks heads and neurons (same search)"),
@@ -46,38 +53,51 @@ def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -
     from vitprune.surgery import count_params
 
     splits = load_splits("fashion-mnist", args.data_dir)
-    dense_top1 = test_metrics(dense, splits)["test_top1"]
+    record = {"command": "python " + " ".join(sys.argv),
+              "dense_top1": test_metrics(dense, splits)["test_top1"],
+              "dense_macs": macs(vit_shape(dense)).total, "dense_params": count_params(dense),
+              "methods": _in_order(rows, order), "rows": rows, "speed": speed}
+    fsutil.write_json(Path(args.out).with_suffix(".json"), record)
+    pages.write(Path(args.out).with_suffix(".md"), page(record), after="## Reading")
+    _plot(Path(args.out).with_suffix(".png"), rows, record["dense_top1"], order)
+    print(page(record))
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/results.json`` alone (``methods``: the methods in
+    the order of the benchmark's list)."""
+    rows, speed, methods = record["rows"], record["speed"], record["methods"]
+    argv = shlex.split(record["command"])
+    out = argv[argv.index("--out") + 1]
     by = defaultdict(list)
     for r in rows:
         by[(r["method"], r["budget"])].append(r)
     summary = {k: _summary(v) for k, v in by.items()}
     budgets = sorted({b for _, b in by}, reverse=True)
-    methods = _in_order(rows, order)
     first = rows[0]
     lines = [
         "# Results: ablations and a pruning peer on Fashion-MNIST", "",
         f"Made by `python benchmarks/results.py run --threads 1{_run_flags(rows)}` (two such "
         "processes at once; resumable; each takes the next free cell; a row with fewer seeds "
         "did not reach its later seeds in the time the run was given) and "
-        f"`python benchmarks/results.py report{' --speed' if speed else ''} --out {args.out}`.",
+        f"`python benchmarks/results.py report{' --speed' if speed else ''} --out {out}`.",
         "",
         f"Baseline: the shipped ViT (depth 12, width 64, 4 heads of 16, 256 MLP units, 50 tokens), "
-        f"{macs(vit_shape(dense)).total / 1e6:.1f} MMACs, {count_params(dense) / 1e6:.3f} M "
-        f"params, test top-1 **{dense_top1:.2f}**. Every method's plan is pruned physically and "
-        f"fine-tuned with the same recipe: {first['epochs']} epoch(s) of distillation from the dense "
-        f"model (AdamW 5e-4, cosine with warm-up, KD alpha {first['kd_alpha']}, T = 2, "
+        f"{record['dense_macs'] / 1e6:.1f} MMACs, {record['dense_params'] / 1e6:.3f} M "
+        f"params, test top-1 **{record['dense_top1']:.2f}**. Every method's plan is pruned "
+        f"physically and fine-tuned with the same recipe: {first['epochs']} epoch(s) of "
+        f"distillation from the dense model (AdamW 5e-4, cosine with warm-up, KD alpha "
+        f"{first['kd_alpha']}, T = 2, "
         f"{'shift/flip augmentation' if first['augment'] else 'no augmentation'}). Test top-1 is "
         "the mean over seeds (range in brackets); 'before' is the pruned model before "
         "fine-tuning. Search methods: 50 evaluations (20 random first) on 2,000 held-out training "
         "images; the budget band is [budget - 2%, budget] of the dense MACs.", ""]
     if speed:
         lines += [f"Speed-ups: CPU, {speed['threads']} thread(s), each model timed in turn with "
-                  "the dense one in one process (median of rounds), on quiet cores; latency at "
-                  "batch 1, throughput at batch 64; first seed's model.", ""]
-    reading = Path(args.out).with_name(Path(args.out).name + "_reading.md")
-    if reading.exists():  # hand-written, kept apart so that regenerating the tables keeps it
-        lines += [f"## Reading ({reading.name})", "", reading.read_text().strip(), ""]
-    lines += ["## All methods", "", _table(methods, budgets, summary, speed), ""]
+                  "the dense one in one process (median of rounds); latency at batch 1, "
+                  "throughput at batch 64; first seed's model. How loaded the cores were when "
+                  "they were timed: see the reading.", ""]
+    lines += ["## Reading", "## All methods", "", _table(methods, budgets, summary, speed), ""]
     for group, title in GROUPS:
         members = ["ours"] + [m for m in methods if by_group(rows, m) == group]
         lines += [f"## {title}", "", _table(members, budgets, summary, speed), ""]
@@ -85,12 +105,7 @@ def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -
     lines += [f"Compute: {total / 3600:.1f} h of plan search and fine-tuning over all cells "
               "(per-process seconds; two processes shared the two cores).", "",
               "![accuracy vs MACs](results.png)", ""]
-    fsutil.write_text(Path(args.out).with_suffix(".md"), "\n".join(lines))
-    fsutil.write_json(Path(args.out).with_suffix(".json"), {
-        "command": "python " + " ".join(sys.argv), "dense_top1": dense_top1, "rows": rows,
-        "speed": speed})
-    _plot(Path(args.out).with_suffix(".png"), rows, dense_top1, order)
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _run_flags(rows: list[dict]) -> str:

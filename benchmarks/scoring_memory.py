@@ -8,8 +8,9 @@ of every calibration image (float16) and collects as many blocks per pass over t
 1 GiB (``HSIC.max_feature_bytes``; a block larger than that gets a pass of its own), so its memory
 holds the calibration images (float32), the model, max(1 GiB, one block's features) and one Gram
 chunk, plus one batch's activations, working copies and the interpreter; the table sets the
-measured peak beside the named terms, and docs/scoring_memory_reading.md states the bound.
-Random weights (speed and memory do not depend on them).
+measured peak beside the named terms, and the page's reading states the bound. Random weights
+(speed and memory do not depend on them). The page is :func:`page` of docs/scoring_memory.json;
+its hand-written reading is kept between the page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pages
 from rehearse_224 import rss_gb, staged_run
 
 from vitprune import fsutil
@@ -71,11 +73,16 @@ def main() -> int:
         print(key, rec["returncode"], rec["peak_gb"], "GB", rec["stages"][-1]["seconds"], "s",
               flush=True)
         fsutil.write_json(jpath, res)
-    fsutil.write_text(args.out.with_suffix(".md"), report(res))
+    for key, rec in res["cases"].items():  # the bound's terms as this code states them
+        name, n = key.split(" n=")
+        rec["bound_gb"] = bound_gb(name, int(n))
+    fsutil.write_json(jpath, res)
+    pages.write(args.out.with_suffix(".md"), page(res), after="## Reading")
     return 0
 
 
-def report(res: dict) -> str:
+def page(res: dict) -> str:
+    """The page's generated text, from ``docs/scoring_memory.json`` alone."""
     lines = ["# HSIC scoring memory at 197 tokens", "",
              "Command: `python benchmarks/scoring_memory.py --folder runs/rehearse_224/fmnist224 "
              "--out docs/scoring_memory`  ",
@@ -86,15 +93,11 @@ def report(res: dict) -> str:
              "features (GB) |",
              "|---|---|---|---|---|"]
     for key, r in res["cases"].items():
-        name, n = key.split(" n=")
-        b = r["bound_gb"] = bound_gb(name, int(n))
+        b = r["bound_gb"]
         total = b["images"] + b["weights"] + b["features"] + b["gram_chunk"]
         lines.append(f"| {key} | {r['stages'][-1]['seconds']:.0f} | {r['peak_gb']:.2f} | "
                      f"{total:.2f} | {b['one_block_features']:.2f} |")
-    reading = Path(__file__).resolve().parents[1] / "docs" / "scoring_memory_reading.md"
-    if reading.exists():
-        lines += ["", reading.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

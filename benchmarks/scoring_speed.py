@@ -21,6 +21,8 @@ Peak memory: resident-set high-water mark of the phase above the resident set at
     python benchmarks/scoring_speed.py --quick              # 2 blocks, 16 and 32 images
 
 Run the full version on quiet cores: nothing else should load the machine while it measures.
+The page is :func:`page` of its JSON; its hand-written reading is kept between the page's reading
+markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import torch
 
 if __package__ in (None, ""):  # run as a script from a checkout: find vitprune beside benchmarks/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
 
 from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
@@ -206,9 +210,10 @@ def main() -> int:
                      f"{args.threads} thread(s)",
            "model": args.model, "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
            "peak_rss_total_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    fsutil.write_json(args.out.with_suffix(".json"), {"env": env, "rows": rows})
-    fsutil.write_text(args.out.with_suffix(".md"), table(rows, env))
-    print(table(rows, env))
+    record = {"env": env, "rows": rows}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
     return 0
 
 
@@ -216,7 +221,9 @@ def _mib(v: float | None) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.0f}"
 
 
-def table(rows: list[dict], env: dict) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/scoring_speed.json`` alone."""
+    rows, env = record["rows"], record["env"]
     head = ["images", "blocks", "passes", "HSIC calls", "collect (s)", "collect peak (MiB)",
             "features (MiB)", "batched (s)", "batched peak (MiB)", "loop* (s)", "speed-up",
             "loop, batched maths* (s)", "speed-up", "end-to-end speed-up", "max |diff|"]
@@ -248,8 +255,10 @@ def table(rows: list[dict], env: dict) -> str:
         "the resident set at its start; 0 means the phase fitted in memory the process already "
         "held (freed by the previous phase). Batched scoring upcasts one chunk at a time.",
         "max |diff| compares normalised HSIC of the sampled neurons, loop vs batched (float32).",
+        "",
+        "## Reading",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ images), then report the best plan's calibration top-1 and its test top-1 (no fi
 Resumable: each search keeps its trials file under --runs and continues where it stopped.
 
     python benchmarks/search_compare.py --budgets 0.6 0.4 --seeds 0 1 2 --out docs/search_compare
+
+The page is :func:`page` of docs/search_compare.json; its hand-written reading is kept between the
+page's reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from pathlib import Path
 
 import torch
 
-from vitprune import fsutil, load
-from vitprune.data import load_splits, make_loader
-from vitprune.errors import BudgetError
-from vitprune.pipeline import MaskedAccuracy, policy_search, score
-from vitprune.train import EVAL_BATCH
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil, load  # noqa: E402
+from vitprune.data import load_splits, make_loader  # noqa: E402
+from vitprune.errors import BudgetError  # noqa: E402
+from vitprune.pipeline import MaskedAccuracy, policy_search, score  # noqa: E402
+from vitprune.train import EVAL_BATCH  # noqa: E402
 
 BASELINE = Path(__file__).resolve().parents[1] / "vitprune" / "assets" / "fmnist_vit_d12"
 
@@ -68,10 +74,13 @@ def main() -> int:
                        "seconds_per_eval": statistics.median(walls) if walls else None}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    fsutil.write_json(args.out.with_suffix(".json"),
-                      {"command": "python " + " ".join(sys.argv), "rows": rows})
-    fsutil.write_text(args.out.with_suffix(".md"), table(rows, args))
-    print(table(rows, args))
+    record = {"command": "python " + " ".join(sys.argv),
+              "settings": {"trials": args.trials, "init": args.init,
+                           "calib_images": args.calib_images, "criterion": args.criterion},
+              "rows": rows}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
     return 0
 
 
@@ -79,12 +88,14 @@ def _fmt(v: list[float]) -> str:
     return f"{statistics.mean(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
 
 
-def table(rows: list[dict], args) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/search_compare.json`` alone."""
+    rows, st = record["rows"], record["settings"]
     lines = ["# Policy search on the Fashion-MNIST baseline (masked, no fine-tuning)", "",
-             f"Command: `python {' '.join(sys.argv)}`  ",
-             f"{args.trials} evaluations ({args.init} random before the GP), {args.calib_images} "
-             f"calibration images per evaluation, components ranked by {args.criterion}. "
-             "Mean (min-max) over seeds.", "",
+             f"Command: `{record['command']}`  ",
+             f"{st['trials']} evaluations ({st['init']} random before the GP), "
+             f"{st['calib_images']} calibration images per evaluation, components ranked by "
+             f"{st['criterion']}. Mean (min-max) over seeds.", "",
              "| budget | method | seeds | best calib top-1 | its test top-1 | s / evaluation |",
              "|---|---|---|---|---|---|"]
     keys = sorted({(r["budget"], r["method"]) for r in rows}, key=lambda k: (-k[0], k[1]))
@@ -92,10 +103,9 @@ def table(rows: list[dict], args) -> str:
         rs = [r for r in rows if r["budget"] == b and r["method"] == m]
         secs = [r["seconds_per_eval"] for r in rs if r["seconds_per_eval"] is not None]
         lines.append(f"| {b} | {m} | {len(rs)} | {_fmt([r['best_calib_top1'] for r in rs])} | "
-                     f"{_fmt([r['test_top1'] for r in rs])} | {statistics.mean(secs):.2f} |" if secs else
-                     f"| {b} | {m} | {len(rs)} | {_fmt([r['best_calib_top1'] for r in rs])} | "
-                     f"{_fmt([r['test_top1'] for r in rs])} | - |")
-    return "\n".join(lines) + "\n"
+                     f"{_fmt([r['test_top1'] for r in rs])} | "
+                     + (f"{statistics.mean(secs):.2f} |" if secs else "- |"))
+    return "\n".join([*lines, "", "## Reading"])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ measured at 70%). Random weights: speed does not depend on their values.
     python benchmarks/surgery_speed.py --out docs/surgery_speed          # CPU, 2 threads
     python benchmarks/surgery_speed.py --device cuda --batches 1 256 --out docs/surgery_speed_gpu
 
-Run it on quiet cores: nothing else should load the machine while it measures.
+Run it on quiet cores: nothing else should load the machine while it measures. The page is
+:func:`page` of its JSON; its hand-written reading is kept between the page's reading markers when
+the page is regenerated.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from pathlib import Path
 
 import torch
 
-from vitprune import fsutil
-from vitprune.adapters import vit_shape
-from vitprune.cost import macs
-from vitprune.models import build_model
-from vitprune.plan import PrunePlan, planned_shape
-from vitprune.search.space import solve_uniform
-from vitprune.speed import measure
-from vitprune.surgery import count_params, prune
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.adapters import vit_shape  # noqa: E402
+from vitprune.cost import macs  # noqa: E402
+from vitprune.models import build_model  # noqa: E402
+from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
+from vitprune.search.space import solve_uniform  # noqa: E402
+from vitprune.speed import measure  # noqa: E402
+from vitprune.surgery import count_params, prune  # noqa: E402
 
 # (label, target MACs fraction, dims on, neuron multiple)
 CONFIGS = [
@@ -100,14 +105,18 @@ def main() -> int:
     env = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
            "device": args.device if args.device != "cpu" else
            f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
-           "date": time.strftime("%Y-%m-%d")}
-    fsutil.write_json(args.out.with_suffix(".json"), {"env": env, "rows": rows})
-    fsutil.write_text(args.out.with_suffix(".md"), table(rows, args.batches, env, args.model))
-    print(table(rows, args.batches, env, args.model))
+           "date": time.strftime("%Y-%m-%d"), "model": args.model, "batches": args.batches}
+    record = {"env": env, "rows": rows}
+    fsutil.write_json(args.out.with_suffix(".json"), record)
+    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    print(page(record))
     return 0
 
 
-def table(rows, batches, env, model) -> str:
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/surgery_speed.json`` alone."""
+    rows, env = record["rows"], record["env"]
+    batches, model = env["batches"], env["model"]
     head = ["config", "plan (per block)", "GMACs", "MACs kept", "params (M)"]
     for b in batches:
         head += [f"latency b{b} (ms)", f"img/s b{b}", f"speed-up b{b}", f"speed-up / ideal b{b}"]
@@ -122,8 +131,9 @@ def table(rows, batches, env, model) -> str:
                       f"{r[f'speedup_b{b}']:.2f}x", f"{r[f'speedup_over_ideal_b{b}']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Ideal speed-up = dense MACs / pruned MACs. Speed-up = pruned throughput / dense "
-              "throughput, measured in the same run (median of repeats after warm-up)."]
-    return "\n".join(lines) + "\n"
+              "throughput, measured in the same run (median of repeats after warm-up).", "",
+              "## Reading"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ plans) are made under ``--work``; results go to ``--out``.json after every case,
 skips the cases already there.
 
     python benchmarks/user_errors.py --work runs/user_errors --out docs/user_errors
+
+The page is :func:`page` of --out.json; its hand-written reading is kept between the page's
+reading markers when the page is regenerated.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
 
 TINY = ["--model", "fmnist_vit_tiny"]
 SYN = ["--data", "synthetic"]
@@ -331,24 +337,30 @@ def write(path: Path, results: dict) -> None:
     counts: dict[str, int] = {}
     for r in results.values():
         counts[r["class"]] = counts.get(r["class"], 0) + 1
-    fsutil.write_json(path, {"command": "python benchmarks/user_errors.py --work runs/user_errors "
-                                        f"--out {path.with_suffix('')}",
-                             "counts": counts, "cases": results})
+    record = {"command": "python benchmarks/user_errors.py --work runs/user_errors "
+                         f"--out {path.with_suffix('')}",
+              "counts": counts, "cases": results}
+    fsutil.write_json(path, record)
+    pages.write(path.with_suffix(".md"), page(record), after="## Reading")
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/user_errors.json`` alone."""
+    results, counts = record["cases"], record["counts"]
+    argv = record["command"].split()
+    name = Path(argv[argv.index("--out") + 1]).name + ".json"
     md = [f"# A careless user's sweep: {len(results)} cases", "",
-          f"Command: `python benchmarks/user_errors.py --work runs/user_errors --out "
-          f"{path.with_suffix('')}` "
-          f"(results: {path.name}). Each case runs `python -m vitprune ...` in a fresh process.",
+          f"Command: `{record['command']}` (results: {name}). Each case runs "
+          "`python -m vitprune ...` in a fresh process.",
           "", "| class | cases |", "|---|---|",
           *(f"| {k} | {v} |" for k, v in sorted(counts.items())), "",
-          "Cases not refused with one line. Accepted on purpose: `search --resume` with nothing "
-          "to resume starts the search (a job script may always pass --resume), and a bfloat16 "
-          "latency table on the CPU is measured as asked (the CPU runs bfloat16).",
+          "Cases not refused with one line.",
           "", "| case | class | exit | last line |", "|---|---|---|---|"]
-    for name, r in results.items():
+    for case, r in results.items():
         if r["class"] != "one line":
-            md.append(f"| {name} | {r['class']} | {r['rc']} | "
+            md.append(f"| {case} | {r['class']} | {r['rc']} | "
                       f"{r['last_line'][:160].replace('|', '/')} |")
-    path.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return "\n".join([*md, "", "## Reading"])
 
 
 if __name__ == "__main__":

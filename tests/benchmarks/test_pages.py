@@ -15,7 +15,15 @@ import pages  # noqa: E402
 # page -> the benchmark module whose page(record) writes it from docs/<page>.json
 GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget",
              "baseline_t197": "baseline_t197", "evidence": "evidence",
-             "hsic_variants": "hsic_variants"}
+             "hsic_variants": "hsic_variants", "compress": "compress_fmnist",
+             "criteria_accuracy": "criteria_accuracy", "demo": "demo_runs", "deploy": "deploy",
+             "families": "families_cost", "latency": "latency_predict",
+             "latency_compare": "latency_compare", "latency_depth": "latency_depth",
+             "latency_multiples": "latency_multiples", "max_ratio": "max_ratio_report",
+             "rehearse_224": "rehearse_224", "results": "results_report",
+             "scoring_memory": "scoring_memory", "scoring_speed": "scoring_speed",
+             "search_compare": "search_compare", "surgery_speed": "surgery_speed",
+             "user_errors": "user_errors"}
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -26,6 +34,13 @@ def test_the_committed_page_is_its_json_regenerated(name):
     module = importlib.import_module(GENERATED[name])
     want = pages.render(md, module.page(json.loads(js.read_text())), after="## Reading")
     assert md.read_text() == want, f"regenerate docs/{name}.md with its report step"
+
+
+def test_every_page_with_a_json_beside_it_is_generated_and_keeps_its_reading_inside():
+    docs = ROOT / "docs"
+    paired = {p.stem for p in docs.glob("*.md") if p.with_suffix(".json").is_file()}
+    assert paired - set(GENERATED) == set(), "register these pages in GENERATED"
+    assert not list(docs.glob("*_reading.md")), "a page's reading belongs in its reading block"
 
 
 def test_regenerating_a_page_keeps_its_reading(tmp_path):

@@ -167,8 +167,7 @@ def cmd_report(args: argparse.Namespace) -> None:
               "settings": SETTINGS, "timing": None if timing is None else
               {"threads": timing["threads"], "rounds": timing["rounds"], "torch": timing["torch"]},
               "dense_arch": dense["arch"], "rows": rows}
-    fsutil.write_json(ROOT / "docs" / "backbones.json", record)
-    pages.write(ROOT / "docs" / "backbones.md", page(record), after="## Reading")
+    pages.publish(ROOT / "docs" / "backbones", record, page)
 
 
 def _fmt(s: dict, pct: bool = False) -> str:

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
 import vitprune  # noqa: E402
-from vitprune import fsutil  # noqa: E402
 from vitprune.compression import read_run  # noqa: E402
 from vitprune.config import CompressConfig  # noqa: E402
 from vitprune.speed import THOROUGH, compare, timing  # noqa: E402
@@ -80,9 +79,7 @@ def main() -> int:
     cfg = CompressConfig().flat()  # the runs use vitprune's defaults
     record = {"command": "python " + " ".join(sys.argv), "threads": args.threads,
               "defaults": {k: cfg[k] for k in DEFAULTS}, "dense": dense, "rows": rows}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

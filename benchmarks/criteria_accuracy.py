@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil, load  # noqa: E402
+from vitprune import load  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.data import load_splits, make_loader  # noqa: E402
 from vitprune.pipeline import MaskedAccuracy, score  # noqa: E402
@@ -70,9 +70,7 @@ def main() -> int:
     record = {"command": "python " + " ".join(sys.argv), "images": args.images,
               "heads": shape.blocks[0].heads, "kept_heads": kept_heads,
               "random_seeds": args.random_seeds, "dense_top1": dense, "rows": list(rows.values())}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

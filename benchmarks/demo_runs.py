@@ -79,9 +79,7 @@ def main() -> int:
     rows = [run(s) for s in args.seeds]
     command = "python benchmarks/demo_runs.py " + " ".join(sys.argv[1:])
     record = {"command": command, "rows": rows}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

@@ -544,8 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "report":
         record = {"command": "python benchmarks/evidence.py plans|finetune|time|report --runs "
                              "RUNS", "test_images": len(study.splits.test), **collect(study)}
-        fsutil.write_json(args.out.with_suffix(".json"), record)
-        pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+        pages.publish(args.out, record, page)
         return 0
     step = {"plans": study.plan_cell, "finetune": study.finetune_cell,
             "time": study.time_cell}[args.phase]

@@ -22,7 +22,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.adapters.t2t_vit import T2T_PUBLISHED  # noqa: E402
 from vitprune.cost import macs  # noqa: E402
@@ -163,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     record = {"rows": rows(),
               "speed": json.loads(SPEED.read_text()) if SPEED.exists() else None}
-    fsutil.write_json(Path(args.out + ".json"), record)
-    pages.write(Path(args.out + ".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

@@ -100,8 +100,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     record = {"command": "python benchmarks/hsic_variants.py run --threads 1 --out RUNS; "
                          "python benchmarks/hsic_variants.py report --runs RUNS",
               "held_out_from": HELD_OUT_FROM, "models": models}
-    fsutil.write_json(ROOT / "docs" / "hsic_variants.json", record)
-    pages.write(ROOT / "docs" / "hsic_variants.md", page(record), after="## Reading")
+    pages.publish(ROOT / "docs" / "hsic_variants", record, page)
 
 
 def page(r: dict) -> str:

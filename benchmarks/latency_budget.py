@@ -116,8 +116,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     record = {"command": "python benchmarks/latency_budget.py run --out RUNS; "
                          "python benchmarks/latency_budget.py report --runs RUNS",
               "tolerance": TOLERANCE, "torch": torch.__version__, "cases": cases}
-    fsutil.write_json(ROOT / "docs" / "latency_budget.json", record)
-    pages.write(ROOT / "docs" / "latency_budget.md", page(record), after="## Reading")
+    pages.publish(ROOT / "docs" / "latency_budget", record, page)
 
 
 def page(record: dict) -> str:

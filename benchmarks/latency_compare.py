@@ -282,9 +282,7 @@ def cmd_report(args) -> int:
                      "speedup_b1": b1["dense"]["latency_ms"] / b1[method]["latency_ms"]})
     record = {"state": state, "rows": rows, "match": {"macs": m, "tp": t}, "speed": sp,
               "budget": args.budget, "seeds": sorted({r["seed"] for r in res})}
-    fsutil.write_json(Path(str(args.out) + ".json"), record)
-    pages.write(Path(str(args.out) + ".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import pages  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import adapter_for, vit_shape  # noqa: E402
 from vitprune.io import resolve_model  # noqa: E402
 from vitprune.profile import _block, device_name  # noqa: E402
@@ -62,9 +61,7 @@ def main() -> int:
     record = {"rows": rows, "model": args.model, "threads": args.threads,
               "batches": args.batches, "tokens": N, "embed_dim": C, "mlp_hidden": D,
               "device_name": device_name("cpu")}
-    fsutil.write_json(Path(args.out + ".json"), record)
-    pages.write(Path(args.out + ".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

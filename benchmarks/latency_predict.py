@@ -131,8 +131,7 @@ def report(runs: Path, out: str) -> None:
     if old.exists():
         results = {**{r["case"]: r for r in json.loads(old.read_text())["cases"]}, **results}
     record = {"cases": [results[k] for k in sorted(results)]}
-    fsutil.write_json(Path(out + ".json"), record)
-    pages.write(Path(out + ".md"), page(record), after="## Reading")
+    pages.publish(out, record, page)
     print("\n".join(page(record).splitlines()[:12 + len(record["cases"])]))
 
 

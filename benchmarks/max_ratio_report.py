@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
 from vitprune.io.model_dir import CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +153,7 @@ def main() -> int:
                     help="writes OUT.md and OUT.json")
     args = ap.parse_args()
     record = {"studies": [_study(r) for r in args.runs]}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
+    pages.publish(args.out, record, page)
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 0
 

@@ -9,6 +9,7 @@ between marker lines, so that regenerating a page changes its numbers and never 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from vitprune import fsutil
@@ -39,3 +40,12 @@ def render(path: Path, generated: str, *, after: str = "") -> str:
 def write(path: Path, generated: str, *, after: str = "") -> None:
     """Write :func:`render`'s page to ``path`` atomically."""
     fsutil.write_text(path, render(path, generated, after=after))
+
+
+def publish(base: str | Path, record: dict, page: Callable[[dict], str]) -> str:
+    """Write ``record`` to ``<base>.json`` and its page, ``page(record)`` with its kept reading
+    after ``## Reading``, to ``<base>.md``, both atomically; returns the generated text."""
+    text = page(record)
+    fsutil.write_json(Path(f"{base}.json"), record)
+    write(Path(f"{base}.md"), text, after="## Reading")
+    return text

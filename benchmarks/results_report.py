@@ -57,8 +57,7 @@ def write(args, rows: list[dict], dense, speed: dict | None, order: list[str]) -
               "dense_top1": test_metrics(dense, splits)["test_top1"],
               "dense_macs": macs(vit_shape(dense)).total, "dense_params": count_params(dense),
               "methods": _in_order(rows, order), "rows": rows, "speed": speed}
-    fsutil.write_json(Path(args.out).with_suffix(".json"), record)
-    pages.write(Path(args.out).with_suffix(".md"), page(record), after="## Reading")
+    pages.publish(args.out, record, page)
     _plot(Path(args.out).with_suffix(".png"), rows, record["dense_top1"], order)
     print(page(record))
 

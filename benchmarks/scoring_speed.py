@@ -44,7 +44,6 @@ if __package__ in (None, ""):  # run as a script from a checkout: find vitprune 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
 from vitprune.scoring.collect import block_feature_bytes, collect, feature_groups  # noqa: E402
@@ -211,9 +210,7 @@ def main() -> int:
            "model": args.model, "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
            "peak_rss_total_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     record = {"env": env, "rows": rows}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

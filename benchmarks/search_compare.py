@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil, load  # noqa: E402
+from vitprune import load  # noqa: E402
 from vitprune.data import load_splits, make_loader  # noqa: E402
 from vitprune.errors import BudgetError  # noqa: E402
 from vitprune.pipeline import MaskedAccuracy, policy_search, score  # noqa: E402
@@ -78,9 +78,7 @@ def main() -> int:
               "settings": {"trials": args.trials, "init": args.init,
                            "calib_images": args.calib_images, "criterion": args.criterion},
               "rows": rows}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

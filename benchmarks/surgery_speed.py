@@ -26,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.cost import macs  # noqa: E402
 from vitprune.models import build_model  # noqa: E402
@@ -107,9 +106,7 @@ def main() -> int:
            f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
            "date": time.strftime("%Y-%m-%d"), "model": args.model, "batches": args.batches}
     record = {"env": env, "rows": rows}
-    fsutil.write_json(args.out.with_suffix(".json"), record)
-    pages.write(args.out.with_suffix(".md"), page(record), after="## Reading")
-    print(page(record))
+    print(pages.publish(args.out, record, page))
     return 0
 
 

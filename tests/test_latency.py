@@ -412,3 +412,27 @@ def test_a_latency_search_searches_once_where_it_cannot_time_its_table(tiny, tmp
         assert not (tmp_path / name / pipeline.LATENCY_ROUNDS).exists()
     with pytest.raises(ConfigError, match="latency_rounds"):
         _loop_settings(here, 0)
+
+
+def test_a_latency_search_times_its_plan_for_real_on_the_model_without_the_search_hooks(
+        tiny, tmp_path, monkeypatch):
+    """Not replaced by a stand-in: the loop prunes and times the chosen plan on the model the
+    search masks, which must be timed (and pruned) without the search's hooks."""
+    from vitprune import pipeline
+    from vitprune.data import load_splits
+
+    real, seen = pipeline.measured_fraction, []
+
+    def check(table, dense, plan, rounds=5):
+        seen.append(sum(len(m._forward_pre_hooks) + len(m._forward_hooks)
+                        for m in dense.modules()))
+        return real(table, dense, plan, rounds=1)
+
+    monkeypatch.setattr(pipeline, "measured_fraction", check)
+    path, _ = _measured_here(tiny, tmp_path)
+    pipeline.policy_search(tiny, load_splits("synthetic", calib_size=32), "0.6",
+                           tmp_path / "s", settings=_loop_settings(path, 2), progress=False)
+    record = json.loads((tmp_path / "s" / pipeline.LATENCY_ROUNDS).read_text())
+    assert seen and seen == [0] * len(seen)
+    assert all(0 < r["measured_fraction"] < 2 for r in record["rounds"])
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny.modules())

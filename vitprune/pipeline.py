@@ -7,8 +7,9 @@ Nothing here knows file names of a run directory or the command line: ``compress
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,18 @@ class MaskedAccuracy:
         if objective != "top1":  # the dense model's log-probabilities or features, once
             with torch.inference_mode(), autocast(self.device):
                 self.dense = [self._target(self.run(x)) for x, _ in batches]
+        self._masked = model
         self.masker = Masker(model)
+
+    @contextlib.contextmanager
+    def unmasked(self) -> Iterator[torch.nn.Module]:
+        """The model as it was, without the mask hooks (to time or prune it); the hooks are
+        installed again afterwards, inactive."""
+        self.masker.remove()
+        try:
+            yield self._masked
+        finally:
+            self.masker = Masker(self._masked)
 
     def _counts(self, plan: PrunePlan) -> list[float]:
         # masks are made outside inference mode: inference tensors would break later autograd
@@ -507,10 +519,11 @@ def _search_to_time(model: torch.nn.Module, objective: MaskedAccuracy, space: Se
             results.append(search(objective, space, asked, config=cfg, out_dir=sub,
                                   resume=resume and sub.exists(), progress=progress))
         old = before[k] if k < len(before) and before[k]["budget"] == asked.value else None
-        if not old:
-            objective.masker.clear()  # the dense model is timed dense, not as last masked
-        got = (old["measured_fraction"] if old else
-               measured_fraction(table, model, results[-1].best_plan))
+        if old:
+            got = old["measured_fraction"]
+        else:  # the dense model is timed as it is, without the search's (inactive) hooks
+            with objective.unmasked() as dense:
+                got = measured_fraction(table, dense, results[-1].best_plan)
         predicted = table.predict(planned_shape(shape, results[-1].best_plan))
         rows.append({"round": k + 1, "budget": asked.value, "unit": asked.unit,
                      "predicted_fraction": predicted / table.dense_ms(shape),

@@ -151,6 +151,9 @@ class SearchSettings:
         "help": "evaluations in all, init included"})
     init: int = field(default=SearchConfig.init, metadata={
         "help": "random feasible evaluations before the GP"})
+    anchors: bool = field(default=False, metadata={
+        "help": "gp-ei: start the initial population with uniform plans (one ratio in every "
+                "block, along a few mixes of heads, neurons and tokens) before the random ones"})
     calib_images: int = field(default=2000, metadata={
         "help": "calibration images per evaluation"})
     max_ratio: float = field(default=MAX_RATIO, metadata={
@@ -224,7 +227,7 @@ class SearchSettings:
     def loop_config(self, seed: int) -> SearchConfig:
         """The search loop's configuration for these settings."""
         return SearchConfig(method=self.method, trials=self.trials, init=self.init, seed=seed,
-                            objective=self.objective)
+                            objective=self.objective, anchors=self.anchors)
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,37 @@ def test_config_validates_itself(kwargs, match):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         SearchConfig().trials = 3
+
+
+def test_anchors_start_the_population_with_uniform_plans_in_the_band(small_space, quadratic,
+                                                                     fast, tmp_path):
+    """With anchors the first trials are one ratio per dimension in every block (along the
+    sampler's mixes), each in the band; the rest of the population is the random one; a trials
+    file searched without anchors is not resumed with them."""
+    from vitprune.search import FeasibleSampler, resolve_band
+
+    wide = (0.0, 0.9)  # vitprune's default bounds: room for every mix
+    small_space = SearchSpace(small_space.shape, head_bounds=wide, neuron_bounds=wide,
+                              token_bounds=wide)
+    f = quadratic(small_space)
+    anchored = search(f, small_space, 0.6, trials=9, init=8, seed=3, anchors=True,
+                      progress=False, **fast)
+    sampler = FeasibleSampler(small_space, resolve_band(small_space, Budget(0.6)))
+    want = sampler.anchors()
+    n, L = len(want), small_space.depth
+    assert 4 <= n <= len(FeasibleSampler.ANCHOR_MIXES)
+    assert [t.source for t in anchored.trials] == ["anchor"] * n + ["init"] * (8 - n) + ["ei"]
+    for t, x in zip(anchored.trials, want):
+        assert t.ratios == tuple(x) and _in_band(small_space, t.ratios, 0.6)
+        assert len(set(t.ratios[:L])) == 1 and len(set(t.ratios[L:2 * L])) == 1
+    # the mixes differ: some anchors keep every token, others prune tokens too
+    assert {t.ratios[-1] == 0.0 for t in anchored.trials[:n]} == {True, False}
+    assert len({t.ratios for t in anchored.trials[:n]}) == n
+    plain = search(f, small_space, 0.6, trials=9, init=8, seed=3, progress=False, **fast)
+    assert [t.ratios for t in plain.trials[n:8]] == [t.ratios for t in anchored.trials[n:8]]
+    path = tmp_path / "trials.jsonl"
+    search(f, small_space, 0.6, trials=4, init=3, seed=0, trials_path=path, progress=False, **fast)
+    with pytest.raises(OutputError, match="another search configuration"):
+        search(f, small_space, 0.6, trials=5, init=3, seed=0, trials_path=path, resume=True,
+               anchors=True, progress=False, **fast)
+    assert "anchors" not in SearchConfig().proposal_settings()

@@ -109,6 +109,10 @@ class SearchConfig:
         gp_restarts: extra random restarts of the GP's hyper-parameter optimiser.
         objective: a label for what the objective measures (``"top1"``, ``"kl"``): values of
             different objectives are not comparable, so a trials file only resumes under the same.
+        anchors: ``gp-ei`` only: the initial population starts with the structured plans a
+            practitioner would try first (one ratio in every block, along a few mixes of the
+            dimensions, see :meth:`FeasibleSampler.anchors`), then random trials, so the GP
+            starts from the best uniform plan rather than only from random ones.
     """
 
     method: Method = "gp-ei"
@@ -121,6 +125,7 @@ class SearchConfig:
     local_scale: float = 0.1
     gp_restarts: int = 2
     objective: str = "top1"
+    anchors: bool = False
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got "
@@ -159,8 +164,10 @@ class SearchConfig:
         extra = {} if self.objective == "top1" else {"metric": self.objective}
         if self.method != "gp-ei":
             return {"method": self.method, "seed": self.seed, **extra}
-        d = {k: v for k, v in asdict(self).items() if k not in ("trials", "objective", "init")}
-        return {**d, "n_init": self.init} | extra
+        # anchors only when on: trials files written before the setting existed resume
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("trials", "objective", "init", "anchors")}
+        return {**d, "n_init": self.init} | extra | ({"anchors": True} if self.anchors else {})
 
     @property
     def evaluations(self) -> int:

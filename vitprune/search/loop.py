@@ -184,6 +184,9 @@ def _propose(i: int, space: SearchSpace, sampler: FeasibleSampler, config: Searc
     if config.method == "random":
         return sampler.sample(rng, 1)[0], "random"
     if i < config.init:
+        anchors = sampler.anchors() if config.anchors else []
+        if i < len(anchors):
+            return anchors[i], "anchor"
         return sampler.sample(rng, 1)[0], "init"  # the same points random search starts with
     return _propose_ei(rng, space, sampler, config, trials, make), "ei"
 

@@ -149,15 +149,9 @@ class FeasibleSampler:
         Raises:
             BudgetError: even that jumps over the band; the message gives the costs on both sides.
         """
-        P = self._upper[None]
-        X, ok = self.project(P, np.array([self.band.high]))
-        if ok[0]:
-            return X[0]
-        t_hi = self._bisect(P, np.array([self.band.high]))[0]
-        base = self._along(P, np.array([t_hi * (1 - 1e-9)]))  # just before the jump
-        fitted = self._neurons_to_band(base[0])
-        if fitted is not None:
-            return fitted
+        x, X, base = self._on_ray(self._upper)
+        if x is not None:
+            return x
         before = self.space.batch_cost(base)[0]
         after = self.space.batch_cost(X)[0]
         dense = self.band.dense
@@ -169,6 +163,44 @@ class FeasibleSampler:
             "below it), or search with "
             "--method gp-ei, whose ratios vary per block."
         )
+
+    # the mixes of (heads, neurons, tokens) the anchors prune along: the share of each
+    # dimension's range a ray moves per unit of the others'; MLP neurons first, the dimension
+    # with the finest steps, then heads at half the pace (a head is a large step), then tokens
+    ANCHOR_MIXES = ((0.0, 1.0, 0.0), (0.5, 1.0, 0.0), (1.0, 1.0, 0.0), (0.0, 1.0, 1.0),
+                    (0.5, 1.0, 1.0), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+
+    def anchors(self) -> list[np.ndarray]:
+        """Structured feasible points: for each mix of :data:`ANCHOR_MIXES` the space can
+        move, the least pruning on the ray that prunes every block alike in that mix and meets
+        the budget's top (where heads jump over the band, the point before the jump with the
+        neurons raised into it, as :meth:`uniform` does). Mixes the space cannot move,
+        duplicates, and rays that still miss the band are left out (the list may be empty)."""
+        L = self.space.depth
+        span = self._upper - self._lower
+        out: list[np.ndarray] = []
+        for mix in self.ANCHOR_MIXES:
+            w = np.array([mix[0]] * L + [mix[1]] * L + [mix[2]])
+            P = self._lower + w * span
+            if not (w * span > 0).any():
+                continue
+            x = self._on_ray(P)[0]
+            if x is not None and not any(np.allclose(x, a) for a in out):
+                out.append(x)
+        return out
+
+    def _on_ray(self, end: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """The least pruning on the ray from ``lower`` to ``end`` that meets the band's top;
+        where the ray's cost jumps over the band, the point just before the jump with the
+        neuron ratio alone raised into it. Returns (the point or ``None``, the ray's first
+        point below the top, the point just before the jump)."""
+        P = end[None]
+        X, ok = self.project(P, np.array([self.band.high]))
+        if ok[0]:
+            return X[0], X, X
+        t_hi = self._bisect(P, np.array([self.band.high]))[0]
+        base = self._along(P, np.array([t_hi * (1 - 1e-9)]))  # just before the jump
+        return self._neurons_to_band(base[0]), X, base
 
     def _neurons_to_band(self, base: np.ndarray) -> np.ndarray | None:
         """From ``base`` (costing above the band), raise every block's neuron ratio by the same

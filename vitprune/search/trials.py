@@ -30,8 +30,8 @@ class Trial:
     Attributes:
         trial: index, from 0.
         method: the search method (``gp-ei``, ``random``, ``uniform``).
-        source: how the point was proposed: ``init`` (random, before the GP), ``ei``,
-            ``random`` or ``uniform``.
+        source: how the point was proposed: ``init`` (random, before the GP), ``anchor`` (a
+            uniform plan, before the GP), ``ei``, ``random`` or ``uniform``.
         seed: the search's seed.
         ratios: the point, ``[heads..., neurons..., tokens]`` (2L + 1 prune ratios).
         macs: MACs per image of its integer architecture.

@@ -92,10 +92,14 @@ class Method:
     kind: str  # vitprune | tp | tome | tome-ft | dense
     dims: tuple[str, ...] = ("heads", "neurons", "tokens")
     max_ratio: float | None = None  # None: vitprune's default
+    anchors: bool = False  # vitprune: the search's initial population starts with uniform plans
 
 
+ANCHORED = "vitprune, anchored search"  # vitprune's default since the study began
 METHODS = (
     Method("vitprune", "vitprune"),
+    # searched at the speed vitprune's plan measures (so at equal speed with every row)
+    Method(ANCHORED, "vitprune", anchors=True),
     Method("vitprune without tokens", "vitprune", dims=("heads", "neurons")),
     Method("tokens only", "vitprune", dims=("tokens",), max_ratio=0.9),
     Method("Torch-Pruning (best configuration)", "tp", dims=("heads", "neurons")),
@@ -224,14 +228,24 @@ class Study:
 
     def _search(self, model: str, target: float, m: Method, seed: int, cell: Path,
                 info: dict) -> PrunePlan:
-        """vitprune's plan: GP-EI under the latency budget, its default settings."""
-        settings = replace(SearchSettings(), budget_metric="latency",
+        """vitprune's plan: GP-EI under the latency budget, its default settings (the anchored
+        search at the fraction of the dense time vitprune's plan measured at this seed)."""
+        budget = target
+        if m.anchors:
+            ref = self.cell(model, target, METHODS[0], seed) / "plan_info.json"
+            done = json.loads(ref.read_text()) if ref.exists() else {}
+            if "speedup_b64_at_plan" not in done:
+                raise Unreachable("vitprune's plan, the speed to match, is missing (unreachable "
+                                  "at this target)")
+            budget = min(1.0, 1 / done["speedup_b64_at_plan"])  # a noisy timing can exceed 1
+            info["budget_fraction"] = budget
+        settings = replace(SearchSettings(), budget_metric="latency", anchors=m.anchors,
                            latency_table=str(self.table(model)), dims=m.dims,
                            trials=self.settings["trials"], init=self.settings["init"],
                            calib_images=self.settings["calib_images"],
                            **({} if m.max_ratio is None else {"max_ratio": m.max_ratio}))
         try:
-            res = policy_search(self.dense(model), self.splits, target, cell / "search",
+            res = policy_search(self.dense(model), self.splits, budget, cell / "search",
                                 settings=settings, seed=seed, progress=False, resume=True)
         except BudgetError as exc:
             raise Unreachable(str(exc)) from None
@@ -431,6 +445,10 @@ def collect(study: Study) -> dict:
                     row["vs_vitprune"] = iv
                 if name != "dense reference" and (iv := _paired(row, ref.get("_correct"))):
                     row["vs_dense"] = iv
+            va = rows.get(ANCHORED, {}).get("_correct")
+            for name, row in rows.items():
+                if name != ANCHORED and (iv := _paired(row, va)):
+                    row["vs_anchored"] = iv
             per_target[str(target)] = rows
         for rows in per_target.values():
             for row in rows.values():
@@ -447,22 +465,27 @@ def goal(rows: dict) -> list[str]:
     vitprune ahead of every peer by more than the paired interval, and within
     :data:`GOAL_DENSE` points of the dense reference."""
     out = []
-    vp = rows.get("vitprune", {})
-    if vp.get("vs_dense"):
+    for me, key in (("vitprune", "vs_vitprune"), (ANCHORED, "vs_anchored")):
+        vp = rows.get(me, {})
+        if not vp.get("vs_dense"):
+            continue
         iv = vp["vs_dense"]
         met = iv["low"] >= -GOAL_DENSE
-        out.append(f"- vitprune is {wording(iv, 'the dense reference')}: the goal (within "
+        out.append(f"- {me} is {wording(iv, 'the dense reference')}: the goal (within "
                    f"{GOAL_DENSE} points) is {'met' if met else 'not met'}"
                    + ("" if met else f", by {-GOAL_DENSE - iv['low']:.2f} points") + ".")
-    for name, row in rows.items():
-        iv = row.get("vs_vitprune")
-        if not iv or name == "dense reference":
-            continue
-        verdict = ("vitprune ahead (goal met)" if iv["high"] < 0 else
-                   "vitprune behind (goal not met)" if iv["low"] > 0 else
-                   "tied: the interval holds zero (goal not met)")
-        out.append(f"- {name} minus vitprune: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
-                   f"{iv['high']:+.2f}]: {verdict}.")
+        for name, row in rows.items():
+            iv = row.get(key)
+            if not iv or name in ("dense reference", "vitprune", ANCHORED):
+                continue
+            verdict = (f"{me} ahead (goal met)" if iv["high"] < 0 else
+                       f"{me} behind (goal not met)" if iv["low"] > 0 else
+                       "tied: the interval holds zero (goal not met)")
+            out.append(f"- {name} minus {me}: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
+                       f"{iv['high']:+.2f}]: {verdict}.")
+    if (iv := rows.get(ANCHORED, {}).get("vs_vitprune")):
+        out.append(f"- {ANCHORED} minus vitprune: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
+                   f"{iv['high']:+.2f}].")
     return out
 
 
@@ -483,16 +506,18 @@ def page(r: dict) -> str:
         for target, rows in targets.items():
             vp = rows.get("vitprune", {})
             sp = vp.get(f"speedup_b{BATCH}")
+            anchored = ANCHORED in rows
             measured = (f" (asked; vitprune's plans measure {1 / sp['mean']:.0%} of it)"
                         if sp else "")
             lines += [f"## {model}, {float(target):.0%} of the dense time{measured}", "",
                       "| method | MACs kept | speed-up b1 | speed-up b64 | top-1 before | top-1 "
-                      "after | vs vitprune | vs dense reference |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "after | vs vitprune | vs dense reference |"
+                      + (" vs anchored |" if anchored else ""),
+                      "|---|---|---|---|---|---|---|---|" + ("---|" if anchored else "")]
             for name, row in rows.items():
                 if "unreachable" in row:
                     lines.append(f"| {name} | cannot reach this speed ({row['unreachable']}) "
-                                 "| | | | | | |")
+                                 "| | | | | | |" + (" |" if anchored else ""))
                     continue
 
                 def fmt(v: dict | None, pct: bool = False, x: bool = False) -> str:
@@ -509,7 +534,8 @@ def page(r: dict) -> str:
                              f"{fmt(row.get('speedup_b1'), x=True)} | "
                              f"{fmt(row.get(f'speedup_b{BATCH}'), x=True)} | "
                              f"{fmt(row['test_top1_before'])} | {fmt(row['test_top1'])} | "
-                             f"{iv(row.get('vs_vitprune'))} | {iv(row.get('vs_dense'))} |")
+                             f"{iv(row.get('vs_vitprune'))} | {iv(row.get('vs_dense'))} |"
+                             + (f" {iv(row.get('vs_anchored'))} |" if anchored else ""))
             lines += ["", *goal(rows), ""]
     lines += ["## Reading", ""]
     return "\n".join(lines) + "\n"

@@ -38,6 +38,13 @@ def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study)
                      "plan_info.json").read_text())
     assert "unreachable" in tp or {c["mode"] for c in tp["tried"]} == {"local", "global"}
     assert (study / "d12" / "dense" / "dense_reference" / "s0" / "test_pred.npy").exists()
+    # the anchored search runs at the fraction of the dense time vitprune's plan measured
+    vp = json.loads((cells / "vitprune" / "s0" / "plan_info.json").read_text())
+    an = json.loads((cells / evidence.slug(evidence.ANCHORED) / "s0" / "plan_info.json")
+                    .read_text())
+    assert an["budget_fraction"] == pytest.approx(min(1.0, 1 / vp["speedup_b64_at_plan"]))
+    trials = (cells / evidence.slug(evidence.ANCHORED) / "s0" / "search" / "trials.jsonl")
+    assert json.loads(trials.read_text().splitlines()[0])["source"] == "anchor"
 
 
 def test_the_page_holds_each_row_and_its_intervals(study):
@@ -48,6 +55,7 @@ def test_the_page_holds_each_row_and_its_intervals(study):
     assert vp["vs_dense"]["low"] <= vp["vs_dense"]["diff"] <= vp["vs_dense"]["high"]
     assert "vs_vitprune" not in vp and "vs_dense" not in rows["dense reference"]
     assert rows["tokens only"]["vs_vitprune"]["images"] == record["test_images"]
+    assert "vs_anchored" in rows["tokens only"] and "vs_anchored" not in rows[evidence.ANCHORED]
     page = (study / "evidence.md").read_text()
     assert "## d12, 60% of the dense time" in page and "<!-- reading -->" in page
     # the page is its JSON regenerated (what the docs test holds every generated page to)

@@ -22,7 +22,8 @@ GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget
              "latency_multiples": "latency_multiples", "max_ratio": "max_ratio_report",
              "rehearse_224": "rehearse_224", "results": "results_report",
              "scoring_memory": "scoring_memory", "scoring_speed": "scoring_speed",
-             "search_anchors": "search_anchors", "search_compare": "search_compare", "surgery_speed": "surgery_speed",
+             "search_anchors": "search_anchors", "search_compare": "search_compare",
+             "surgery_speed": "surgery_speed",
              "user_errors": "user_errors"}
 
 

@@ -49,3 +49,11 @@ def publish(base: str | Path, record: dict, page: Callable[[dict], str]) -> str:
     fsutil.write_json(Path(f"{base}.json"), record)
     write(Path(f"{base}.md"), text, after="## Reading")
     return text
+
+
+def mean_range(values: list[float]) -> str:
+    """``mean (min-max)`` of ``values`` to two decimals (the mean alone for one value)."""
+    import statistics
+
+    return (f"{statistics.mean(values):.2f}"
+            + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -86,10 +85,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(pages.publish(args.out, record, page))
 
 
-def _fmt(v: list[float]) -> str:
-    return f"{statistics.mean(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
-
-
 def page(record: dict) -> str:
     """The page's generated text, from ``docs/search_anchors.json`` alone."""
     rows, st = record["rows"], record["settings"]
@@ -111,14 +106,14 @@ def page(record: dict) -> str:
                 continue
             found = ", ".join(f"s{r['seed']}: {r['best_source']} {r['best_trial']}" for r in rs)
             lines.append(f"| {target:.0%} | {'anchors + random' if a else 'random'} | {len(rs)} "
-                         f"| {_fmt([r['best_calib_top1'] for r in rs])} | {found} | "
-                         f"{_fmt([r['test_top1_masked'] for r in rs])} |")
+                         f"| {pages.mean_range([r['best_calib_top1'] for r in rs])} | {found} | "
+                         f"{pages.mean_range([r['test_top1_masked'] for r in rs])} |")
         both = sorted(set(by[False]) & set(by[True]))
         if both:
             d = [by[True][s]["best_calib_top1"] - by[False][s]["best_calib_top1"] for s in both]
             wins = sum(x > 0 for x in d)
             lines.append(f"| {target:.0%} | anchors minus random (calib) | {len(both)} | "
-                         f"{_fmt(d)} | higher in {wins} of {len(both)} seeds | |")
+                         f"{pages.mean_range(d)} | higher in {wins} of {len(both)} seeds | |")
     return "\n".join([*lines, "", "## Reading"])
 
 

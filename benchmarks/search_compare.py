@@ -82,10 +82,6 @@ def main() -> int:
     return 0
 
 
-def _fmt(v: list[float]) -> str:
-    return f"{statistics.mean(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
-
-
 def page(record: dict) -> str:
     """The page's generated text, from ``docs/search_compare.json`` alone."""
     rows, st = record["rows"], record["settings"]
@@ -100,8 +96,8 @@ def page(record: dict) -> str:
     for b, m in keys:
         rs = [r for r in rows if r["budget"] == b and r["method"] == m]
         secs = [r["seconds_per_eval"] for r in rs if r["seconds_per_eval"] is not None]
-        lines.append(f"| {b} | {m} | {len(rs)} | {_fmt([r['best_calib_top1'] for r in rs])} | "
-                     f"{_fmt([r['test_top1'] for r in rs])} | "
+        lines.append(f"| {b} | {m} | {len(rs)} | {pages.mean_range([r['best_calib_top1'] for r in rs])} | "
+                     f"{pages.mean_range([r['test_top1'] for r in rs])} | "
                      + (f"{statistics.mean(secs):.2f} |" if secs else "- |"))
     return "\n".join([*lines, "", "## Reading"])
 

@@ -87,6 +87,7 @@ class FeasibleSampler:
         self.band = band
         self._lower = space.lower
         self._upper = np.where(space.free, space.upper, space.lower)
+        self._anchors: list[np.ndarray] | None = None
 
     def sample(self, rng: np.random.Generator, n: int, max_rounds: int = 20) -> np.ndarray:
         """``n`` feasible points, shape (n, 2L + 1), each on a ray towards a uniform box point.
@@ -176,6 +177,8 @@ class FeasibleSampler:
         the budget's top (where heads jump over the band, the point before the jump with the
         neurons raised into it, as :meth:`uniform` does). Mixes the space cannot move,
         duplicates, and rays that still miss the band are left out (the list may be empty)."""
+        if self._anchors is not None:  # proposed once per initial trial: computed once
+            return list(self._anchors)
         L = self.space.depth
         span = self._upper - self._lower
         out: list[np.ndarray] = []
@@ -187,7 +190,8 @@ class FeasibleSampler:
             x = self._on_ray(P)[0]
             if x is not None and not any(np.allclose(x, a) for a in out):
                 out.append(x)
-        return out
+        self._anchors = out
+        return list(out)
 
     def _on_ray(self, end: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """The least pruning on the ray from ``lower`` to ``end`` that meets the band's top;

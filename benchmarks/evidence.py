@@ -95,7 +95,9 @@ class Method:
     anchors: bool = False  # vitprune: the search's initial population starts with uniform plans
 
 
-ANCHORED = "vitprune, anchored search"  # vitprune's default since the study began
+# vitprune's default search (anchors on, chosen on calibration: docs/search_anchors.md);
+# the row "vitprune" is the plain search (--no-anchors), searched first
+ANCHORED = "vitprune, anchored search"
 METHODS = (
     Method("vitprune", "vitprune"),
     # searched at the speed vitprune's plan measures (so at equal speed with every row)
@@ -439,6 +441,8 @@ def collect(study: Study) -> dict:
         for target in study.settings["targets"]:
             rows = {m.name: r for m in METHODS
                     if (r := ref if m.kind == "dense" else _row(study, model, target, m, y))}
+            if set(rows) <= {"dense reference"}:  # nothing at this target has finished yet
+                continue
             vp = rows.get("vitprune", {}).get("_correct")
             for name, row in rows.items():
                 if name != "vitprune" and (iv := _paired(row, vp)):

@@ -66,7 +66,8 @@ def run_case(name: str, out: Path, threads: int, rounds: int) -> dict:
     rows = []
     for budget in BUDGETS:
         settings = SearchSettings(budget_metric="latency", latency_table=str(table_path),
-                                  trials=20, init=8, calib_images=512)
+                                  trials=20, init=8, calib_images=512,
+                                  anchors=False)  # as the recorded runs were searched
         try:
             res = policy_search(dense, splits, budget, out / f"{name}_b{budget}",
                                 settings=settings, progress=False, resume=True)

@@ -110,7 +110,9 @@ class Study:
         return score(self.dense, self.splits, "hsic", n_images=256, out=path)
 
     def settings(self, **kw) -> SearchSettings:
-        return replace(SearchSettings(), trials=self.args.trials, init=self.args.init, **kw)
+        # anchors off: the recorded runs predate them (docs/search_anchors.md)
+        return replace(SearchSettings(), trials=self.args.trials, init=self.args.init,
+                       anchors=False, **kw)
 
     # ---- plans ----------------------------------------------------------------------------
     def search(self, name: str, budget: str, settings: SearchSettings) -> PrunePlan:

@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
         hsic = load_scores(scores_path)[0]
     else:
         hsic = score(dense, splits, "hsic", n_images=256, out=scores_path)
-    base = replace(SearchSettings(), trials=args.trials, init=args.init,
+    base = replace(SearchSettings(), trials=args.trials, init=args.init, anchors=False,
                    budget_metric="latency", latency_table=str(args.table))
     spaces = {"width": search_space(dense, base, hsic),
               "depth": search_space(dense, replace(base, depth=True), hsic)}

@@ -164,7 +164,7 @@ class Runner:
     def settings(self, m: Method) -> SearchSettings:
         """vitprune's search settings, with the method's and this study's changes."""
         return replace(SearchSettings(), method=m.search, trials=self.args.trials,
-                       init=self.args.init, dims=m.dims,
+                       init=self.args.init, dims=m.dims, anchors=False,
                        max_ratio=self.args.wide_ratio if m.wide else self.args.narrow_ratio)
 
     def run(self, m: Method, budget: float, seed: int) -> None:

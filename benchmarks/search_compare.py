@@ -59,7 +59,7 @@ def main() -> int:
                 try:
                     res = policy_search(model, splits, budget, out, method=method,
                                         trials=args.trials, init=args.init, seed=seed,
-                                        scores=scores, calib_images=args.calib_images,
+                                        scores=scores, calib_images=args.calib_images, anchors=False,
                                         resume=True, progress=False)
                 except BudgetError as exc:
                     print(f"{method} at {budget}: {exc}", flush=True)

@@ -81,3 +81,16 @@ def test_a_models_options_are_model_source_fields_also_under_a_prefix():
 def test_an_input_size_out_of_range_is_refused_by_its_option_name(capsys):
     assert main(["cost", "--model", "vit_tiny_patch16_224", "--img-size", "0"]) == 2
     assert "--img-size takes one size or two" in capsys.readouterr().err
+
+
+def test_search_starts_with_anchors_by_default_and_no_anchors_turns_them_off():
+    from vitprune.cli import build_parser, values
+    from vitprune.config import SearchSettings
+
+    def parsed(*extra):
+        args = build_parser().parse_args(["search", "--model", "m", "--budget", "0.6", "--out",
+                                          "o", *extra])
+        return SearchSettings(**values(args, SearchSettings))
+
+    assert parsed().anchors and parsed().loop_config(0).anchors
+    assert not parsed("--no-anchors").anchors and not parsed("--no-anchors").loop_config(0).anchors

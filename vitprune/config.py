@@ -151,9 +151,11 @@ class SearchSettings:
         "help": "evaluations in all, init included"})
     init: int = field(default=SearchConfig.init, metadata={
         "help": "random feasible evaluations before the GP"})
-    anchors: bool = field(default=False, metadata={
+    anchors: bool = field(default=SearchConfig.anchors, metadata={
         "help": "gp-ei: start the initial population with uniform plans (one ratio in every "
-                "block, along a few mixes of heads, neurons and tokens) before the random ones"})
+                "block, along a few mixes of heads, neurons and tokens) before the random ones; "
+                "on by default, chosen on the calibration split (docs/search_anchors.md); "
+                "--no-anchors: random ones only"})
     calib_images: int = field(default=2000, metadata={
         "help": "calibration images per evaluation"})
     max_ratio: float = field(default=MAX_RATIO, metadata={

@@ -45,6 +45,9 @@ def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study)
     assert an["budget_fraction"] == pytest.approx(min(1.0, 1 / vp["speedup_b64_at_plan"]))
     trials = (cells / evidence.slug(evidence.ANCHORED) / "s0" / "search" / "trials.jsonl")
     assert json.loads(trials.read_text().splitlines()[0])["source"] == "anchor"
+    # the row "vitprune" stays the plain search now that anchors are the default
+    plain = cells / "vitprune" / "s0" / "search" / "trials.jsonl"
+    assert json.loads(plain.read_text().splitlines()[0])["source"] == "init"
 
 
 def test_the_page_holds_each_row_and_its_intervals(study):

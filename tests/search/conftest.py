@@ -9,7 +9,8 @@ from vitprune.cost import BlockShape, VitShape
 from vitprune.search import Budget, FeasibleSampler, SearchSpace, resolve_band
 
 # candidate sets and GP restarts small enough for a test to take seconds on a shared CPU
-FAST = dict(n_candidates=200, n_local=50, gp_restarts=0)
+# anchors off: these tests check the random initial population (the anchored one has its own)
+FAST = dict(n_candidates=200, n_local=50, gp_restarts=0, anchors=False)
 
 
 def small_shape(depth: int = 4) -> VitShape:

@@ -222,8 +222,9 @@ def test_anchors_start_the_population_with_uniform_plans_in_the_band(small_space
     small_space = SearchSpace(small_space.shape, head_bounds=wide, neuron_bounds=wide,
                               token_bounds=wide)
     f = quadratic(small_space)
-    anchored = search(f, small_space, 0.6, trials=9, init=8, seed=3, anchors=True,
-                      progress=False, **fast)
+    assert SearchConfig().anchors  # the default
+    anchored = search(f, small_space, 0.6, trials=9, init=8, seed=3,
+                      progress=False, **(fast | {"anchors": True}))
     sampler = FeasibleSampler(small_space, resolve_band(small_space, Budget(0.6)))
     want = sampler.anchors()
     n, L = len(want), small_space.depth
@@ -241,5 +242,6 @@ def test_anchors_start_the_population_with_uniform_plans_in_the_band(small_space
     search(f, small_space, 0.6, trials=4, init=3, seed=0, trials_path=path, progress=False, **fast)
     with pytest.raises(OutputError, match="another search configuration"):
         search(f, small_space, 0.6, trials=5, init=3, seed=0, trials_path=path, resume=True,
-               anchors=True, progress=False, **fast)
-    assert "anchors" not in SearchConfig().proposal_settings()
+               progress=False, **(fast | {"anchors": True}))
+    # off, the settings are those of trials files written before anchors existed
+    assert "anchors" not in SearchConfig(anchors=False).proposal_settings()

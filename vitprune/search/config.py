@@ -125,7 +125,7 @@ class SearchConfig:
     local_scale: float = 0.1
     gp_restarts: int = 2
     objective: str = "top1"
-    anchors: bool = False
+    anchors: bool = True
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got "

@@ -2,7 +2,7 @@
 
 Compresses the shipped Fashion-MNIST baseline (``vitprune/assets/fmnist_vit_d12``) to 60% of its
 MACs: HSIC scores, a 24-evaluation GP-EI search, physical pruning, 3 epochs of fine-tuning with
-distillation, evaluation and a report in ``runs/demo`` (7 minutes measured on two CPU cores;
+distillation, evaluation and a report in ``runs/demo`` (about 8 minutes measured on two CPU cores;
 re-running resumes or, when finished, just prints the table). Where the baseline is missing it is
 trained first with the committed training commands (two phases, resumable, about 100 minutes).
 """

@@ -9,6 +9,7 @@ between marker lines, so that regenerating a page changes its numbers and never 
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +54,5 @@ def publish(base: str | Path, record: dict, page: Callable[[dict], str]) -> str:
 
 def mean_range(values: list[float]) -> str:
     """``mean (min-max)`` of ``values`` to two decimals (the mean alone for one value)."""
-    import statistics
-
     return (f"{statistics.mean(values):.2f}"
             + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""))

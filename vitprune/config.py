@@ -150,7 +150,7 @@ class SearchSettings:
     trials: int = field(default=SearchConfig.trials, metadata={
         "help": "evaluations in all, init included"})
     init: int = field(default=SearchConfig.init, metadata={
-        "help": "random feasible evaluations before the GP"})
+        "help": "feasible evaluations before the GP (the anchors first, then random ones)"})
     anchors: bool = field(default=SearchConfig.anchors, metadata={
         "help": "gp-ei: start the initial population with uniform plans (one ratio in every "
                 "block, along a few mixes of heads, neurons and tokens) before the random ones; "

@@ -32,6 +32,21 @@ def speedup(dense: torch.nn.Module, model: torch.nn.Module, *, batch: int, round
     return got["dense"]["latency_ms"] / got["model"]["latency_ms"]
 
 
+def counted_speedup(dense: torch.nn.Module, model: torch.nn.Module) -> float:
+    """FLOPs torch counts for ``dense`` over those for ``model`` on two images: a deterministic
+    stand-in for :func:`speedup` where a timing would only add noise (a smoke test's tiny
+    models on a loaded machine). Merged or dropped tokens count, as they shrink the matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, *input_shape(dense))
+    counts = []
+    for m in (dense, model):
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            m(x)
+        counts.append(fc.get_total_flops())
+    return counts[0] / counts[1]
+
+
 def match_speedup(build: Callable[[float], torch.nn.Module], dense: torch.nn.Module,
                   target: float, *, batch: int, lo: float = 0.0, hi: float = 0.9,
                   iters: int = 7, measure: Measure | None = None

@@ -21,9 +21,10 @@ re-run continues where it stopped:
    same fine-tuning (distillation from the dense model; the reference distils from its own
    copy); per-image test predictions are kept beside each cell's ``result.json``. ToMe is also
    kept training-free.
-3. ``time`` (quiet cores): every model against the dense one, batch 1 and 64 (speed does not
-   depend on the weights: each is rebuilt from its plan, so a study carried between machines
-   needs only its cells' small files).
+3. ``time`` (quiet cores): every planned model against the dense one, batch 1 and 64 (speed
+   does not depend on the weights: each is rebuilt from its plan, so a study carried between
+   machines needs only its cells' small files, and ``time`` may run before ``finetune``, while
+   the cores are still quiet).
 4. ``report``: the page, with each row's paired 95% interval against vitprune and the reference.
 
     python benchmarks/evidence.py plans --runs runs/evidence                 # quiet cores
@@ -53,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
-from equal_speed import match_speedup, speedup  # noqa: E402
+from equal_speed import counted_speedup, match_speedup, speedup  # noqa: E402
 from results import test_predictions  # noqa: E402
 from stats import correct, paired_bootstrap, wording  # noqa: E402
 
@@ -194,8 +195,8 @@ class Study:
 
     def timed(self, a: torch.nn.Module, b: torch.nn.Module) -> float:
         """Measured speed-up of ``b`` over ``a`` at the study's batch."""
-        if self.args.smoke:
-            return speedup(a, b, batch=2, rounds=1, reps=1)
+        if self.args.smoke:  # counted, not timed: the smoke's logic must not hang on noise
+            return counted_speedup(a, b)
         return speedup(a, b, batch=BATCH, rounds=5, reps=3)
 
     def plan_cell(self, model: str, target: float, m: Method, seed: int) -> None:
@@ -359,22 +360,25 @@ class Study:
 
     # ---- phase 3: measured speed of every finished model ---------------------------------------
     def time_cell(self, model: str, target: float, m: Method, seed: int) -> None:
+        """Speed does not depend on the weights: a planned cell is timed whether or not it is
+        fine-tuned yet (so the quiet-cores phase can run before fine-tuning loads them)."""
         cell = self.cell(model, target, m, seed)
-        if (not (cell / "result.json").exists() or (cell / "speed.json").exists()
-                or "unreachable" in json.loads((cell / "result.json").read_text())):
+        source = self.cell(model, target, BY_NAME["ToMe, training-free"],
+                           self.settings["seeds"][0]) if m.kind == "tome-ft" else cell
+        if (cell / "speed.json").exists() or not (source / "plan_info.json").exists():
+            return
+        info = json.loads((source / "plan_info.json").read_text())
+        if "unreachable" in info:
             return
         dense = self.dense(model)
-        info = json.loads(((self.cell(model, target, BY_NAME["ToMe, training-free"],
-                                      self.settings["seeds"][0]) if m.kind == "tome-ft" else cell)
-                           / "plan_info.json").read_text())
-        plan = PrunePlan.load(cell / "plan.json") if (cell / "plan.json").exists() else None
+        plan = PrunePlan.load(source / "plan.json") if (source / "plan.json").exists() else None
         net = self._model(m, dense, cell, info, plan)
-        rounds, reps = (1, 1) if self.args.smoke else (7, 3)
         out = {}
         for batch in (1, BATCH):
-            out[f"speedup_b{batch}"] = speedup(dense, net, batch=batch if not self.args.smoke
-                                               else min(batch, 2), rounds=rounds,
-                                               reps=reps if batch > 1 else 5 * reps)
+            out[f"speedup_b{batch}"] = (counted_speedup(dense, net) if self.args.smoke else
+                                        speedup(dense, net, batch=batch, rounds=7,
+                                                reps=3 if batch > 1 else 15))
+        cell.mkdir(parents=True, exist_ok=True)
         fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads()})
 
 

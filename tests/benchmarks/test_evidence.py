@@ -19,7 +19,7 @@ def study(tmp_path_factory):
     assert evidence.main(["plans", *base, "--smoke", "--models", "d12", "--seeds", "0",
                           "--targets", "0.6", "--trials", "3", "--init", "2",
                           "--calib-images", "32", "--max-steps", "1"]) == 0
-    for phase in ("finetune", "time"):
+    for phase in ("time", "finetune"):  # speed is the plan's: timed before fine-tuning
         assert evidence.main([phase, *base]) == 0
     assert evidence.main(["report", *base, "--out", str(runs / "evidence")]) == 0
     return runs
@@ -38,8 +38,14 @@ def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study)
                      "plan_info.json").read_text())
     assert "unreachable" in tp or {c["mode"] for c in tp["tried"]} == {"local", "global"}
     assert (study / "d12" / "dense" / "dense_reference" / "s0" / "test_pred.npy").exists()
+    # timed before fine-tuning: every reachable cell has its speed (fine-tuned ToMe included)
+    for m in evidence.METHODS:
+        cell = (study / "d12" / "dense" if m.kind == "dense" else cells) / evidence.slug(m.name)
+        result = json.loads((cell / "s0" / "result.json").read_text())
+        assert ("unreachable" in result) != (cell / "s0" / "speed.json").exists(), m.name
     # the anchored search runs at the fraction of the dense time vitprune's plan measured
     vp = json.loads((cells / "vitprune" / "s0" / "plan_info.json").read_text())
+    assert vp["speedup_b64_at_plan"] > 1  # the smoke counts FLOPs (deterministic), never times
     an = json.loads((cells / evidence.slug(evidence.ANCHORED) / "s0" / "plan_info.json")
                     .read_text())
     assert an["budget_fraction"] == pytest.approx(min(1.0, 1 / vp["speedup_b64_at_plan"]))

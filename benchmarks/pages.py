@@ -52,7 +52,10 @@ def publish(base: str | Path, record: dict, page: Callable[[dict], str]) -> str:
     return text
 
 
-def mean_range(values: list[float]) -> str:
-    """``mean (min-max)`` of ``values`` to two decimals (the mean alone for one value)."""
-    return (f"{statistics.mean(values):.2f}"
-            + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""))
+def mean_range(values: list[float], *, signed: bool = False) -> str:
+    """``mean (min-max)`` of ``values`` to two decimals (the mean alone for one value);
+    ``signed`` (differences): ``+mean (+min to +max)``, every figure with its sign."""
+    f, sep = ("{:+.2f}", " to ") if signed else ("{:.2f}", "-")
+    return (f.format(statistics.mean(values))
+            + (f" ({f.format(min(values))}{sep}{f.format(max(values))})" if len(values) > 1
+               else ""))

@@ -148,7 +148,7 @@ def page(record: dict) -> str:
                 if not rs:
                     continue
                 paired = [r for r in rs if r["seed"] in base]
-                diff = [pages.mean_range([r[k] - base[r["seed"]] for r in paired])
+                diff = [pages.mean_range([r[k] - base[r["seed"]] for r in paired], signed=True)
                         + f" ({sum(r[k] > base[r['seed']] for r in paired)} of {len(paired)} up)"
                         if paired else "-" for k in ("held_out_best", "held_out_rescored")]
                 if arm == "top1":

@@ -23,6 +23,7 @@ GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget
              "rehearse_224": "rehearse_224", "results": "results_report",
              "scoring_memory": "scoring_memory", "scoring_speed": "scoring_speed",
              "search_anchors": "search_anchors", "search_compare": "search_compare",
+             "search_objective": "search_objective",
              "surgery_speed": "surgery_speed",
              "user_errors": "user_errors"}
 

@@ -30,8 +30,8 @@ re-run continues where it stopped:
     python benchmarks/evidence.py plans --runs runs/evidence                 # quiet cores
     (the settings, e.g. --epochs 2 --seeds 0 1 2, are given to ``plans``; the later phases
     read them from the study's ``study.json``)
-    nohup python benchmarks/evidence.py finetune --runs runs/evidence &      # x2, one thread each
     python benchmarks/evidence.py time --runs runs/evidence                  # quiet cores
+    nohup python benchmarks/evidence.py finetune --runs runs/evidence &      # x2, one thread each
     python benchmarks/evidence.py report --runs runs/evidence                # docs/evidence.*
 
 ``--smoke`` runs the same code on a tiny model and synthetic data in a minute (the test's path).
@@ -159,6 +159,14 @@ class Study:
     def cell(self, model: str, target: float, method: Method, seed: int) -> Path:
         t = "dense" if method.kind == "dense" else f"t{target}"
         return self.runs / model / t / slug(method.name) / f"s{seed}"
+
+    def plan_source(self, model: str, target: float, method: Method, seed: int) -> Path:
+        """The cell whose plan files ``method``'s cell uses: its own, except fine-tuned ToMe,
+        which reuses the training-free cell's r."""
+        if method.kind == "tome-ft":
+            return self.cell(model, target, BY_NAME["ToMe, training-free"],
+                             self.settings["seeds"][0])
+        return self.cell(model, target, method, seed)
 
     def cells(self) -> list[tuple[str, float, Method, int]]:
         """The study's cells, or those ``--only`` names (a part of the study a sitting runs)."""
@@ -320,8 +328,7 @@ class Study:
         cell = self.cell(model, target, m, seed)
         if (cell / "result.json").exists():
             return
-        source = self.cell(model, target, BY_NAME["ToMe, training-free"],
-                           self.settings["seeds"][0]) if m.kind == "tome-ft" else cell
+        source = self.plan_source(model, target, m, seed)
         if not (source / "plan_info.json").exists():
             return  # its plan is not made yet (phase 1)
         cell.mkdir(parents=True, exist_ok=True)
@@ -362,9 +369,7 @@ class Study:
     def time_cell(self, model: str, target: float, m: Method, seed: int) -> None:
         """Speed does not depend on the weights: a planned cell is timed whether or not it is
         fine-tuned yet (so the quiet-cores phase can run before fine-tuning loads them)."""
-        cell = self.cell(model, target, m, seed)
-        source = self.cell(model, target, BY_NAME["ToMe, training-free"],
-                           self.settings["seeds"][0]) if m.kind == "tome-ft" else cell
+        cell, source = self.cell(model, target, m, seed), self.plan_source(model, target, m, seed)
         if (cell / "speed.json").exists() or not (source / "plan_info.json").exists():
             return
         info = json.loads((source / "plan_info.json").read_text())
@@ -481,13 +486,13 @@ def goal(rows: dict, target: float) -> list[str]:
             continue
         iv = vp["vs_dense"]
         met = iv["low"] >= -GOAL_DENSE
-        out.append(f"- {me} is {wording(iv, 'the dense reference')}"
-                   + ((": the goal (within " f"{GOAL_DENSE} points) is "
-                       f"{'met' if met else 'not met'}"
-                       + ("" if met else f", by {-GOAL_DENSE - iv['low']:.2f} points"))
-                      if target == GOAL_DENSE_AT else
-                      f" (no goal against the dense reference at this target; it is set at "
-                      f"{GOAL_DENSE_AT:.0%})") + ".")
+        if target != GOAL_DENSE_AT:
+            verdict = (f" (no goal against the dense reference at this target; it is set at "
+                       f"{GOAL_DENSE_AT:.0%})")
+        else:
+            verdict = (f": the goal (within {GOAL_DENSE} points) is "
+                       + ("met" if met else f"not met, by {-GOAL_DENSE - iv['low']:.2f} points"))
+        out.append(f"- {me} is {wording(iv, 'the dense reference')}{verdict}.")
         for name, row in rows.items():
             iv = row.get(key)
             if not iv or name in ("dense reference", "vitprune", ANCHORED):

@@ -9,6 +9,9 @@ re-run continues where it stopped:
    * **vitprune**: GP-EI under a latency budget on the model's batch-64 latency table (built
      first, quiet cores), three dimensions, vitprune's default search settings (ratios to 0.9);
      **vitprune without tokens** (heads and neurons); **tokens only** (EViT-style selection);
+     the anchored search (the default) and the anchored search with ``--choice distilled``
+     (its 5 best trials and anchors distilled briefly, the best kept: docs/ft_proxy.md), both
+     at the speed vitprune's plan measures;
      a budget a space cannot reach is recorded as such;
    * every other method is then matched to vitprune's *measured* speed-up (bisection on its own
      knob, each candidate timed in turn with the dense model, :mod:`equal_speed`):
@@ -94,15 +97,20 @@ class Method:
     dims: tuple[str, ...] = ("heads", "neurons", "tokens")
     max_ratio: float | None = None  # None: vitprune's default
     anchors: bool = False  # vitprune: the search's initial population starts with uniform plans
+    choice: str = "best"  # vitprune: the final plan, the best trial or the best after distilling
 
 
 # vitprune's default search (anchors on, chosen on calibration: docs/search_anchors.md);
 # the row "vitprune" is the plain search (--no-anchors), searched first
 ANCHORED = "vitprune, anchored search"
+# the anchored search choosing its plan by a short distillation (--choice distilled)
+DISTILLED = "vitprune, distilled choice"
+OURS = ("vitprune", ANCHORED, DISTILLED)  # the rows the goal is judged for
 METHODS = (
     Method("vitprune", "vitprune"),
     # searched at the speed vitprune's plan measures (so at equal speed with every row)
     Method(ANCHORED, "vitprune", anchors=True),
+    Method(DISTILLED, "vitprune", anchors=True, choice="distilled"),
     Method("vitprune without tokens", "vitprune", dims=("heads", "neurons")),
     Method("tokens only", "vitprune", dims=("tokens",), max_ratio=0.9),
     Method("Torch-Pruning (best configuration)", "tp", dims=("heads", "neurons")),
@@ -253,7 +261,8 @@ class Study:
         settings = replace(SearchSettings(), budget_metric="latency", anchors=m.anchors,
                            latency_table=str(self.table(model)), dims=m.dims,
                            trials=self.settings["trials"], init=self.settings["init"],
-                           calib_images=self.settings["calib_images"],
+                           calib_images=self.settings["calib_images"], choice=m.choice,
+                           choice_steps=2 if self.args.smoke else SearchSettings.choice_steps,
                            **({} if m.max_ratio is None else {"max_ratio": m.max_ratio}))
         try:
             res = policy_search(self.dense(model), self.splits, budget, cell / "search",
@@ -458,16 +467,22 @@ def collect(study: Study) -> dict:
                     row["vs_vitprune"] = iv
                 if name != "dense reference" and (iv := _paired(row, ref.get("_correct"))):
                     row["vs_dense"] = iv
-            va = rows.get(ANCHORED, {}).get("_correct")
-            for name, row in rows.items():
-                if name != ANCHORED and (iv := _paired(row, va)):
-                    row["vs_anchored"] = iv
+            for me in OURS[1:]:  # "vs_anchored", "vs_distilled"
+                va = rows.get(me, {}).get("_correct")
+                for name, row in rows.items():
+                    if name != me and (iv := _paired(row, va)):
+                        row[_vs(me)] = iv
             per_target[str(target)] = rows
         for rows in per_target.values():
             for row in rows.values():
                 row.pop("_correct", None)
         out["models"][model] = per_target
     return out
+
+
+def _vs(me: str) -> str:
+    """The key of a row's interval against one of :data:`OURS`."""
+    return "vs_vitprune" if me == "vitprune" else "vs_" + me.split(", ")[1].split()[0]
 
 
 GOAL_DENSE = 0.3  # points: vitprune's goal against the dense reference ...
@@ -480,8 +495,8 @@ def goal(rows: dict, target: float) -> list[str]:
     within :data:`GOAL_DENSE` points of the dense reference at :data:`GOAL_DENSE_AT` of its
     time (at other targets the gap is stated, not judged)."""
     out = []
-    for me, key in (("vitprune", "vs_vitprune"), (ANCHORED, "vs_anchored")):
-        vp = rows.get(me, {})
+    for me in OURS:
+        key, vp = _vs(me), rows.get(me, {})
         if not vp.get("vs_dense"):
             continue
         iv = vp["vs_dense"]
@@ -495,16 +510,20 @@ def goal(rows: dict, target: float) -> list[str]:
         out.append(f"- {me} is {wording(iv, 'the dense reference')}{verdict}.")
         for name, row in rows.items():
             iv = row.get(key)
-            if not iv or name in ("dense reference", "vitprune", ANCHORED):
+            if not iv or name == "dense reference" or name in OURS:
                 continue
             verdict = (f"{me} ahead (goal met)" if iv["high"] < 0 else
                        f"{me} behind (goal not met)" if iv["low"] > 0 else
                        "tied: the interval holds zero (goal not met)")
             out.append(f"- {name} minus {me}: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
                        f"{iv['high']:+.2f}]: {verdict}.")
-    if (iv := rows.get(ANCHORED, {}).get("vs_vitprune")):
-        out.append(f"- {ANCHORED} minus vitprune: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
-                   f"{iv['high']:+.2f}].")
+    for me in OURS[1:]:
+        if (iv := rows.get(me, {}).get("vs_vitprune")):
+            out.append(f"- {me} minus vitprune: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
+                       f"{iv['high']:+.2f}].")
+    if (iv := rows.get(DISTILLED, {}).get("vs_anchored")):
+        out.append(f"- {DISTILLED} minus {ANCHORED}: {iv['diff']:+.2f} points "
+                   f"[{iv['low']:+.2f}, {iv['high']:+.2f}].")
     return out
 
 

@@ -33,6 +33,8 @@ from .search.space import MAX_RATIO
 from .search.surrogate import check_dependencies
 from .train import FINETUNE, TrainConfig
 
+CHOICES = ("best", "distilled")  # how the search's final plan is chosen
+
 
 def parse_budget(text: str | float) -> Budget:
     """A budget as a person writes it.
@@ -184,6 +186,15 @@ class SearchSettings:
     neuron_multiple: int = field(default=1, metadata={
         "help": "keep each block's MLP width a multiple of this (8, 16, 64: widths the "
                 "hardware's kernels may prefer); inside the search space, so the budget sees it"})
+    choice: str = field(default="best", metadata={
+        "help": "the final plan: best (the trial with the highest objective) or distilled (the "
+                "5 best trials and the anchors each distilled from the dense model for "
+                "--choice-steps steps, the best on calibration images the search did not use; "
+                "the objective before training is a weak guide to the fine-tuned accuracy: "
+                "docs/ft_proxy.md)", "choices": CHOICES})
+    choice_steps: int = field(default=40, metadata={
+        "help": "distillation steps per candidate of --choice distilled (the fine-tuning "
+                "recipe's batch)"})
     latency_rounds: int = field(default=3, metadata={
         "help": "searches at most under a latency budget: after each, the chosen plan is timed "
                 "against the dense model, and where its measured time misses the budget by more "
@@ -219,6 +230,10 @@ class SearchSettings:
                 "must be latency when a --latency-table is given (or leave the table out)")
         require(is_int(self.neuron_multiple) and self.neuron_multiple >= 1, "neuron_multiple",
                 f"must be an integer >= 1, got {self.neuron_multiple!r}")
+        require(self.choice in CHOICES, "choice",
+                f"must be one of {', '.join(CHOICES)}, got {self.choice!r}")
+        require(is_int(self.choice_steps) and self.choice_steps >= 1, "choice_steps",
+                f"must be an integer >= 1, got {self.choice_steps!r}")
         require(is_int(self.latency_rounds) and self.latency_rounds >= 1, "latency_rounds",
                 f"must be an integer >= 1 (1: search once), got {self.latency_rounds!r}")
 

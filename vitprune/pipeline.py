@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import dist
 from .adapters import adapter_for, input_shape, logits_module, vit_shape
 from .config import DataConfig, SearchSettings, parse_budget
+from .choice import check_choice, choose_distilled
 from .cost import macs
 from .data import Splits, make_loader
 from .data.base import TensorImageSet
@@ -430,6 +431,7 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
         ConfigError, BudgetError, ScoringError, OutputError: see the messages.
     """
     settings = for_model(dataclasses.replace(settings or SearchSettings(), **fields), model)
+    check_choice(model, splits, settings)
     if isinstance(scores, (str, Path)):
         scores, _ = load_scores(scores)
     if scores is None:
@@ -459,6 +461,9 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
         objective.close()
     if isinstance(result, VitpruneError):
         raise result
+    if settings.choice == "distilled":  # one process (check_choice): the hooks are gone now
+        result = choose_distilled(model, splits, result, settings, Path(out), seed=seed,
+                                  resume=resume)
     return result
 
 

@@ -51,6 +51,12 @@ def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study)
     assert an["budget_fraction"] == pytest.approx(min(1.0, 1 / vp["speedup_b64_at_plan"]))
     trials = (cells / evidence.slug(evidence.ANCHORED) / "s0" / "search" / "trials.jsonl")
     assert json.loads(trials.read_text().splitlines()[0])["source"] == "anchor"
+    # the distilled choice's plan is the candidate that recovered best in its short distillation
+    d = cells / evidence.slug(evidence.DISTILLED) / "s0"
+    choice = json.loads((d / "search" / "choice.json").read_text())
+    pick = max(choice["candidates"], key=lambda c: c["distilled_top1"])
+    assert choice["chosen"] == pick["trial"] and choice["steps"] == 2
+    assert json.loads((d / "search" / "search.json").read_text())["best"]["trial"] == pick["trial"]
     # the row "vitprune" stays the plain search now that anchors are the default
     plain = cells / "vitprune" / "s0" / "search" / "trials.jsonl"
     assert json.loads(plain.read_text().splitlines()[0])["source"] == "init"

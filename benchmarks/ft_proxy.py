@@ -1,0 +1,180 @@
+"""docs/ft_proxy.md and .json: which quantity, measured before the full fine-tuning, predicts a
+plan's fine-tuned accuracy?
+
+The evidence study (docs/evidence.md) found the search's objective, the masked top-1 before any
+fine-tuning, a weak guide: at 40% of the dense time on the 197-token model Torch-Pruning's plan
+starts 10 points below vitprune's and ends 1 point above it. Here every plan the evidence study
+fine-tuned at one model and target (vitprune's three arms over their seeds, Torch-Pruning's best
+configuration) is measured three ways on **held-out calibration images**, the images of a
+5,000-image calibration carve that the evidence study's 2,000-image carve does not hold (so no
+search, configuration choice or fine-tuning of the study saw them):
+
+* **before**: the pruned model's top-1, no training (what the search maximises, on other images);
+* **after k steps**: top-1 after a short distillation from the dense model (the study's
+  fine-tuning recipe, ``k`` steps at batch 128 on the training images of the 5,000-image carve,
+  which exclude the held-out ones);
+* **parameters** kept, a capacity count.
+
+Each is set beside the plan's final test top-1 from the evidence study (300 steps, mean over its
+fine-tuning seeds) with the rank correlation over plans. The final accuracy is the study's
+committed result; nothing here chooses a default.
+
+    python benchmarks/ft_proxy.py run --runs runs/ft_proxy          # resumable, one row a plan
+    python benchmarks/ft_proxy.py report --runs runs/ft_proxy       # the page
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pages  # noqa: E402
+
+from vitprune import fsutil  # noqa: E402
+from vitprune.data import load_splits, make_loader  # noqa: E402
+from vitprune.data.base import carve  # noqa: E402
+from vitprune.pipeline import finetune, load_dense  # noqa: E402
+from vitprune.plan import PrunePlan  # noqa: E402
+from vitprune.surgery import prune  # noqa: E402
+from vitprune.train import EVAL_BATCH, FINETUNE, evaluate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "benchmarks" / "state" / "evidence"
+MODELS = {"d12": "vitprune/assets/fmnist_vit_d12", "t197": "vitprune/assets/fmnist_vit_t197"}
+STUDY_CALIB, CARVE = 2000, 5000  # the evidence study's calibration carve; this study's
+METHODS = ("vitprune", "vitprune__anchored_search", "vitprune_without_tokens",
+           "torch_pruning__best_configuration")
+
+
+def held_out(splits) -> torch.Tensor:
+    """Positions, in the 5,000-image calibration split, of the images the study's carve lacks."""
+    big, small = carve(60000, CARVE, 0)[1], set(carve(60000, STUDY_CALIB, 0)[1].tolist())
+    return torch.tensor([i for i, g in enumerate(big.tolist()) if g not in small])
+
+
+def plans(model: str, target: float) -> list[tuple[str, Path]]:
+    """The study's distinct fine-tuned plans at a cell (``method/sN``), one per plan file."""
+    out, seen = [], set()
+    for method in METHODS:
+        for cell in sorted((STATE / model / f"t{target}" / method).glob("s*")):
+            if (cell / "plan.json").exists() and (cell / "result.json").exists():
+                text = (cell / "plan.json").read_text()
+                if text not in seen:  # Torch-Pruning's plan is one plan for every seed
+                    seen.add(text)
+                    out.append((f"{method}/{cell.name}", cell))
+    return out
+
+
+def final(cell: Path) -> list[float]:
+    """The study's fine-tuned test top-1 of ``cell``'s plan, over its seeds."""
+    text = (cell / "plan.json").read_text()
+    return [json.loads((c / "result.json").read_text())["test_top1"]
+            for c in sorted(cell.parent.glob("s*"))
+            if (c / "result.json").exists() and (c / "plan.json").read_text() == text]
+
+
+def row(runs: Path, model: str, target: float, name: str, cell: Path, dense, splits,
+        loader, steps: int) -> dict:
+    out = runs / model / f"t{target}" / name / f"k{steps}"
+    if (out / "row.json").exists():
+        return json.loads((out / "row.json").read_text())
+    student = prune(dense, PrunePlan.load(cell / "plan.json")).eval()
+    before = evaluate(student, loader)["top1"]
+    params = sum(p.numel() for p in student.parameters())
+    cfg = replace(FINETUNE, epochs=1, max_steps_per_epoch=steps, seed=0)
+    finetune(student, dense, splits, cfg, out / "finetune", resume=True, progress=False)
+    r = {"model": model, "target": target, "plan": name, "steps": steps, "params": params,
+         "held_out_before": before, "held_out_after": evaluate(student, loader)["top1"],
+         "final_test_top1": final(cell)}
+    fsutil.write_json(out / "row.json", r)
+    return r
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    splits = load_splits("fashion-mnist", calib_size=CARVE)
+    loader = make_loader(splits.calib.subset(held_out(splits)), EVAL_BATCH)
+    torch.manual_seed(0)
+    dense = load_dense(MODELS[args.model], splits, device="cpu", verb="benchmark")[0].eval()
+    for steps in args.steps:
+        for name, cell in plans(args.model, args.target):
+            print(json.dumps(row(args.runs, args.model, args.target, name, cell, dense, splits,
+                                 loader, steps)), flush=True)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation (ties share their mean rank)."""
+    def ranks(x):
+        x = np.asarray(x, float)
+        return np.array([np.mean(np.flatnonzero(np.sort(x) == v)) for v in x])
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    rows = sorted((json.loads(p.read_text()) for p in args.runs.glob("*/*/*/*/*/row.json")),
+                  key=lambda r: (r["model"], -r["target"], r["steps"], r["plan"]))
+    record = {"command": "python benchmarks/ft_proxy.py run --runs RUNS --model MODEL "
+                         "--target TARGET --steps K",
+              "settings": {"held_out": f"the {CARVE}-image calibration carve less the study's "
+                                       f"{STUDY_CALIB}-image one", "batch": FINETUNE.batch_size,
+                           "recipe": "FINETUNE (the evidence study's), one epoch of k steps"},
+              "rows": rows}
+    print(pages.publish(args.out, record, page))
+
+
+def page(record: dict) -> str:
+    """The page's generated text, from ``docs/ft_proxy.json`` alone."""
+    rows = record["rows"]
+    lines = ["# What predicts a plan's fine-tuned accuracy", "",
+             f"Generated by `benchmarks/ft_proxy.py report` from docs/ft_proxy.json. Command: "
+             f"`{record['command']}`. Every plan the evidence study fine-tuned, measured on "
+             f"held-out calibration images ({record['settings']['held_out']}): top-1 with no "
+             "training (what the search maximises), top-1 after k steps of distillation "
+             f"(batch {record['settings']['batch']}, {record['settings']['recipe']}), and "
+             "parameters kept; final: the evidence study's test top-1 after its fine-tuning "
+             "(mean over its seeds). Rank correlation (Spearman) of each with the final, over "
+             "plans.", ""]
+    for key in sorted({(r["model"], r["target"], r["steps"]) for r in rows},
+                      key=lambda k: (k[0], -k[1], k[2])):
+        model, target, k = key
+        rs = [r for r in rows if (r["model"], r["target"], r["steps"]) == key]
+        fin = [float(np.mean(r["final_test_top1"])) for r in rs]
+        lines += [f"## {model}, {target:.0%} of the dense time, k = {k} steps", "",
+                  "| plan | parameters | before | after k steps | final (test, mean) |",
+                  "|---|---|---|---|---|"]
+        for r, f in sorted(zip(rs, fin), key=lambda x: -x[1]):
+            lines.append(f"| {r['plan']} | {r['params']:,} | {r['held_out_before']:.2f} | "
+                         f"{r['held_out_after']:.2f} | {f:.2f} |")
+        corr = {what: spearman([r[field] for r in rs], fin) for what, field in
+                (("before", "held_out_before"), (f"after {k} steps", "held_out_after"),
+                 ("parameters", "params"))}
+        lines += ["", "Rank correlation with the final accuracy over "
+                  f"{len(rs)} plans: " + "; ".join(f"{w} {c:+.2f}" for w, c in corr.items())
+                  + ".", ""]
+    return "\n".join([*lines, "## Reading"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/ft_proxy"))
+    ap.add_argument("--model", default="t197", choices=list(MODELS))
+    ap.add_argument("--target", type=float, default=0.4)
+    ap.add_argument("--steps", type=int, nargs="+", default=[40])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "ft_proxy"))
+    args = ap.parse_args(argv)
+    {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

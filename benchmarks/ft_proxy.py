@@ -15,6 +15,11 @@ search, configuration choice or fine-tuning of the study saw them):
   which exclude the held-out ones);
 * **parameters** kept, a capacity count.
 
+``--uniform H:N ...`` adds plans built here that no study fine-tuned: H heads and N neurons kept
+in every block (vitprune's HSIC ranking chooses which), the token ratio (three stages) that
+brings the latency table's prediction to that of Torch-Pruning's plan at the cell. They have
+no final accuracy; they show where a uniform width profile lands after k steps.
+
 Each is set beside the plan's final test top-1 from the evidence study (300 steps, mean over its
 fine-tuning seeds) with the rank correlation over plans. The final accuracy is the study's
 committed result; nothing here chooses a default.
@@ -80,19 +85,56 @@ def final(cell: Path) -> list[float]:
             if (c / "result.json").exists() and (c / "plan.json").read_text() == text]
 
 
-def row(runs: Path, model: str, target: float, name: str, cell: Path, dense, splits,
-        loader, steps: int) -> dict:
+def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str) -> PrunePlan:
+    """H heads and N neurons kept in every block (HSIC's choice), tokens pruned until the table
+    predicts Torch-Pruning's plan's time at the cell."""
+    from vitprune.adapters import vit_shape
+    from vitprune.config import SearchSettings
+    from vitprune.latency import LatencyTable
+    from vitprune.pipeline import scored, search_space
+    from vitprune.plan import planned_shape
+    from vitprune.scoring.criteria import load_scores, save_scores
+
+    path = runs / model / "scores_hsic_256.json"  # the images the evidence study scored on
+    if not path.exists():
+        study = load_splits("fashion-mnist", calib_size=STUDY_CALIB)
+        save_scores(path, *scored(dense, study, n_images=256))
+    table = LatencyTable.load(STATE / model / "table_b64.json")
+    shape = vit_shape(dense)
+    space = search_space(dense, SearchSettings(max_ratio=0.99), load_scores(path)[0])
+    tp = PrunePlan.load(STATE / model / f"t{target}" / METHODS[-1] / "s0" / "plan.json")
+    want = table.predict(planned_shape(shape, tp))
+    h, n = (int(v) for v in spec.split(":"))
+    L, b = len(shape.blocks), shape.blocks[0]
+
+    def plan(tok: float) -> PrunePlan:
+        return space.plan([1 - h / b.heads] * L + [1 - n / b.mlp_hidden] * L + [tok])
+
+    lo, hi = 0.0, 0.95
+    if table.predict(planned_shape(shape, plan(0.0))) <= want:
+        return plan(0.0)
+    for _ in range(30):  # the least token pruning that meets Torch-Pruning's predicted time
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if table.predict(planned_shape(shape, plan(mid))) <= want else (mid, hi)
+    return plan(hi)
+
+
+def row(runs: Path, model: str, target: float, name: str, cell: Path | PrunePlan, dense,
+        splits, loader, steps: int) -> dict:
     out = runs / model / f"t{target}" / name / f"k{steps}"
     if (out / "row.json").exists():
         return json.loads((out / "row.json").read_text())
-    student = prune(dense, PrunePlan.load(cell / "plan.json")).eval()
+    plan = cell if isinstance(cell, PrunePlan) else PrunePlan.load(cell / "plan.json")
+    student = prune(dense, plan).eval()
     before = evaluate(student, loader)["top1"]
     params = sum(p.numel() for p in student.parameters())
     cfg = replace(FINETUNE, epochs=1, max_steps_per_epoch=steps, seed=0)
     finetune(student, dense, splits, cfg, out / "finetune", resume=True, progress=False)
     r = {"model": model, "target": target, "plan": name, "steps": steps, "params": params,
          "held_out_before": before, "held_out_after": evaluate(student, loader)["top1"],
-         "final_test_top1": final(cell)}
+         "final_test_top1": [] if isinstance(cell, PrunePlan) else final(cell),
+         **({"tokens_kept": [round(t.keep_rate, 3) for t in plan.tokens]}
+            if isinstance(cell, PrunePlan) else {})}
     fsutil.write_json(out / "row.json", r)
     return r
 
@@ -103,8 +145,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     loader = make_loader(splits.calib.subset(held_out(splits)), EVAL_BATCH)
     torch.manual_seed(0)
     dense = load_dense(MODELS[args.model], splits, device="cpu", verb="benchmark")[0].eval()
+    extra = [(f"uniform h{h} n{n}", uniform_plan(dense, splits, args.runs, args.model,
+                                                 args.target, f"{h}:{n}"))
+             for h, n in (u.split(":") for u in args.uniform)]
     for steps in args.steps:
-        for name, cell in plans(args.model, args.target):
+        for name, cell in [*plans(args.model, args.target), *extra]:
             print(json.dumps(row(args.runs, args.model, args.target, name, cell, dense, splits,
                                  loader, steps)), flush=True)
 
@@ -144,7 +189,8 @@ def page(record: dict) -> str:
     for key in sorted({(r["model"], r["target"], r["steps"]) for r in rows},
                       key=lambda k: (k[0], -k[1], k[2])):
         model, target, k = key
-        rs = [r for r in rows if (r["model"], r["target"], r["steps"]) == key]
+        cell = [r for r in rows if (r["model"], r["target"], r["steps"]) == key]
+        rs = [r for r in cell if r["final_test_top1"]]
         fin = [float(np.mean(r["final_test_top1"])) for r in rs]
         lines += [f"## {model}, {target:.0%} of the dense time, k = {k} steps", "",
                   "| plan | parameters | before | after k steps | final (test, mean) |",
@@ -158,6 +204,18 @@ def page(record: dict) -> str:
         lines += ["", "Rank correlation with the final accuracy over "
                   f"{len(rs)} plans: " + "; ".join(f"{w} {c:+.2f}" for w, c in corr.items())
                   + ".", ""]
+        uniform = [r for r in cell if not r["final_test_top1"]]
+        if uniform:
+            lines += ["Uniform plans (vitprune's HSIC ranking, H heads and N neurons kept in "
+                      "every block, tokens pruned to Torch-Pruning's predicted time; not "
+                      "fine-tuned by the study):", "",
+                      "| plan | token keep rate (3 stages) | parameters | before | after k steps |",
+                      "|---|---|---|---|---|"]
+            for r in sorted(uniform, key=lambda r: -r["held_out_after"]):
+                lines.append(f"| {r['plan']} | {', '.join(map(str, r['tokens_kept'])) or '1'}"
+                             f" | {r['params']:,} | {r['held_out_before']:.2f} | "
+                             f"{r['held_out_after']:.2f} |")
+            lines.append("")
     return "\n".join([*lines, "## Reading"])
 
 
@@ -169,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="t197", choices=list(MODELS))
     ap.add_argument("--target", type=float, default=0.4)
     ap.add_argument("--steps", type=int, nargs="+", default=[40])
+    ap.add_argument("--uniform", nargs="*", default=[], metavar="H:N",
+                    help="also uniform plans: H heads and N neurons kept in every block")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ft_proxy"))
     args = ap.parse_args(argv)

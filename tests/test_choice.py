@@ -67,3 +67,30 @@ def test_the_distilled_choice_needs_unseen_calibration_images_and_checks_first(
         SearchSettings(choice="last")
     with pytest.raises(ConfigError, match="choice_steps"):
         SearchSettings(choice_steps=0)
+
+
+def test_under_a_time_budget_only_candidates_whose_measured_time_holds_are_distilled(
+        tiny_vit, synth_splits, tmp_path):
+    res = policy_search(tiny_vit, synth_splits, 0.6, tmp_path / "s", trials=8, init=6,
+                        calib_images=32, progress=False)
+    settings = SearchSettings(calib_images=32, choice="distilled", choice_steps=1)
+    want = choice.candidates(res)
+    slow = {t.trial for t in want[1:3]}  # two of them measure 20% over the asked time
+    times = {_plan_key(res.space.plan(np.array(t.ratios))): 0.72 if t.trial in slow else 0.61
+             for t in want}
+    out = choice.choose_distilled(tiny_vit, synth_splits, res, settings, tmp_path / "s",
+                                  measure=lambda plan: times[_plan_key(plan)], target=0.6,
+                                  miss=0.05)
+    rows = {r["trial"]: r for r in json.loads((tmp_path / "s" / choice.CHOICE_FILE)
+                                                .read_text())["candidates"]}
+    assert set(rows) == {t.trial for t in want}
+    assert all("distilled_top1" not in rows[t] and rows[t]["measured_fraction"] == 0.72
+               for t in slow)
+    assert all("distilled_top1" in r for t, r in rows.items() if t not in slow)
+    assert out.best.trial not in slow
+    assert [r["held"] for r in rows.values()] == [t not in slow for t in rows]
+    # the search's own plan stays a candidate even where its measured time misses
+    times = dict.fromkeys(times, 0.9)
+    out = choice.choose_distilled(tiny_vit, synth_splits, res, settings, tmp_path / "t",
+                                  measure=lambda plan: times[_plan_key(plan)], target=0.6)
+    assert out.best.trial == res.best.trial

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from .config import SearchSettings
 from .data import Splits
 from .data.base import TensorImageSet
 from .errors import ConfigError, require
+from .plan import PrunePlan
 from .search.result import SearchResult
 from .search.trials import Trial
 from .train import FINETUNE, fit
@@ -68,10 +70,17 @@ def candidates(result: SearchResult) -> list[Trial]:
 
 
 def choose_distilled(model: torch.nn.Module, splits: Splits, result: SearchResult,
-                     settings: SearchSettings, out: Path, *, seed: int = 0,
-                     resume: bool = False) -> SearchResult:
+                     settings: SearchSettings, out: Path, *, seed: int = 0, resume: bool = False,
+                     measure: Callable[[PrunePlan], float] | None = None,
+                     target: float | None = None, miss: float = 0.05) -> SearchResult:
     """``result`` with its plan replaced by the candidate that distils best (see the module's
-    text); ``choice.json`` records every candidate. ``model`` is the dense model (the teacher)."""
+    text); ``choice.json`` records every candidate. ``model`` is the dense model (the teacher).
+
+    Under a latency budget the search checks by timing (``measure``: a plan's measured time as
+    a fraction of the dense model's, ``target`` the fraction asked), a candidate is distilled
+    only where its measured time is within ``miss`` of the target, as the search's own plan's
+    is: the choice must not trade the asked speed for accuracy. The search's plan is always a
+    candidate."""
     from .search.report import write_outputs
     from .surgery import prune
 
@@ -93,15 +102,23 @@ def choose_distilled(model: torch.nn.Module, splits: Splits, result: SearchResul
             done = {c["trial"]: c for c in old["candidates"]}
     rows = []
     for t in candidates(result):
-        if t.trial not in done:
-            student = prune(model, result.space.plan(np.array(t.ratios)))
+        row = done.get(t.trial, {"trial": t.trial, "source": t.source, "value": t.value})
+        plan = result.space.plan(np.array(t.ratios))
+        if measure is not None and "measured_fraction" not in row:
+            row["measured_fraction"] = measure(plan)
+        held = (measure is None or t.trial == result.best.trial
+                or abs(row["measured_fraction"] / target - 1) <= miss)
+        row["held"] = held
+        if held and "distilled_top1" not in row:
+            student = prune(model, plan)
             with tempfile.TemporaryDirectory() as tmp:
                 record = fit(student, unseen, cfg, tmp, teacher=model, progress=False)[-1]
-            done[t.trial] = {"trial": t.trial, "source": t.source, "value": t.value,
-                             "distilled_top1": record.calib_top1}
-        rows.append(done[t.trial])
+            row["distilled_top1"] = record.calib_top1
+        rows.append(row)
+        done[t.trial] = row
         fsutil.write_json(record_path, {**settings_key, "candidates": rows, "chosen": None})
-    pick = max(rows, key=lambda r: r["distilled_top1"])  # the first of equals
+    pick = max((r for r in rows if r["held"]),  # the first of equals
+               key=lambda r: r["distilled_top1"])
     chosen = next(t for t in result.trials if t.trial == pick["trial"])
     fsutil.write_json(record_path, {**settings_key, "candidates": rows, "chosen": chosen.trial})
     result = dataclasses.replace(result, best=chosen,

@@ -462,8 +462,12 @@ def policy_search(model: torch.nn.Module, splits: Splits, budget: Budget | str |
     if isinstance(result, VitpruneError):
         raise result
     if settings.choice == "distilled":  # one process (check_choice): the hooks are gone now
+        timed = {}
+        if settings.latency_rounds > 1 and _closes_loop(space, model, budget):
+            timed = {"measure": lambda plan: measured_fraction(space.latency, model, plan),
+                     "target": _target_fraction(space, budget), "miss": LATENCY_MISS}
         result = choose_distilled(model, splits, result, settings, Path(out), seed=seed,
-                                  resume=resume)
+                                  resume=resume, **timed)
     return result
 
 
@@ -478,6 +482,13 @@ def _closes_loop(space: SearchSpace, model: torch.nn.Module, budget: Budget) -> 
     return (table is not None and budget.unit in ("fraction", "ms")
             and table.meta.get("dense_ms_measured") is not None
             and table.meta.get("device", "cpu") == torch.device(device_of(model)).type)
+
+
+def _target_fraction(space: SearchSpace, budget: Budget) -> float:
+    """A time budget as a fraction of the dense model's time (the latency table's)."""
+    if budget.unit == "fraction":
+        return budget.value
+    return budget.value / space.latency.dense_ms(space.shape)
 
 
 def measured_fraction(table: Any, dense: torch.nn.Module, plan: PrunePlan,
@@ -512,7 +523,7 @@ def _search_to_time(model: torch.nn.Module, objective: MaskedAccuracy, space: Se
     from .search.report import write_outputs
 
     table, shape = space.latency, space.shape
-    target = budget.value if budget.unit == "fraction" else budget.value / table.dense_ms(shape)
+    target = _target_fraction(space, budget)
     record = out / LATENCY_ROUNDS
     before = json.loads(record.read_text())["rounds"] if resume and record.exists() else []
     rows: list[dict[str, Any]] = []

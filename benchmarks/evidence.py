@@ -448,6 +448,19 @@ def _paired(row: dict, ref: dict | None) -> dict | None:
                             np.stack([ref[s] for s in both]))
 
 
+def _intervals(rows: dict, ref: dict | None) -> None:
+    """Each row's paired intervals against each of :data:`OURS` (``vs_vitprune``,
+    ``vs_anchored``, ``vs_distilled``) and against the dense reference (``vs_dense``)."""
+    for me in OURS:
+        mine = rows.get(me, {}).get("_correct")
+        for name, row in rows.items():
+            if name != me and (iv := _paired(row, mine)):
+                row[_vs(me)] = iv
+    for name, row in rows.items():
+        if name != "dense reference" and (iv := _paired(row, ref)):
+            row["vs_dense"] = iv
+
+
 def collect(study: Study) -> dict:
     """Every finished row, by model and target, with its paired intervals."""
     y = labels(study.splits)
@@ -461,17 +474,7 @@ def collect(study: Study) -> dict:
                     if (r := ref if m.kind == "dense" else _row(study, model, target, m, y))}
             if set(rows) <= {"dense reference"}:  # nothing at this target has finished yet
                 continue
-            vp = rows.get("vitprune", {}).get("_correct")
-            for name, row in rows.items():
-                if name != "vitprune" and (iv := _paired(row, vp)):
-                    row["vs_vitprune"] = iv
-                if name != "dense reference" and (iv := _paired(row, ref.get("_correct"))):
-                    row["vs_dense"] = iv
-            for me in OURS[1:]:  # "vs_anchored", "vs_distilled"
-                va = rows.get(me, {}).get("_correct")
-                for name, row in rows.items():
-                    if name != me and (iv := _paired(row, va)):
-                        row[_vs(me)] = iv
+            _intervals(rows, ref.get("_correct"))
             per_target[str(target)] = rows
         for rows in per_target.values():
             for row in rows.values():

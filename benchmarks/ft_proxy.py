@@ -16,9 +16,10 @@ search, configuration choice or fine-tuning of the study saw them):
 * **parameters** kept, a capacity count.
 
 ``--uniform H:N ...`` adds plans built here that no study fine-tuned: H heads and N neurons kept
-in every block (vitprune's HSIC ranking chooses which), the token ratio (three stages) that
-brings the latency table's prediction to that of Torch-Pruning's plan at the cell. They have
-no final accuracy; they show where a uniform width profile lands after k steps.
+in every block (vitprune's criterion chooses which: ``--criterion``, HSIC by default), the token
+ratio (three stages) that brings the latency table's prediction to that of Torch-Pruning's plan
+at the cell. They have no final accuracy; they show where a uniform width profile lands after k
+steps.
 
 Each is set beside the plan's final test top-1 from the evidence study (300 steps, mean over its
 fine-tuning seeds) with the rank correlation over plans. The final accuracy is the study's
@@ -55,7 +56,7 @@ STATE = ROOT / "benchmarks" / "state" / "evidence"
 MODELS = {"d12": "vitprune/assets/fmnist_vit_d12", "t197": "vitprune/assets/fmnist_vit_t197"}
 STUDY_CALIB, CARVE = 2000, 5000  # the evidence study's calibration carve; this study's
 METHODS = ("vitprune", "vitprune__anchored_search", "vitprune_without_tokens",
-           "torch_pruning__best_configuration")
+           "vitprune__distilled_choice", "torch_pruning__best_configuration")
 
 
 def held_out(splits) -> torch.Tensor:
@@ -85,9 +86,10 @@ def final(cell: Path) -> list[float]:
             if (c / "result.json").exists() and (c / "plan.json").read_text() == text]
 
 
-def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str) -> PrunePlan:
-    """H heads and N neurons kept in every block (HSIC's choice), tokens pruned until the table
-    predicts Torch-Pruning's plan's time at the cell."""
+def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str,
+                 criterion: str = "hsic") -> PrunePlan:
+    """H heads and N neurons kept in every block (``criterion``'s choice), tokens pruned until
+    the table predicts Torch-Pruning's plan's time at the cell."""
     from vitprune.adapters import vit_shape
     from vitprune.config import SearchSettings
     from vitprune.latency import LatencyTable
@@ -95,10 +97,10 @@ def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str
     from vitprune.plan import planned_shape
     from vitprune.scoring.criteria import load_scores, save_scores
 
-    path = runs / model / "scores_hsic_256.json"  # the images the evidence study scored on
+    path = runs / model / f"scores_{criterion}_256.json"  # the images the study scored on
     if not path.exists():
         study = load_splits("fashion-mnist", calib_size=STUDY_CALIB)
-        save_scores(path, *scored(dense, study, n_images=256))
+        save_scores(path, *scored(dense, study, criterion, n_images=256))
     table = LatencyTable.load(STATE / model / "table_b64.json")
     shape = vit_shape(dense)
     space = search_space(dense, SearchSettings(max_ratio=0.99), load_scores(path)[0])
@@ -145,8 +147,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     loader = make_loader(splits.calib.subset(held_out(splits)), EVAL_BATCH)
     torch.manual_seed(0)
     dense = load_dense(MODELS[args.model], splits, device="cpu", verb="benchmark")[0].eval()
-    extra = [(f"uniform h{h} n{n}", uniform_plan(dense, splits, args.runs, args.model,
-                                                 args.target, f"{h}:{n}"))
+    tag = "" if args.criterion == "hsic" else f", {args.criterion}"
+    extra = [(f"uniform h{h} n{n}{tag}", uniform_plan(dense, splits, args.runs, args.model,
+                                                      args.target, f"{h}:{n}", args.criterion))
              for h, n in (u.split(":") for u in args.uniform)]
     for steps in args.steps:
         for name, cell in [*plans(args.model, args.target), *extra]:
@@ -163,7 +166,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    rows = sorted((json.loads(p.read_text()) for p in args.runs.glob("*/*/*/*/*/row.json")),
+    rows = sorted((json.loads(p.read_text()) for p in args.runs.rglob("row.json")),
                   key=lambda r: (r["model"], -r["target"], r["steps"], r["plan"]))
     record = {"command": "python benchmarks/ft_proxy.py run --runs RUNS --model MODEL "
                          "--target TARGET --steps K",
@@ -206,9 +209,9 @@ def page(record: dict) -> str:
                   + ".", ""]
         uniform = [r for r in cell if not r["final_test_top1"]]
         if uniform:
-            lines += ["Uniform plans (vitprune's HSIC ranking, H heads and N neurons kept in "
-                      "every block, tokens pruned to Torch-Pruning's predicted time; not "
-                      "fine-tuned by the study):", "",
+            lines += ["Uniform plans (H heads and N neurons kept in every block, chosen by "
+                      "vitprune's HSIC ranking or the criterion named, tokens pruned to "
+                      "Torch-Pruning's predicted time; not fine-tuned by the study):", "",
                       "| plan | token keep rate (3 stages) | parameters | before | after k steps |",
                       "|---|---|---|---|---|"]
             for r in sorted(uniform, key=lambda r: -r["held_out_after"]):
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[40])
     ap.add_argument("--uniform", nargs="*", default=[], metavar="H:N",
                     help="also uniform plans: H heads and N neurons kept in every block")
+    ap.add_argument("--criterion", default="hsic",
+                    help="ranks the uniform plans' heads and neurons (vitprune's criteria)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ft_proxy"))
     args = ap.parse_args(argv)

@@ -2,9 +2,9 @@
 
 The search maximises the masked model's calibration objective before any training, and that is
 a weak guide to a plan's accuracy after fine-tuning: on the 197-token benchmark model at 40% of
-the dense time, the rank correlation over ten plans between that objective and the fine-tuned
-test top-1 is +0.03, and between the top-1 after 40 steps of distillation and the fine-tuned one
-+0.89 (docs/ft_proxy.md). So the choice distils a few candidates briefly and keeps the one that
+the dense time, the rank correlation over 13 plans between that objective and the fine-tuned
+test top-1 is +0.21, and between the top-1 after 40 steps of distillation and the fine-tuned one
++0.84 (docs/ft_proxy.md). So the choice distils a few candidates briefly and keeps the one that
 recovers best: the search's :data:`CHOICE_TOP` best trials and its anchors (the uniform plans),
 each pruned, distilled from the dense model for ``choice_steps`` steps (the fine-tuning recipe)
 and measured on calibration images the search did not use. The candidates' results go to
@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -159,10 +159,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Rank correlation (ties share their mean rank)."""
-    def ranks(x):
-        x = np.asarray(x, float)
-        return np.array([np.mean(np.flatnonzero(np.sort(x) == v)) for v in x])
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from . import dist
 from .adapters import adapter_for, input_shape, logits_module, vit_shape
-from .config import DataConfig, SearchSettings, parse_budget
 from .choice import check_choice, choose_distilled
+from .config import DataConfig, SearchSettings, parse_budget
 from .cost import macs
 from .data import Splits, make_loader
 from .data.base import TensorImageSet

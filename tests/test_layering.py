@@ -14,7 +14,7 @@ LAYER = {
     "adapters": 3, "models": 4,
     "scoring": 5, "surgery": 5, "search": 5, "data": 5,
     "train": 6, "io": 6, "speed": 6, "report": 6,
-    "rundir": 7, "profile": 7, "runtime": 7, "config": 7.5, "pipeline": 8,
+    "rundir": 7, "profile": 7, "runtime": 7, "config": 7.5, "choice": 7.75, "pipeline": 8,
     "compression": 9, "jobs": 9, "cli": 10, "demo": 11, "__main__": 12, "__init__": 12,
 }
 # search is pure decision-making: it may import only plan/cost/errors, never a model

@@ -27,7 +27,7 @@ from . import dist, fsutil
 from .adapters import vit_shape
 from .config import SearchSettings
 from .data import Splits
-from .data.base import TensorImageSet
+from .data.base import image_range
 from .errors import ConfigError, require
 from .plan import PrunePlan
 from .search.result import SearchResult
@@ -86,11 +86,8 @@ def choose_distilled(model: torch.nn.Module, splits: Splits, result: SearchResul
 
     lo = settings.calib_images
     hi = min(len(splits.calib), lo + CHOICE_IMAGES)
-    idx = list(range(lo, hi))
-    ds = splits.calib
-    ds = ds.subset(torch.tensor(idx)) if isinstance(ds, TensorImageSet) else \
-        torch.utils.data.Subset(ds, idx)
-    unseen = dataclasses.replace(splits, calib=ds)  # each candidate's epoch ends measured on them
+    # each candidate's epoch ends measured on them
+    unseen = dataclasses.replace(splits, calib=image_range(splits.calib, lo, hi))
     cfg = dataclasses.replace(FINETUNE, epochs=1, max_steps_per_epoch=settings.choice_steps,
                               seed=seed)
     record_path = out / CHOICE_FILE

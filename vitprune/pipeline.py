@@ -22,7 +22,7 @@ from .choice import check_choice, choose_distilled
 from .config import DataConfig, SearchSettings, parse_budget
 from .cost import macs
 from .data import Splits, make_loader
-from .data.base import TensorImageSet
+from .data.base import TensorImageSet, image_range
 from .devices import autocast, device_of
 from .errors import ConfigError, DataError, ModelError, PlanError, VitpruneError, require
 from .io import resolve_for_data, resolve_model
@@ -205,10 +205,7 @@ def calibration_batches(splits: Splits, n_images: int | None, batch_size: int = 
     """
     ds = splits.calib
     n = len(ds) if n_images is None else min(n_images, len(ds))
-    if isinstance(ds, TensorImageSet):
-        ds = ds.subset(torch.arange(n))
-    else:
-        ds = torch.utils.data.Subset(ds, list(range(n)))
+    ds = image_range(ds, 0, n)
     return [(x.to(device), y.to(device))
             for x, y in make_loader(ds, batch_size, rank=rank, world=world,
                                     num_workers=splits.workers)]

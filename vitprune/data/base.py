@@ -225,6 +225,13 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
     return _EpochLoader(ds, batch_size, shuffle, seed, drop_last, num_workers, rank, world)
 
 
+def image_range(ds: Dataset, lo: int, hi: int) -> Dataset:
+    """Images ``lo`` to ``hi - 1`` of ``ds`` (an in-memory set stays one, indexed at once)."""
+    if isinstance(ds, TensorImageSet):
+        return ds.subset(torch.arange(lo, hi))
+    return torch.utils.data.Subset(ds, list(range(lo, hi)))
+
+
 def carve(n: int, calib_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``range(n)`` into (train ids, calibration ids), deterministically for a seed."""
     if not 0 < calib_size < n:

@@ -396,6 +396,57 @@ def test_a_latency_search_re_searches_until_the_measured_time_holds(tiny, tmp_pa
     assert again.best_plan == res.best_plan and len(calls) == 2
 
 
+def test_a_latency_search_killed_in_a_later_round_resumes_that_round(tiny, tmp_path,
+                                                                    monkeypatch):
+    """Timing is noisy: timed again, round 1 would measure differently and ask round 2 another
+    budget. A search stopped after round 2's trials (before its timing) resumes round 2 at the
+    budget it had, from its trials, and times round 1 no more."""
+    from vitprune import pipeline
+    from vitprune.data import load_splits
+
+    path, table = _measured_here(tiny, tmp_path)
+    shape = vit_shape(tiny)
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def noisy(tab, dense, plan, rounds=5):
+        calls.append(plan)
+        if len(calls) == 2:
+            raise Killed  # the process dies while it times round 2's plan
+        return (1.2 + 0.01 * len(calls)) * tab.predict(planned_shape(shape, plan)) / \
+            table.dense_ms(shape)
+
+    monkeypatch.setattr(pipeline, "measured_fraction", noisy)
+    splits = load_splits("synthetic", calib_size=32)
+    with pytest.raises(Killed):
+        pipeline.policy_search(tiny, splits, "0.6", tmp_path / "s",
+                               settings=_loop_settings(path), progress=False)
+    record = json.loads((tmp_path / "s" / pipeline.LATENCY_ROUNDS).read_text())
+    assert len(record["rounds"]) == 1 and record["chosen"] is None  # round 1, as it was timed
+    round2 = (tmp_path / "s" / "round2" / "trials.jsonl").read_text()
+    evaluated = []
+    real_search = pipeline.search
+
+    def counting(objective, *a, **k):
+        def counted(plan, *x, **y):
+            evaluated.append(plan)
+            return objective(plan, *x, **y)
+        return real_search(counted, *a, **k)
+
+    monkeypatch.setattr(pipeline, "search", counting)
+    res = pipeline.policy_search(tiny, splits, "0.6", tmp_path / "s", resume=True,
+                                 settings=_loop_settings(path), progress=False)
+    record = json.loads((tmp_path / "s" / pipeline.LATENCY_ROUNDS).read_text())
+    assert len(calls) == 3 and calls[2] == res.best_plan  # only round 2's plan timed again
+    assert [r["round"] for r in record["rounds"]] == [1, 2] and record["chosen"] == 2
+    assert record["rounds"][0]["measured_fraction"] == pytest.approx(  # the first timing
+        1.21 * record["rounds"][0]["predicted_fraction"])
+    assert not evaluated  # both rounds' trials were read back, none evaluated again
+    assert (tmp_path / "s" / "round2" / "trials.jsonl").read_text() == round2
+
+
 def test_a_latency_search_searches_once_where_it_cannot_time_its_table(tiny, tmp_path,
                                                                         monkeypatch):
     """A table measured elsewhere (no dense time measured here), or one round asked: no loop."""

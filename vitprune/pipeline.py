@@ -507,9 +507,9 @@ def _search_to_time(model: torch.nn.Module, objective: MaskedAccuracy, space: Se
     """The search, closed on measured time: under a latency budget the chosen plan is timed
     against the dense model; where it misses the budget by more than :data:`LATENCY_MISS`,
     the search runs again (in ``out/round<k>``) at the budget scaled by the miss, up to
-    ``rounds`` searches. The round that holds (else the closest) is the result; the rounds are
-    recorded in ``out/latency_rounds.json`` (read back on a resume, so a resumed search makes
-    the same choice)."""
+    ``rounds`` searches. The round that holds (else the closest) is the result. Each round is
+    recorded in ``out/latency_rounds.json`` as soon as it is timed (read back on a resume, so a
+    search stopped in any round resumes it at the budget it had, and makes the same choice)."""
     result = search(objective, space, budget, config=cfg, out_dir=out, resume=resume,
                     progress=progress)
     if rounds <= 1 or not _closes_loop(space, model, budget):
@@ -541,6 +541,9 @@ def _search_to_time(model: torch.nn.Module, objective: MaskedAccuracy, space: Se
         rows.append({"round": k + 1, "budget": asked.value, "unit": asked.unit,
                      "predicted_fraction": predicted / table.dense_ms(shape),
                      "measured_fraction": got})
+        if not old:  # recorded before the next round starts: that round's budget rests on it
+            write_json(record, {"target_fraction": target, "tolerance": LATENCY_MISS,
+                                "rounds": rows, "chosen": None})
         miss = got / target
         if abs(miss - 1) <= LATENCY_MISS:
             break

@@ -71,3 +71,15 @@ def test_the_best_configuration_is_chosen_on_the_calibration_score(tiny_vit, syn
     assert best["calib_top1"] == max(t["calib_top1"] for t in feasible)
     kept = macs(planned_shape(shape, plan)).total / macs(shape).total
     assert 0.58 <= kept <= 0.6 and len(plan.blocks[0].neurons) == best["calib_top1"]
+
+
+def test_group_taylor_keeps_the_units_torch_pruning_keeps(tiny_vit, synth_splits):
+    """vitprune's ``group-taylor`` criterion is Torch-Pruning's GroupTaylorImportance: pruned
+    locally at the same ratios, both keep the same heads and neurons in every block."""
+    from vitprune.scoring import get_criterion, rankings
+
+    batches = calibration_batches(synth_splits, 64, batch_size=32)
+    theirs = plan_of(tiny_vit, tp_prune(tiny_vit, 0.75, 0.5, batches))
+    scores = get_criterion("group-taylor", max_images=64)(tiny_vit, batches)
+    for (heads, neurons), b in zip(rankings(scores), theirs.blocks):
+        assert tuple(sorted(heads[:2])) == b.heads and tuple(sorted(neurons[:16])) == b.neurons

@@ -22,9 +22,9 @@ from vitprune.scoring.criteria import HSICCriterion
 from vitprune.scoring.hsic import linear_gram
 from vitprune.search.space import Ratios, ratios_to_plan
 
-ALL = ["hsic", "magnitude", "activation", "taylor", "random"]
+ALL = ["hsic", "magnitude", "activation", "taylor", "group-taylor", "random"]
 FAST = {"hsic": dict(max_images=32), "activation": dict(max_images=32),
-        "taylor": dict(max_images=16)}
+        "taylor": dict(max_images=16), "group-taylor": dict(max_images=16)}
 
 
 def test_registry_lists_every_criterion():
@@ -83,7 +83,36 @@ def test_magnitude_l1_by_hand(tiny_vit):
     assert s.neurons[7].item() == pytest.approx(want_n.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["activation", "taylor", "hsic"])
+def test_group_taylor_by_hand(tiny_vit, calib_loader):
+    """sum |w * dCE/dw| over a head's q, k, v rows and proj columns and a neuron's fc1 row and
+    fc2 column, the gradient of the CE summed over the 16 images (two batches of 8 here, one
+    of 16 there: the same gradient)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    images, labels = next(iter(calib_loader))
+    twin = copy.deepcopy(tiny_vit)
+    F.cross_entropy(twin(images), labels, reduction="sum").backward()
+    blk, d = twin.blocks[1], twin.blocks[1].attn.head_dim
+    a = blk.attn.num_heads * d
+
+    def wg(w, rows=slice(None), cols=slice(None)):
+        return (w[rows, cols] * w.grad[rows, cols]).abs().sum().item()
+
+    want_h = sum(wg(blk.attn.qkv.weight, slice(i * a + 2 * d, i * a + 3 * d)) for i in range(3)) \
+        + wg(blk.attn.proj.weight, cols=slice(2 * d, 3 * d))  # head 2
+    want_n = wg(blk.mlp.fc1.weight, rows=slice(9, 10)) + wg(blk.mlp.fc2.weight, cols=slice(9, 10))
+    halves = [(images[:8], labels[:8]), (images[8:], labels[8:])]
+    s = get_criterion("group-taylor", max_images=16)(tiny_vit, halves)[1]
+    assert s.heads[2].item() == pytest.approx(want_h, rel=1e-4)
+    assert s.neurons[9].item() == pytest.approx(want_n, rel=1e-4)
+    assert all(p.grad is None for p in tiny_vit.parameters())
+    with pytest.raises(Exception, match="needs labels"):
+        get_criterion("group-taylor")(tiny_vit, [images])
+
+
+@pytest.mark.parametrize("name", ["activation", "taylor", "group-taylor", "hsic"])
 def test_a_silenced_neuron_scores_zero(name, tiny_vit, calib_loader):
     j = 5
     with torch.no_grad():

@@ -98,12 +98,6 @@ class BlockParts:
     attn_norm: nn.LayerNorm | None = None
     mlp_norm: nn.LayerNorm | None = None
 
-    def qkv_weight(self, heads: int, head_dim: int) -> torch.Tensor:
-        """(3, heads, head_dim, C) weights of q, k and v, whichever layout the block keeps."""
-        if len(self.qkv) == 1:
-            return self.qkv[0].weight.reshape(3, heads, head_dim, -1)
-        return torch.stack([lin.weight.reshape(heads, head_dim, -1) for lin in self.qkv])
-
     def mlp_in_weights(self) -> list[torch.Tensor]:
         """The (hidden, C) weight of each matrix that computes the hidden units (a packed
         gated layer gives two)."""

@@ -355,6 +355,43 @@ def collect_taylor(model: nn.Module, loader: Iterable, shape: VitShape, *,
     return [s / n for s in heads], [s / n for s in neurons]
 
 
+def collect_weight_taylor(model: nn.Module, loader: Iterable, *,
+                          max_images: int = SCORE_IMAGES) -> dict[nn.Linear, torch.Tensor]:
+    """``|w * dCE/dw|`` for every weight of the layers head and neuron pruning slice: the
+    gradient is the summed cross-entropy's over the calibration images (one gradient for the
+    whole set, as group-level Taylor pruning takes it), so a weight whose contributions cancel
+    across images scores low.
+
+    Gradients come from ``torch.autograd.grad`` (no parameter's ``.grad`` is written), summed
+    batch by batch.
+
+    Returns:
+        per layer, (out, in) float64 CPU scores.
+
+    Raises:
+        DataError: the loader yields no labels, or no images.
+    """
+    parts, run = _parts(model), logits_module(model)
+    layers = list(dict.fromkeys(lin for p in parts for lin in (*p.qkv, p.proj, *p.mlp_in,
+                                                               p.mlp_out)))
+    grads = [torch.zeros_like(lin.weight, dtype=torch.float64) for lin in layers]
+    device, n = next(model.parameters()).device, 0
+    with eval_mode(model), torch.enable_grad():
+        for images, y in _limited(loader, max_images, device):
+            if y is None:
+                raise DataError(
+                    "the group-Taylor criterion needs labels: the loader yields images only")
+            with autocast(device):
+                logits = run(images).float()
+            loss = F.cross_entropy(logits, y.long(), reduction="sum")
+            for total, g in zip(grads, torch.autograd.grad(loss, [lin.weight for lin in layers])):
+                total += g.double()
+            n += images.shape[0]
+    if n == 0:
+        raise DataError("the calibration loader yielded no images; give it a non-empty dataset")
+    return {lin: (lin.weight.detach().double() * g).abs().cpu() for lin, g in zip(layers, grads)}
+
+
 def _add_taylor(shape: VitShape, acts: dict, grads: dict, heads: list[torch.Tensor],
                 neurons: list[torch.Tensor], batch: int) -> None:
     """Add one batch's per-image |sum a * g| to the running sums."""

@@ -9,6 +9,10 @@ orders the search space consumes. Criteria (by name, :func:`get_criterion`):
 * ``magnitude``: L1 (or L2) norm of the component's weights.
 * ``activation``: mean |activation| (heads: mean |head output|).
 * ``taylor``: first-order Taylor, |activation x gradient of the CE loss|.
+* ``group-taylor``: first-order Taylor on the weights, summed over the component's group:
+  sum of |w x dCE/dw| over its qkv rows and proj columns (a head) or its fc1 row and fc2 column
+  (a neuron), the gradient taken over all calibration images at once (Torch-Pruning's
+  ``GroupTaylorImportance``).
 * ``random``: seeded uniform noise (the floor any criterion must beat).
 
 Scores become a plan in the pipeline (scoring may not import search)::
@@ -42,7 +46,7 @@ from .. import fsutil
 from ..adapters import BlockParts, adapter_for, check_prunable, vit_shape
 from ..cost import VitShape
 from ..errors import ScoringError
-from .collect import SCORE_IMAGES, Collected, collect, collect_taylor, feature_groups
+from .collect import SCORE_IMAGES, Collected, collect, collect_taylor, collect_weight_taylor, feature_groups
 from .hsic import DEFAULT_SIGMAS, hsic_pairwise, hsic_to_target, linear_gram
 
 SCORES_VERSION = 1
@@ -327,19 +331,31 @@ class MagnitudeCriterion(Criterion):
         return [self.block(adapter.parts(b), s.heads, s.head_dim)
                 for b, s in zip(adapter.blocks(model), shape.blocks)]
 
-    def _norm(self, w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        w = w.detach().double()
-        return w.abs().sum(dim=dims) if self.p == 1 else w.pow(2).sum(dim=dims)
+    def _per_weight(self, lin: nn.Linear) -> torch.Tensor:
+        w = lin.weight.detach().double()
+        return w.abs() if self.p == 1 else w.pow(2)
 
     def block(self, parts: BlockParts, h: int, d: int) -> BlockScores:
-        qkv = parts.qkv_weight(h, d)  # (q|k|v, head, channel, input)
-        proj = parts.proj.weight.reshape(-1, h, d)  # columns: (head, channel)
-        heads = self._norm(qkv, (0, 2, 3)) + self._norm(proj, (0, 2))
-        neurons = sum(self._norm(w, (1,)) for w in parts.mlp_in_weights()) + self._norm(
-            parts.mlp_out.weight, (0,))
+        heads, neurons = component_sums(parts, h, d, self._per_weight)
         if self.p == 2:  # one norm over all the component's weights, not a sum of norms
             heads, neurons = heads.sqrt(), neurons.sqrt()
         return BlockScores(heads, neurons)
+
+
+def component_sums(parts: BlockParts, h: int, d: int,
+                   value: Callable[[nn.Linear], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head and per neuron, the sum of ``value(layer)`` (one number per weight, the
+    layer's weight shape) over the weights the component owns: a head its q, k and v rows of
+    ``qkv`` and its input columns of ``proj``; a neuron its row of each ``mlp_in`` matrix and
+    its column of ``mlp_out``. Biases are left out."""
+    if len(parts.qkv) == 1:  # (q|k|v, head, channel, input)
+        qkv = value(parts.qkv[0]).reshape(3, h, d, -1)
+    else:
+        qkv = torch.stack([value(lin).reshape(h, d, -1) for lin in parts.qkv])
+    heads = qkv.sum(dim=(0, 2, 3)) + value(parts.proj).reshape(-1, h, d).sum(dim=(0, 2))
+    neurons = sum(w.sum(dim=1) for lin in parts.mlp_in
+                  for w in value(lin).chunk(parts.mlp_in_chunks, dim=0))
+    return heads, neurons + value(parts.mlp_out).sum(dim=0)
 
 
 @register("activation")
@@ -378,6 +394,29 @@ class TaylorCriterion(Criterion):
         heads, neurons = collect_taylor(model, loader, vit_shape(model),
                                         max_images=self.max_images)
         return [BlockScores(h, d) for h, d in zip(heads, neurons)]
+
+
+@register("group-taylor")
+@dataclass(frozen=True)
+class GroupTaylorCriterion(Criterion):
+    """First-order Taylor on the weights, summed over each component's group of weights:
+    ``sum |w * dCE/dw|`` (the loss's change when the weight is zeroed, to first order), the
+    gradient of the cross-entropy summed over the calibration images (Torch-Pruning's
+    ``GroupTaylorImportance``: weights only, a group's layers summed). Needs labels.
+
+    Attributes:
+        max_images: calibration images used (each costs a forward and a backward pass).
+    """
+
+    max_images: int = SCORE_IMAGES
+
+    def __call__(self, model: nn.Module, loader: Iterable | None = None) -> list[BlockScores]:
+        loader = _need_loader(loader, self.name)
+        check_prunable(model)
+        adapter = adapter_for(model)
+        got = collect_weight_taylor(model, loader, max_images=self.max_images)
+        return [BlockScores(*component_sums(adapter.parts(b), s.heads, s.head_dim, got.__getitem__))
+                for b, s in zip(adapter.blocks(model), adapter.shape(model).blocks)]
 
 
 @register("random")

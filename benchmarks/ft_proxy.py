@@ -48,6 +48,7 @@ from vitprune.data import load_splits, make_loader  # noqa: E402
 from vitprune.data.base import carve  # noqa: E402
 from vitprune.pipeline import finetune, load_dense  # noqa: E402
 from vitprune.plan import PrunePlan  # noqa: E402
+from vitprune.scoring import rankings  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import EVAL_BATCH, FINETUNE, evaluate  # noqa: E402
 
@@ -65,10 +66,10 @@ def held_out(splits) -> torch.Tensor:
     return torch.tensor([i for i, g in enumerate(big.tolist()) if g not in small])
 
 
-def plans(model: str, target: float) -> list[tuple[str, Path]]:
+def plans(model: str, target: float, methods=METHODS) -> list[tuple[str, Path]]:
     """The study's distinct fine-tuned plans at a cell (``method/sN``), one per plan file."""
     out, seen = [], set()
-    for method in METHODS:
+    for method in methods:
         for cell in sorted((STATE / model / f"t{target}" / method).glob("s*")):
             if (cell / "plan.json").exists() and (cell / "result.json").exists():
                 text = (cell / "plan.json").read_text()
@@ -86,6 +87,32 @@ def final(cell: Path) -> list[float]:
             if (c / "result.json").exists() and (c / "plan.json").read_text() == text]
 
 
+def shaped_plan(dense, runs: Path, model: str, target: float, spec: str,
+                criterion: str = "hsic") -> PrunePlan:
+    """``spec`` (``method/sN``), a plan of the study at the cell, its widths and token stages
+    kept, its heads and neurons re-chosen by ``criterion``: what the criterion alone changes
+    in the plan the search chose."""
+    from vitprune.plan import BlockPlan
+
+    scores = _scores(dense, runs, model, criterion)
+    plan = PrunePlan.load(STATE / model / f"t{target}" / spec / "plan.json")
+    blocks = tuple(BlockPlan(tuple(sorted(h[:len(b.heads)])), tuple(sorted(n[:len(b.neurons)])))
+                   for b, (h, n) in zip(plan.blocks, rankings(scores)))
+    return PrunePlan(blocks, plan.tokens, base=plan.base)
+
+
+def _scores(dense, runs: Path, model: str, criterion: str):
+    """``criterion``'s scores of the dense model on the 256 images the study scored on."""
+    from vitprune.pipeline import scored
+    from vitprune.scoring.criteria import load_scores, save_scores
+
+    path = runs / model / f"scores_{criterion}_256.json"
+    if not path.exists():
+        study = load_splits("fashion-mnist", calib_size=STUDY_CALIB)
+        save_scores(path, *scored(dense, study, criterion, n_images=256))
+    return load_scores(path)[0]
+
+
 def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str,
                  criterion: str = "hsic") -> PrunePlan:
     """H heads and N neurons kept in every block (``criterion``'s choice), tokens pruned until
@@ -93,17 +120,13 @@ def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str
     from vitprune.adapters import vit_shape
     from vitprune.config import SearchSettings
     from vitprune.latency import LatencyTable
-    from vitprune.pipeline import scored, search_space
+    from vitprune.pipeline import search_space
     from vitprune.plan import planned_shape
-    from vitprune.scoring.criteria import load_scores, save_scores
 
-    path = runs / model / f"scores_{criterion}_256.json"  # the images the study scored on
-    if not path.exists():
-        study = load_splits("fashion-mnist", calib_size=STUDY_CALIB)
-        save_scores(path, *scored(dense, study, criterion, n_images=256))
     table = LatencyTable.load(STATE / model / "table_b64.json")
     shape = vit_shape(dense)
-    space = search_space(dense, SearchSettings(max_ratio=0.99), load_scores(path)[0])
+    space = search_space(dense, SearchSettings(max_ratio=0.99),
+                         _scores(dense, runs, model, criterion))
     tp = PrunePlan.load(STATE / model / f"t{target}" / METHODS[-1] / "s0" / "plan.json")
     want = table.predict(planned_shape(shape, tp))
     h, n = (int(v) for v in spec.split(":"))
@@ -122,17 +145,18 @@ def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str
 
 
 def row(runs: Path, model: str, target: float, name: str, cell: Path | PrunePlan, dense,
-        splits, loader, steps: int) -> dict:
-    out = runs / model / f"t{target}" / name / f"k{steps}"
+        splits, loader, steps: int, seed: int = 0) -> dict:
+    out = runs / model / f"t{target}" / name / (f"k{steps}" + (f"_s{seed}" if seed else ""))
     if (out / "row.json").exists():
         return json.loads((out / "row.json").read_text())
     plan = cell if isinstance(cell, PrunePlan) else PrunePlan.load(cell / "plan.json")
     student = prune(dense, plan).eval()
     before = evaluate(student, loader)["top1"]
     params = sum(p.numel() for p in student.parameters())
-    cfg = replace(FINETUNE, epochs=1, max_steps_per_epoch=steps, seed=0)
+    cfg = replace(FINETUNE, epochs=1, max_steps_per_epoch=steps, seed=seed)
     finetune(student, dense, splits, cfg, out / "finetune", resume=True, progress=False)
-    r = {"model": model, "target": target, "plan": name, "steps": steps, "params": params,
+    r = {"model": model, "target": target, "plan": name, "steps": steps, "seed": seed,
+         "params": params,
          "held_out_before": before, "held_out_after": evaluate(student, loader)["top1"],
          "final_test_top1": [] if isinstance(cell, PrunePlan) else final(cell),
          **({"tokens_kept": [round(t.keep_rate, 3) for t in plan.tokens]}
@@ -151,10 +175,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     extra = [(f"uniform h{h} n{n}{tag}", uniform_plan(dense, splits, args.runs, args.model,
                                                       args.target, f"{h}:{n}", args.criterion))
              for h, n in (u.split(":") for u in args.uniform)]
+    extra += [(f"shape of {spec}, {args.criterion}",
+               shaped_plan(dense, args.runs, args.model, args.target, spec, args.criterion))
+              for spec in args.shape_of]
     for steps in args.steps:
-        for name, cell in [*plans(args.model, args.target), *extra]:
-            print(json.dumps(row(args.runs, args.model, args.target, name, cell, dense, splits,
-                                 loader, steps)), flush=True)
+        for seed in args.seeds:
+            for name, cell in [*plans(args.model, args.target, args.plans), *extra]:
+                print(json.dumps(row(args.runs, args.model, args.target, name, cell, dense,
+                                     splits, loader, steps, seed)), flush=True)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -192,7 +220,7 @@ def page(record: dict) -> str:
                       key=lambda k: (k[0], -k[1], k[2])):
         model, target, k = key
         cell = [r for r in rows if (r["model"], r["target"], r["steps"]) == key]
-        rs = [r for r in cell if r["final_test_top1"]]
+        rs = [r for r in cell if r["final_test_top1"] and not r.get("seed")]
         fin = [float(np.mean(r["final_test_top1"])) for r in rs]
         lines += [f"## {model}, {target:.0%} of the dense time, k = {k} steps", "",
                   "| plan | parameters | before | after k steps | final (test, mean) |",
@@ -206,19 +234,38 @@ def page(record: dict) -> str:
         lines += ["", "Rank correlation with the final accuracy over "
                   f"{len(rs)} plans: " + "; ".join(f"{w} {c:+.2f}" for w, c in corr.items())
                   + ".", ""]
-        uniform = [r for r in cell if not r["final_test_top1"]]
-        if uniform:
-            lines += ["Uniform plans (H heads and N neurons kept in every block, chosen by "
-                      "vitprune's HSIC ranking or the criterion named, tokens pruned to "
-                      "Torch-Pruning's predicted time; not fine-tuned by the study):", "",
-                      "| plan | token keep rate (3 stages) | parameters | before | after k steps |",
-                      "|---|---|---|---|---|"]
-            for r in sorted(uniform, key=lambda r: -r["held_out_after"]):
-                lines.append(f"| {r['plan']} | {', '.join(map(str, r['tokens_kept'])) or '1'}"
-                             f" | {r['params']:,} | {r['held_out_before']:.2f} | "
-                             f"{r['held_out_after']:.2f} |")
-            lines.append("")
+        lines += _built_plans(cell)
     return "\n".join([*lines, "## Reading"])
+
+
+def _built_plans(cell: list[dict]) -> list[str]:
+    """The table of the plans built here (uniform ones, a study plan's shape with another
+    criterion's units), each over its distillation seeds, beside the study plans measured over
+    more than one seed."""
+    groups: dict[str, list[dict]] = {}
+    for r in cell:
+        if not r["final_test_top1"] or any(x["plan"] == r["plan"] and x.get("seed")
+                                           for x in cell):
+            groups.setdefault(r["plan"], []).append(r)
+    if not groups:
+        return []
+    lines = ["Plans built here (H heads and N neurons kept in every block, or a study plan's "
+             "widths and token stages; the heads and neurons chosen by vitprune's HSIC ranking "
+             "or the criterion named; uniform plans prune tokens to Torch-Pruning's predicted "
+             "time), and study plans measured over several distillation seeds: after k steps, "
+             "mean (range) over seeds:", "",
+             "| plan | token keep rate (3 stages) | parameters | before | after k steps | seeds |",
+             "|---|---|---|---|---|---|"]
+    for name, rs in sorted(groups.items(), key=lambda g: -np.mean([r["held_out_after"]
+                                                                   for r in g[1]])):
+        after = [r["held_out_after"] for r in rs]
+        spread = f" ({min(after):.2f}-{max(after):.2f})" if len(after) > 1 else ""
+        kept = ", ".join(map(str, rs[0].get("tokens_kept", []))) or (
+            "1" if "tokens_kept" in rs[0] else "as the study's plan")
+        lines.append(f"| {name} | {kept} | {rs[0]['params']:,} | "
+                     f"{rs[0]['held_out_before']:.2f} | {np.mean(after):.2f}{spread} | "
+                     f"{len(rs)} |")
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also uniform plans: H heads and N neurons kept in every block")
     ap.add_argument("--criterion", default="hsic",
                     help="ranks the uniform plans' heads and neurons (vitprune's criteria)")
+    ap.add_argument("--shape-of", nargs="*", default=[], metavar="METHOD/sN",
+                    help="also a study plan's widths and token stages, its units re-chosen by "
+                         "--criterion")
+    ap.add_argument("--plans", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="the study's plans measured (by method; none: only the extra plans)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="distillation seeds (each a row)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ft_proxy"))
     args = ap.parse_args(argv)

@@ -10,8 +10,9 @@ re-run continues where it stopped:
      first, quiet cores), three dimensions, vitprune's default search settings (ratios to 0.9);
      **vitprune without tokens** (heads and neurons); **tokens only** (EViT-style selection);
      the anchored search (the default) and the anchored search with ``--choice distilled``
-     (its 5 best trials and anchors distilled briefly, the best kept: docs/ft_proxy.md), both
-     at the speed vitprune's plan measures;
+     (its 5 best trials and anchors distilled briefly, the best kept: docs/ft_proxy.md), that
+     one again with group Taylor choosing the units (``--criterion group-taylor``), all at the
+     speed vitprune's plan measures;
      a budget a space cannot reach is recorded as such;
    * every other method is then matched to vitprune's *measured* speed-up (bisection on its own
      knob, each candidate timed in turn with the dense model, :mod:`equal_speed`):
@@ -38,7 +39,9 @@ re-run continues where it stopped:
     python benchmarks/evidence.py report --runs runs/evidence                # docs/evidence.*
 
 ``--smoke`` runs the same code on a tiny model and synthetic data in a minute (the test's path).
-On a GPU pass ``--device cuda`` and larger ``--epochs`` / ``--trials``.
+Everything runs on the CPU, and the speeds are CPU speeds (batch 1 and 64). There is no GPU
+path yet: the study neither trains nor times on a GPU, and the GPU suite (gpu_suite.py) does not
+call it.
 """
 
 from __future__ import annotations
@@ -73,10 +76,12 @@ from vitprune.pipeline import (  # noqa: E402
     finetune,
     load_dense,
     policy_search,
+    scored,
     test_metrics,
 )
 from vitprune.plan import PrunePlan, planned_shape  # noqa: E402
 from vitprune.profile import build_table  # noqa: E402
+from vitprune.scoring import SCORE_IMAGES  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import EVAL_BATCH, FINETUNE  # noqa: E402
 
@@ -98,6 +103,7 @@ class Method:
     max_ratio: float | None = None  # None: vitprune's default
     anchors: bool = False  # vitprune: the search's initial population starts with uniform plans
     choice: str = "best"  # vitprune: the final plan, the best trial or the best after distilling
+    criterion: str = "hsic"  # vitprune: the ranking that chooses which heads and neurons stay
 
 
 # vitprune's default search (anchors on, chosen on calibration: docs/search_anchors.md);
@@ -105,12 +111,16 @@ class Method:
 ANCHORED = "vitprune, anchored search"
 # the anchored search choosing its plan by a short distillation (--choice distilled)
 DISTILLED = "vitprune, distilled choice"
-OURS = ("vitprune", ANCHORED, DISTILLED)  # the rows the goal is judged for
+# the distilled choice with group Taylor choosing the heads and neurons (the criterion that
+# recovered within noise of the best at both the peer's shape and vitprune's: docs/ft_proxy.md)
+GROUP = "vitprune, group Taylor"
+OURS = ("vitprune", ANCHORED, DISTILLED, GROUP)  # the rows the goal is judged for
 METHODS = (
     Method("vitprune", "vitprune"),
     # searched at the speed vitprune's plan measures (so at equal speed with every row)
     Method(ANCHORED, "vitprune", anchors=True),
     Method(DISTILLED, "vitprune", anchors=True, choice="distilled"),
+    Method(GROUP, "vitprune", anchors=True, choice="distilled", criterion="group-taylor"),
     Method("vitprune without tokens", "vitprune", dims=("heads", "neurons")),
     Method("tokens only", "vitprune", dims=("tokens",), max_ratio=0.9),
     Method("Torch-Pruning (best configuration)", "tp", dims=("heads", "neurons")),
@@ -177,7 +187,8 @@ class Study:
         return self.cell(model, target, method, seed)
 
     def cells(self) -> list[tuple[str, float, Method, int]]:
-        """The study's cells, or those ``--only`` names (a part of the study a sitting runs)."""
+        """The study's cells, or those ``--only`` and ``--rows`` name (a part of the study a
+        sitting runs)."""
         only = [tuple(o.split(":")) for o in (self.args.only or [])]
         out = []
         for model in self.settings["models"]:
@@ -187,6 +198,8 @@ class Study:
                                         for o in only):
                         continue
                     for m in METHODS:
+                        if self.args.rows and slug(m.name) not in self.args.rows:
+                            continue
                         if m.kind == "dense" and target != self.settings["targets"][0]:
                             continue  # the reference has no target: once a seed
                         if m.kind == "tome" and seed != self.settings["seeds"][0]:
@@ -264,9 +277,15 @@ class Study:
                            calib_images=self.settings["calib_images"], choice=m.choice,
                            choice_steps=2 if self.args.smoke else SearchSettings.choice_steps,
                            **({} if m.max_ratio is None else {"max_ratio": m.max_ratio}))
+        scores = None  # HSIC's, scored by the search
+        if m.criterion != "hsic":
+            scores = scored(self.dense(model), self.splits, m.criterion,
+                            n_images=min(SCORE_IMAGES, settings.calib_images))[0]
+            info["criterion"] = m.criterion
         try:
             res = policy_search(self.dense(model), self.splits, budget, cell / "search",
-                                settings=settings, seed=seed, progress=False, resume=True)
+                                scores=scores, settings=settings, seed=seed, progress=False,
+                                resume=True)
         except BudgetError as exc:
             raise Unreachable(str(exc)) from None
         info["calib_top1_before"] = res.best.value
@@ -524,9 +543,10 @@ def goal(rows: dict, target: float) -> list[str]:
         if (iv := rows.get(me, {}).get("vs_vitprune")):
             out.append(f"- {me} minus vitprune: {iv['diff']:+.2f} points [{iv['low']:+.2f}, "
                        f"{iv['high']:+.2f}].")
-    if (iv := rows.get(DISTILLED, {}).get("vs_anchored")):
-        out.append(f"- {DISTILLED} minus {ANCHORED}: {iv['diff']:+.2f} points "
-                   f"[{iv['low']:+.2f}, {iv['high']:+.2f}].")
+    for me, other in ((DISTILLED, ANCHORED), (GROUP, DISTILLED)):  # one setting changed
+        if (iv := rows.get(me, {}).get(_vs(other))):
+            out.append(f"- {me} minus {other}: {iv['diff']:+.2f} points "
+                       f"[{iv['low']:+.2f}, {iv['high']:+.2f}].")
     return out
 
 
@@ -598,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a tiny model on synthetic data")
     ap.add_argument("--only", nargs="+", metavar="MODEL[:TARGET]",
                     help="plans|finetune|time: only these models (and targets) of the study")
+    ap.add_argument("--rows", nargs="+", metavar="ROW", choices=[slug(m.name) for m in METHODS],
+                    help="plans|finetune|time: only these rows (e.g. vitprune__group_taylor)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence",
                     help="report: the page and JSON (without suffix)")
     args = ap.parse_args(argv)

@@ -27,6 +27,7 @@ committed result; nothing here chooses a default.
 
     python benchmarks/ft_proxy.py run --runs runs/ft_proxy          # resumable, one row a plan
     python benchmarks/ft_proxy.py report --runs runs/ft_proxy       # the page
+    python benchmarks/ft_proxy.py restore --runs runs/ft_proxy      # the page's rows, to go on
 """
 
 from __future__ import annotations
@@ -144,9 +145,13 @@ def uniform_plan(dense, splits, runs: Path, model: str, target: float, spec: str
     return plan(hi)
 
 
+def row_dir(runs: Path, model: str, target: float, name: str, steps: int, seed: int) -> Path:
+    return runs / model / f"t{target}" / name / (f"k{steps}" + (f"_s{seed}" if seed else ""))
+
+
 def row(runs: Path, model: str, target: float, name: str, cell: Path | PrunePlan, dense,
         splits, loader, steps: int, seed: int = 0) -> dict:
-    out = runs / model / f"t{target}" / name / (f"k{steps}" + (f"_s{seed}" if seed else ""))
+    out = row_dir(runs, model, target, name, steps, seed)
     if (out / "row.json").exists():
         return json.loads((out / "row.json").read_text())
     plan = cell if isinstance(cell, PrunePlan) else PrunePlan.load(cell / "plan.json")
@@ -183,6 +188,17 @@ def cmd_run(args: argparse.Namespace) -> None:
             for name, cell in [*plans(args.model, args.target, args.plans), *extra]:
                 print(json.dumps(row(args.runs, args.model, args.target, name, cell, dense,
                                      splits, loader, steps, seed)), flush=True)
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    """The page's rows back into ``--runs`` (a new machine continues the study from the
+    committed JSON instead of measuring its rows again); rows already there are kept."""
+    rows = json.loads(Path(args.out).with_suffix(".json").read_text())["rows"]
+    for r in rows:
+        out = row_dir(args.runs, r["model"], r["target"], r["plan"], r["steps"], r.get("seed", 0))
+        if not (out / "row.json").exists():
+            fsutil.write_json(out / "row.json", r)
+    print(f"{len(rows)} rows in {args.runs}")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -271,7 +287,7 @@ def _built_plans(cell: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("cmd", choices=("run", "report", "restore"))
     ap.add_argument("--runs", type=Path, default=Path("runs/ft_proxy"))
     ap.add_argument("--model", default="t197", choices=list(MODELS))
     ap.add_argument("--target", type=float, default=0.4)
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ft_proxy"))
     args = ap.parse_args(argv)
-    {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "restore": cmd_restore}[args.cmd](args)
     return 0
 
 

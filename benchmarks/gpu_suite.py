@@ -24,8 +24,8 @@ skipped by a re-run that finds it there; ``OUT.md`` is regenerated from the JSON
   (NCCL): each stage's wall time and peak GPU memory, scoring images/s and search
   evaluations/min, and the device the run's evaluation records (the proof that it ran there).
 
-The 197-token accuracy study (the evidence benchmark, at its GPU settings) joins as a part when
-that benchmark exists; it is not in this tree yet.
+The 197-token accuracy study (benchmarks/evidence.py) is not a part: it has no GPU path yet (it
+trains and times on the CPU only).
 
 ``--smoke`` runs every part on the CPU with a tiny model and tiny settings (compile through
 dynamo's ``eager`` backend, which checks the graph without the C++ build), so the script cannot

@@ -76,3 +76,26 @@ def test_the_page_holds_each_row_and_its_intervals(study):
     # the page is its JSON regenerated (what the docs test holds every generated page to)
     assert page == evidence.pages.render(study / "evidence.md", evidence.page(record),
                                          after="## Reading")
+
+
+def test_the_group_taylor_row_keeps_group_taylors_best_units(study):
+    import torch
+
+    from vitprune.data import load_splits
+    from vitprune.pipeline import load_dense, scored
+    from vitprune.plan import PrunePlan
+    from vitprune.scoring import rankings
+
+    cell = study / "d12" / "t0.6" / evidence.slug(evidence.GROUP) / "s0"
+    assert json.loads((cell / "plan_info.json").read_text())["criterion"] == "group-taylor"
+    plan = PrunePlan.load(cell / "plan.json")
+    splits = load_splits("synthetic", calib_size=64)  # the smoke's data and model
+    torch.manual_seed(0)
+    dense = load_dense("fmnist_vit_tiny", splits, device="cpu", verb="benchmark")[0].eval()
+    ranks = rankings(scored(dense, splits, "group-taylor", n_images=32)[0])
+    hsic = rankings(scored(dense, splits, "hsic", n_images=32)[0])
+    for b, (heads, neurons) in zip(plan.blocks, ranks):
+        assert set(b.heads) == set(heads[:len(b.heads)])
+        assert set(b.neurons) == set(neurons[:len(b.neurons)])
+    # and that is not what HSIC would have kept at these widths
+    assert any(set(b.neurons) != set(n[:len(b.neurons)]) for b, (_, n) in zip(plan.blocks, hsic))

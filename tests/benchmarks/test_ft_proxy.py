@@ -33,3 +33,20 @@ def test_a_shaped_plan_keeps_the_study_plans_widths_and_tokens_with_the_criterio
         dropped[list(b.neurons)] = False
         assert not dropped.any() or kept.min() >= s.neurons[dropped].max()
     assert got != study  # magnitude chooses other units than the study's HSIC
+
+
+def test_restore_puts_the_pages_rows_back_and_report_regenerates_the_same_page(tmp_path):
+    import json
+
+    committed = ft_proxy.ROOT / "docs" / "ft_proxy"
+    runs, out = tmp_path / "runs", tmp_path / "page"
+    (tmp_path / "page.json").write_text((committed.with_suffix(".json")).read_text())
+    ft_proxy.main(["restore", "--runs", str(runs), "--out", str(out)])
+    rows = json.loads((tmp_path / "page.json").read_text())["rows"]
+    assert len(list(runs.rglob("row.json"))) == len(rows) > 0
+    (tmp_path / "page.json").unlink()
+    ft_proxy.main(["report", "--runs", str(runs), "--out", str(out)])
+    assert json.loads((tmp_path / "page.json").read_text())["rows"] == rows
+    generated = (tmp_path / "page.md").read_text()
+    assert generated.split("## Reading")[0] == \
+        committed.with_suffix(".md").read_text().split("## Reading")[0]

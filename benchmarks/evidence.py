@@ -277,11 +277,11 @@ class Study:
                            calib_images=self.settings["calib_images"], choice=m.choice,
                            choice_steps=2 if self.args.smoke else SearchSettings.choice_steps,
                            **({} if m.max_ratio is None else {"max_ratio": m.max_ratio}))
-        scores = None  # HSIC's, scored by the search
-        if m.criterion != "hsic":
-            scores = scored(self.dense(model), self.splits, m.criterion,
-                            n_images=min(SCORE_IMAGES, settings.calib_images))[0]
-            info["criterion"] = m.criterion
+        # the method's criterion on the images the search scores on by default (for HSIC, the
+        # very scores policy_search would compute itself)
+        scores = scored(self.dense(model), self.splits, m.criterion,
+                        n_images=min(SCORE_IMAGES, settings.calib_images))[0]
+        info["criterion"] = m.criterion
         try:
             res = policy_search(self.dense(model), self.splits, budget, cell / "search",
                                 scores=scores, settings=settings, seed=seed, progress=False,

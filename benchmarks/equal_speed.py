@@ -24,11 +24,12 @@ Measure = Callable[[torch.nn.Module, torch.nn.Module], float]
 
 
 def speedup(dense: torch.nn.Module, model: torch.nn.Module, *, batch: int, rounds: int = 7,
-            reps: int = 3) -> float:
+            reps: int = 3, device: str = "cpu") -> float:
     """Measured speed-up of ``model`` over ``dense`` (dense ms / model ms, medians over rounds
-    of both timed in turn) at ``batch``."""
+    of both timed in turn) at ``batch`` on ``device`` (float32: on CUDA with TF32 matmuls,
+    as the latency table the search reads is measured)."""
     got = compare({"dense": dense, "model": model}, input_shape(dense), batch, rounds=rounds,
-                  reps=reps)
+                  reps=reps, device=device, amp=False)
     return got["dense"]["latency_ms"] / got["model"]["latency_ms"]
 
 
@@ -38,7 +39,7 @@ def counted_speedup(dense: torch.nn.Module, model: torch.nn.Module) -> float:
     models on a loaded machine). Merged or dropped tokens count, as they shrink the matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(2, *input_shape(dense))
+    x = torch.randn(2, *input_shape(dense), device=next(dense.parameters()).device)
     counts = []
     for m in (dense, model):
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:

@@ -39,9 +39,14 @@ re-run continues where it stopped:
     python benchmarks/evidence.py report --runs runs/evidence                # docs/evidence.*
 
 ``--smoke`` runs the same code on a tiny model and synthetic data in a minute (the test's path).
-Everything runs on the CPU, and the speeds are CPU speeds (batch 1 and 64). There is no GPU
-path yet: the study neither trains nor times on a GPU, and the GPU suite (gpu_suite.py) does not
-call it.
+
+``--device`` (given to ``plans``, a setting of the study like the others: the later phases run
+where the study was planned) puts the whole study on one device: the dense models, the latency
+table and every timing, the searches, the peers' pruning, fine-tuning and the test predictions.
+The committed study runs on the CPU (the default), and its speeds are CPU speeds. On a GPU
+(``--device cuda``; the GPU suite's ``evidence`` part runs it there) every timing is float32
+with TF32 matmuls, as the latency table is measured, and ``--data-dir`` names where the
+Fashion-MNIST files are when the machine has no Debian package.
 """
 
 from __future__ import annotations
@@ -64,12 +69,12 @@ from equal_speed import counted_speedup, match_speedup, speedup  # noqa: E402
 from results import test_predictions  # noqa: E402
 from stats import correct, paired_bootstrap, wording  # noqa: E402
 
-from vitprune import fsutil  # noqa: E402
+from vitprune import devices, fsutil  # noqa: E402
 from vitprune.adapters import vit_shape  # noqa: E402
 from vitprune.config import SearchSettings  # noqa: E402
 from vitprune.cost import macs  # noqa: E402
 from vitprune.data import load_splits, make_loader  # noqa: E402
-from vitprune.errors import BudgetError  # noqa: E402
+from vitprune.errors import BudgetError, VitpruneError  # noqa: E402
 from vitprune.pipeline import (  # noqa: E402
     MaskedAccuracy,
     calibration_batches,
@@ -145,10 +150,19 @@ class Study:
         settings = {k: getattr(args, k) for k in ("models", "targets", "seeds", "epochs",
                                                   "max_steps", "trials", "init", "calib_images",
                                                   "smoke")}
+        # checked (a device this machine lacks is refused) before anything is written
+        asked = None if args.device is None else devices.resolve(args.device)
+        if asked not in (None, "cpu"):  # a CPU study's settings stay as they were
+            settings["device"] = asked
         path = self.runs / "study.json"
         if path.exists() and args.phase != "plans":  # the later phases run the study's settings
             settings = json.loads(path.read_text())
             args.smoke = settings["smoke"]
+            if asked is not None and asked != settings.get("device", "cpu"):
+                raise SystemExit(f"{self.runs} is a study planned on "
+                                 f"{settings.get('device', 'cpu')}: its phases run there (leave "
+                                 "--device out, or plan another --runs on this device)")
+        self.device = devices.setup(settings.get("device", "cpu"), args.threads)
         if path.exists():
             mine = json.loads(path.read_text())
             if mine != settings:
@@ -163,14 +177,15 @@ class Study:
     def splits(self):
         if self._splits is None:
             self._splits = (load_splits("synthetic", calib_size=64) if self.args.smoke
-                            else load_splits("fashion-mnist", calib_size=2000))
+                            else load_splits("fashion-mnist", self.args.data_dir,
+                                             calib_size=2000))
         return self._splits
 
     def dense(self, model: str) -> torch.nn.Module:
         if model not in self._dense:
             path = "fmnist_vit_tiny" if self.args.smoke else MODELS[model]
             torch.manual_seed(0)
-            self._dense[model] = load_dense(path, self.splits, device="cpu",
+            self._dense[model] = load_dense(path, self.splits, device=self.device,
                                             verb="benchmark")[0].eval()
         return self._dense[model]
 
@@ -218,7 +233,7 @@ class Study:
                 t = synthetic_table(vit_shape(self.dense(model)))
             else:
                 t = build_table(self.dense(model), batch=BATCH, threads=self.args.threads,
-                                progress=False)
+                                device=self.device, progress=False)
             fsutil.write_json(path, t.to_dict())
         return path
 
@@ -226,7 +241,7 @@ class Study:
         """Measured speed-up of ``b`` over ``a`` at the study's batch."""
         if self.args.smoke:  # counted, not timed: the smoke's logic must not hang on noise
             return counted_speedup(a, b)
-        return speedup(a, b, batch=BATCH, rounds=5, reps=3)
+        return speedup(a, b, batch=BATCH, rounds=5, reps=3, device=self.device)
 
     def plan_cell(self, model: str, target: float, m: Method, seed: int) -> None:
         cell = self.cell(model, target, m, seed)
@@ -331,9 +346,11 @@ class Study:
         shape = vit_shape(dense)
         kept = macs(planned_shape(shape, vp)).total / macs(shape).total
         batches = calibration_batches(self.splits, 640 if not self.args.smoke else 32,
-                                      batch_size=64 if not self.args.smoke else 16)
+                                      batch_size=64 if not self.args.smoke else 16,
+                                      device=self.device)
         calib = MaskedAccuracy(dense, calibration_batches(self.splits,
-                                                          self.settings["calib_images"]))
+                                                          self.settings["calib_images"],
+                                                          device=self.device))
         try:
             grid = {"modes": ("local", "global"), "head_ratios": (0.0,)} if self.args.smoke else {}
             _, best, tried = best_configuration(dense, kept, batches, calib, **grid)
@@ -382,7 +399,7 @@ class Study:
                 cfg = replace(FINETUNE, epochs=self.settings["epochs"], seed=seed,
                               max_steps_per_epoch=self.settings["max_steps"])
                 history = finetune(student, dense, self.splits, cfg, cell / "finetune",
-                                   resume=True, progress=False)
+                                   resume=True, device=self.device, progress=False)
             after = test_metrics(student, self.splits)
             np.save(cell / "test_pred.npy", test_predictions(student, self.splits))
             fsutil.write_json(cell / "result.json", {
@@ -410,9 +427,11 @@ class Study:
         for batch in (1, BATCH):
             out[f"speedup_b{batch}"] = (counted_speedup(dense, net) if self.args.smoke else
                                         speedup(dense, net, batch=batch, rounds=7,
-                                                reps=3 if batch > 1 else 15))
+                                                reps=3 if batch > 1 else 15, device=self.device))
         cell.mkdir(parents=True, exist_ok=True)
-        fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads()})
+        fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads(),
+                                                **({} if self.device == "cpu" else
+                                                   {"device": self.device})})
 
 
 def _copy_plan(src: Path, cell: Path) -> None:
@@ -555,7 +574,8 @@ def page(r: dict) -> str:
     lines = ["# Evidence: vitprune against its peers at equal measured speed", "",
              "Generated by `benchmarks/evidence.py report` from `docs/evidence.json` (commands in "
              "the script's docstring). Per model and target (a fraction of the dense model's "
-             "measured time at batch 64, CPU), every method's model is matched to the speed-up "
+             f"measured time at batch 64, {s.get('device', 'cpu').upper()}), every method's "
+             "model is matched to the speed-up "
              "vitprune's latency-budget plan measures; each is fine-tuned alike "
              f"({s['epochs']} epoch(s) of distillation from the dense model"
              + (f", {s['max_steps']} steps each" if s["max_steps"] else "")
@@ -615,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=int, default=12)
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="default: 2 to time, 1 to train")
+    ap.add_argument("--device", default=None,
+                    help="plans: where the study runs, cpu (default) or cuda[:N]; the later "
+                         "phases run where it was planned")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="where the four Fashion-MNIST files are (default: the Debian "
+                         "package's location)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on synthetic data")
     ap.add_argument("--only", nargs="+", metavar="MODEL[:TARGET]",
                     help="plans|finetune|time: only these models (and targets) of the study")
@@ -628,8 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         model, _, target = o.partition(":")
         if model not in MODELS or (target and float(target) not in args.targets):
             ap.error(f"--only {o}: not a model (and target) of the study")
-    torch.set_num_threads(args.threads)
-    study = Study(args)
+    try:
+        study = Study(args)  # checks the device and sets the threads
+    except VitpruneError as exc:  # e.g. a device this machine lacks
+        raise SystemExit(f"error: {exc}") from None
     if args.phase == "report":
         record = {"command": "python benchmarks/evidence.py plans|finetune|time|report --runs "
                              "RUNS", "test_images": len(study.splits.test), **collect(study)}

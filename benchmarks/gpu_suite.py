@@ -24,8 +24,15 @@ skipped by a re-run that finds it there; ``OUT.md`` is regenerated from the JSON
   (NCCL): each stage's wall time and peak GPU memory, scoring images/s and search
   evaluations/min, and the device the run's evaluation records (the proof that it ran there).
 
-The 197-token accuracy study (benchmarks/evidence.py) is not a part: it has no GPU path yet (it
-trains and times on the CPU only).
+- ``evidence``: the 197-token accuracy study (benchmarks/evidence.py) run on the GPU as it is
+  (``--device cuda``), one seed at 60% of the dense time, the rows vitprune, its anchored
+  search, Torch-Pruning's best configuration, ToMe (training-free and fine-tuned) and the
+  dense reference, 300 fine-tuning steps each: every phase's wall time and exit status, and the
+  rows' top-1 and measured speed-ups on the GPU. It needs the four Fashion-MNIST files: pass
+  their directory with ``--data-dir`` (this machine's Debian package is at
+  /usr/share/datasets/fashion-mnist; copy it into the working tree, e.g. ``runs/fashion-mnist``,
+  and carry that path to the GPU machine). Without them the part records the data error (a
+  re-run tries it again) and the others still run.
 
 ``--smoke`` runs every part on the CPU with a tiny model and tiny settings (compile through
 dynamo's ``eager`` backend, which checks the graph without the C++ build), so the script cannot
@@ -40,7 +47,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +73,8 @@ from vitprune.search.space import Ratios, ratios_to_plan, solve_uniform  # noqa:
 from vitprune.speed import Timer, compare  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 
-PARTS = ("table", "speed", "families", "compile-s", "compile-b", "compress", "torchrun")
+PARTS = ("table", "speed", "families", "compile-s", "compile-b", "compress", "torchrun",
+         "evidence")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class Settings:
     folder_per_class: int  # 0: no image folder (synthetic data)
     # the other families' models (name, constructor arguments) for the families part
     families: tuple[tuple[str, dict], ...] = ()
+    evidence_args: tuple[str, ...] = ()  # the evidence study's settings (given to its plans)
+    data_dir: str | None = None  # the Fashion-MNIST files (None: the Debian package's place)
 
 
 GPU = Settings(
@@ -103,7 +113,11 @@ GPU = Settings(
                    "--init", "10", "--epochs", "1", "--max-steps-per-epoch", "300",
                    "--batch-size", "128", "--bench-batches", "1", "64"),
     folder_per_class=500,
-    families=(("swin_tiny_patch4_window7_224", {}), ("eva02_small_patch14_224", {})))
+    families=(("swin_tiny_patch4_window7_224", {}), ("eva02_small_patch14_224", {})),
+    evidence_args=("--models", "t197", "--targets", "0.6", "--seeds", "0", "--max-steps", "300",
+                   "--rows", "vitprune", "vitprune__anchored_search",
+                   "torch_pruning__best_configuration", "tome__training_free",
+                   "tome__fine_tuned", "dense_reference"))
 SMOKE = Settings(
     device="cpu", models=("fmnist_vit_tiny", "fmnist_vit_tiny"), batches=(1, 4),
     dtype="bfloat16", fractions=(0.6,), latency_fraction=0.6, table_batch=4, table_plans=3,
@@ -118,7 +132,10 @@ SMOKE = Settings(
                     num_heads=(2, 2), window_size=7, num_classes=10)),
               ("eva02_tiny_patch14_224",
                dict(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                    num_classes=10, ref_feat_shape=(7, 7)))))
+                    num_classes=10, ref_feat_shape=(7, 7)))),
+    evidence_args=("--smoke", "--models", "d12", "--targets", "0.6", "--seeds", "0",
+                   "--trials", "3", "--init", "2", "--calib-images", "32", "--max-steps", "1",
+                   "--rows", "vitprune", "dense_reference"))
 
 
 def _dtype(s: Settings) -> torch.dtype:
@@ -309,6 +326,34 @@ def part_compress(torchrun: bool):
     return run
 
 
+def part_evidence(s: Settings, work: Path, done: dict) -> dict:
+    """The evidence study's phases, each a process of its own on ``s.device``, then its rows.
+    A study stopped part-way resumes (every phase continues where it stopped)."""
+    runs, script = work / "evidence", [sys.executable, str(ROOT / "benchmarks" / "evidence.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    data = ["--data-dir", s.data_dir] if s.data_dir else []
+    phases = {"plans": [*s.evidence_args, "--device", s.device, *data],
+              "time": data, "finetune": data, "report": [*data, "--out", str(runs / "page")]}
+    out: dict = {"phases": []}
+    for phase, extra in phases.items():
+        t0 = time.perf_counter()
+        proc = subprocess.run([*script, phase, "--runs", str(runs), *extra], env=env,
+                              capture_output=True, text=True)
+        out["phases"].append({"phase": phase, "returncode": proc.returncode,
+                              "seconds": round(time.perf_counter() - t0, 1)})
+        if proc.returncode:  # the reason; the later phases are not run, and a re-run tries again
+            out.update(failed=True, tail=(proc.stdout + proc.stderr).splitlines()[-12:])
+            return out
+    study = json.loads((runs / "study.json").read_text())
+    out["device"] = study.get("device", "cpu")
+    record = json.loads((runs / "page.json").read_text())
+    out["rows"] = {f"{model} {target}: {name}": {k: row[k]["mean"] for k in (
+        "macs_kept", "test_top1_before", "test_top1", "speedup_b1", "speedup_b64") if k in row}
+        for model, targets in record["models"].items() for target, rows in targets.items()
+        for name, row in rows.items() if "unreachable" not in row}
+    return out
+
+
 def _arg(args: list[str], name: str) -> int:
     return int(args[args.index(name) + 1])
 
@@ -354,7 +399,7 @@ def rss_gb(pid: int) -> float:
 RUNNERS = {"table": part_table, "speed": part_speed, "families": part_families,
            "compile-s": part_compile(0),
            "compile-b": part_compile(1), "compress": part_compress(False),
-           "torchrun": part_compress(True)}
+           "torchrun": part_compress(True), "evidence": part_evidence}
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -396,6 +441,21 @@ def report(res: dict) -> str:
                   f"{r['peak_gb']} GB.", "", "| stage | wall (s) | peak memory (GB) |", "|---|---|---|"]
         lines += [f"| {st['stage']} | {st['seconds']} | {st['peak_gb']} |" for st in r["stages"]]
         lines.append("")
+    if "evidence" in parts:
+        r = parts["evidence"]
+        lines += [f"## The evidence study on {r.get('device', res['settings']['device'])}", "",
+                  "Phases (wall s, exit): " + ", ".join(
+                      f"{p['phase']} {p['seconds']} ({p['returncode']})" for p in r["phases"])
+                  + ".", ""]
+        if "rows" in r:
+            lines += ["| row | MACs kept | top-1 before | top-1 after | speed-up b1 | "
+                      "speed-up b64 |", "|---|---|---|---|---|---|"]
+            lines += [f"| {name} | {v.get('macs_kept', 0):.1%} | {v['test_top1_before']:.2f} | "
+                      f"{v['test_top1']:.2f} | {v.get('speedup_b1', 0):.2f}x | "
+                      f"{v.get('speedup_b64', 0):.2f}x |" for name, v in r["rows"].items()]
+        else:
+            lines += ["Stopped:", "", "```", *r.get("tail", []), "```"]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -406,8 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="scratch directory (default: runs/gpu_suite)")
     ap.add_argument("--smoke", action="store_true", help="every part on the CPU, tiny")
     ap.add_argument("--redo", action="store_true", help="run the parts again even if done")
+    ap.add_argument("--data-dir", help="evidence: the four Fashion-MNIST files' directory")
     args = ap.parse_args(argv)
     s = SMOKE if args.smoke else GPU
+    if args.data_dir:
+        s = replace(s, data_dir=str(Path(args.data_dir).resolve()))
     if s.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here: run this on a GPU machine (or --smoke on the CPU)")
     work = args.work or ROOT / "runs" / ("gpu_suite_smoke" if args.smoke else "gpu_suite")
@@ -420,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if s.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     for part in args.parts:
-        if part in res["parts"] and not args.redo:
+        if part in res["parts"] and not args.redo and not res["parts"][part].get("failed"):
             print(f"{part}: done already", flush=True)
             continue
         t0 = time.perf_counter()

@@ -243,15 +243,17 @@ class Runner:
 
 
 def test_predictions(model: torch.nn.Module, splits) -> np.ndarray:
-    """The predicted class of every test image, in the split's order (uint8)."""
+    """The predicted class of every test image, in the split's order (uint8), computed on the
+    device the model is on."""
     from vitprune.adapters import logits_module
     from vitprune.data import make_loader
+    from vitprune.devices import device_of
     from vitprune.train import EVAL_BATCH
 
-    run, out = logits_module(model.eval()), []
+    run, out, device = logits_module(model.eval()), [], device_of(model)
     with torch.no_grad():
         for x, _ in make_loader(splits.test, EVAL_BATCH):
-            out.append(run(x).argmax(dim=1).to(torch.uint8))
+            out.append(run(x.to(device)).argmax(dim=1).to(torch.uint8).cpu())
     return torch.cat(out).numpy()
 
 

@@ -99,3 +99,24 @@ def test_the_group_taylor_row_keeps_group_taylors_best_units(study):
         assert set(b.neurons) == set(neurons[:len(b.neurons)])
     # and that is not what HSIC would have kept at these widths
     assert any(set(b.neurons) != set(n[:len(b.neurons)]) for b, (_, n) in zip(plan.blocks, hsic))
+
+
+def test_a_cpu_study_records_no_device_and_its_phases_refuse_another(study, monkeypatch):
+    """The device is a setting of the study: a CPU study's settings are what they were before
+    the setting existed (the committed study resumes), and a later phase asked for another
+    device refuses before it loads anything, naming the study's."""
+    settings = json.loads((study / "study.json").read_text())
+    assert "device" not in settings
+    monkeypatch.setattr(evidence.devices, "resolve",  # as on a machine with a GPU
+                        lambda spec: "cuda:0" if str(spec).startswith("cuda") else "cpu")
+    with pytest.raises(SystemExit, match="planned on cpu"):
+        evidence.main(["finetune", "--runs", str(study), "--device", "cuda"])
+    assert json.loads((study / "study.json").read_text()) == settings
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path):
+    runs = tmp_path / "study"
+    with pytest.raises(SystemExit, match="CUDA is not available here"):
+        evidence.main(["plans", "--runs", str(runs), "--smoke", "--device", "cuda"])
+    assert not (runs / "study.json").exists()

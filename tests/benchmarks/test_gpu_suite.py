@@ -31,7 +31,7 @@ def test_every_part_runs_and_is_recorded(smoke):
     _, res = smoke
     assert res["smoke"] is True
     assert set(res["parts"]) == {"table", "speed", "families", "compile-s", "compile-b",
-                                 "compress", "torchrun"}
+                                 "compress", "torchrun", "evidence"}
     t = res["parts"]["table"]
     assert len(t["rows"]) == 1 + res["settings"]["table_plans"]
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in t["rows"])
@@ -77,3 +77,37 @@ def test_the_page_is_made_from_the_json_and_a_rerun_skips_finished_parts(smoke):
                 "table", "compress")
     assert proc.returncode == 0 and proc.stdout.count("done already") == 2
     assert json.loads((d / "gpu.json").read_text())["parts"] == res["parts"]
+
+
+def test_the_evidence_study_runs_on_the_asked_device_with_its_rows(smoke):
+    d, res = smoke
+    r = res["parts"]["evidence"]
+    assert [p["phase"] for p in r["phases"]] == ["plans", "time", "finetune", "report"]
+    assert all(p["returncode"] == 0 for p in r["phases"]) and "failed" not in r
+    assert r["device"] == res["settings"]["device"] == "cpu"
+    rows = r["rows"]
+    assert set(rows) == {"d12 0.6: vitprune", "d12 0.6: dense reference"}
+    assert rows["d12 0.6: vitprune"]["macs_kept"] < 1 and rows["d12 0.6: vitprune"]["speedup_b64"] > 1
+    assert "## The evidence study on cpu" in (d / "gpu.md").read_text()
+
+
+def test_a_failed_evidence_phase_is_recorded_with_its_reason_and_tried_again(tmp_path,
+                                                                            monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_suite
+
+    bad = gpu_suite.replace(gpu_suite.SMOKE, evidence_args=("--smoke", "--models", "nonexistent"))
+    r = gpu_suite.part_evidence(bad, tmp_path, {})
+    assert r["failed"] and [p["phase"] for p in r["phases"]] == ["plans"]
+    assert r["phases"][0]["returncode"] != 0 and "nonexistent" in "\n".join(r["tail"])
+    out = tmp_path / "gpu"
+    out.with_suffix(".json").write_text(json.dumps(
+        {"smoke": True, "settings": {"device": "cpu"}, "parts": {"evidence": r}}))
+    calls = []  # a re-run does not take the failed part for done: it runs it again
+    monkeypatch.setitem(gpu_suite.RUNNERS, "evidence",
+                        lambda s, work, done: calls.append(s) or {"phases": [], "rows": {}})
+    assert gpu_suite.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "w"),
+                           "--parts", "evidence"]) == 0
+    assert len(calls) == 1
+    assert json.loads(out.with_suffix(".json").read_text())["parts"]["evidence"] == {
+        "phases": [], "rows": {}}

@@ -120,3 +120,18 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(SystemExit, match="CUDA is not available here"):
         evidence.main(["plans", "--runs", str(runs), "--smoke", "--device", "cuda"])
     assert not (runs / "study.json").exists()
+
+
+def test_a_study_beside_the_main_one_says_so_in_its_title_and_names_its_json(study):
+    record = json.loads((study / "evidence.json").read_text())
+    main = evidence.page(record)
+    assert main.startswith("# Evidence: vitprune against its peers at equal measured speed\n")
+    assert "from `docs/evidence.json`" in main
+    assert evidence.main(["report", "--runs", str(study), "--out", str(study / "ev_long"),
+                          "--variant", "600 fine-tuning steps"]) == 0
+    page = (study / "ev_long.md").read_text()
+    assert page.startswith("# Evidence: vitprune against its peers at equal measured speed "
+                           "(600 fine-tuning steps)\n")
+    assert "from `docs/ev_long.json`" in page
+    # the rest of the page is the same study's
+    assert page.split("\n", 3)[3].startswith(main.split("\n", 3)[3][:200])

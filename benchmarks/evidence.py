@@ -151,6 +151,8 @@ class Study:
                                                   "max_steps", "trials", "init", "calib_images",
                                                   "smoke")}
         # checked (a device this machine lacks is refused) before anything is written
+        if args.kd_features:  # the main study's settings stay as they were
+            settings["kd_features"] = args.kd_features
         asked = None if args.device is None else devices.resolve(args.device)
         if asked not in (None, "cpu"):  # a CPU study's settings stay as they were
             settings["device"] = asked
@@ -397,7 +399,8 @@ class Study:
             history = []
             if m.kind != "tome":
                 cfg = replace(FINETUNE, epochs=self.settings["epochs"], seed=seed,
-                              max_steps_per_epoch=self.settings["max_steps"])
+                              max_steps_per_epoch=self.settings["max_steps"],
+                              kd_features=self.settings.get("kd_features", 0.0))
                 history = finetune(student, dense, self.splits, cfg, cell / "finetune",
                                    resume=True, device=self.device, progress=False)
             after = test_metrics(student, self.splits)
@@ -581,6 +584,8 @@ def page(r: dict) -> str:
              "vitprune's latency-budget plan measures; each is fine-tuned alike "
              f"({s['epochs']} epoch(s) of distillation from the dense model"
              + (f", {s['max_steps']} steps each" if s["max_steps"] else "")
+             + (f", a feature term of weight {s['kd_features']} (the pooled features' cosine)"
+                if s.get("kd_features") else "")
              + f"; seeds {', '.join(map(str, s['seeds']))}). Top-1 on the {r['test_images']:,} "
              "test images: "
              "mean (range over seeds). Intervals: paired bootstrap over the test images, 95%, "
@@ -640,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None,
                     help="plans: where the study runs, cpu (default) or cuda[:N]; the later "
                          "phases run where it was planned")
+    ap.add_argument("--kd-features", type=float, default=0.0,
+                    help="plans: the fine-tuning's feature-distillation weight (vitprune "
+                         "finetune --kd-features; 0, the default: logits alone)")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="where the four Fashion-MNIST files are (default: the Debian "
                          "package's location)")

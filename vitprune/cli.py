@@ -45,7 +45,7 @@ other commands are its parts. Every command that writes refuses an --out it did 
 never writes over its input, and lets one process write a directory at a time."""
 
 EPILOG = "Errors exit with status 2 and one line saying what to do."
-KD_FIELDS = ("kd_alpha", "kd_temperature", "kd_hard", "kd_loss")
+KD_FIELDS = ("kd_alpha", "kd_temperature", "kd_hard", "kd_loss", "kd_features")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):

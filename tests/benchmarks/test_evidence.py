@@ -135,3 +135,23 @@ def test_a_study_beside_the_main_one_says_so_in_its_title_and_names_its_json(stu
     assert "from `docs/ev_long.json`" in page
     # the rest of the page is the same study's
     assert page.split("\n", 3)[3].startswith(main.split("\n", 3)[3][:200])
+
+
+def test_a_study_with_feature_distillation_fine_tunes_every_cell_with_it(study, tmp_path,
+                                                                        monkeypatch):
+    assert "kd_features" not in json.loads((study / "study.json").read_text())  # the main study
+    runs = tmp_path / "kdf"
+    base = ["--runs", str(runs)]
+    assert evidence.main(["plans", *base, "--smoke", "--models", "d12", "--seeds", "0",
+                          "--targets", "0.6", "--max-steps", "1", "--rows", "dense_reference",
+                          "--kd-features", "0.5"]) == 0
+    assert json.loads((runs / "study.json").read_text())["kd_features"] == 0.5
+    seen = []
+    real = evidence.finetune
+    monkeypatch.setattr(evidence, "finetune",
+                        lambda *a, **k: seen.append(a[3].kd_features) or real(*a, **k))
+    assert evidence.main(["finetune", *base]) == 0
+    assert seen == [0.5]
+    assert "a feature term of weight 0.5" in evidence.page(
+        {"settings": json.loads((runs / "study.json").read_text()), "test_images": 1,
+         "models": {}})

@@ -123,3 +123,59 @@ def test_incompatible_teacher_is_refused(tmp_path, synth_splits):
     with pytest.raises(ModelError, match="incompatible"):
         finetune(student, other, synth_splits, TrainConfig(epochs=1, kd_alpha=0.5), tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def _pooled(model, x):
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def test_the_feature_term_adds_one_minus_the_cosine_of_the_pooled_features():
+    from vitprune.train import Distiller
+
+    teacher, student = _pair()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    plain = Distiller(teacher, alpha=0.5, temperature=2.0)
+    feat = Distiller(teacher, alpha=0.5, temperature=2.0, features=0.7, student=student)
+    logits = student(x)  # the forward the feature term reads
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(_pooled(student, x), _pooled(teacher, x), -1)
+    base = plain(logits, y, x)
+    got = feat(logits, y, x)
+    assert got.item() == pytest.approx(base.item() + 0.7 * (1 - cos).mean().item(), rel=1e-5)
+    assert got.item() > base.item() + 1e-4  # a pruned student's features differ from the teacher's
+    got.backward()  # the term's gradient reaches the student through its features
+    assert student.blocks[0].attn.qkv.weight.grad is not None
+    # the teacher is hooked only while it runs; the student until the distiller is closed
+    assert not teacher.head._forward_pre_hooks and student.head._forward_pre_hooks
+    feat.close()
+    assert not student.head._forward_pre_hooks
+
+
+def test_feature_distillation_trains_and_leaves_no_hook(tmp_path, synth_splits):
+    teacher, student = _pair()
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=2e-3, kd_alpha=0.5, kd_temperature=2.0,
+                      max_steps_per_epoch=4, augment=False, kd_features=1.0)
+    x = synth_splits.train.normalise(synth_splits.train.images[:128])
+    with torch.no_grad():
+        before = torch.nn.functional.cosine_similarity(_pooled(student, x), _pooled(teacher, x),
+                                                       -1).mean()
+    finetune(student, teacher, synth_splits, cfg, tmp_path, progress=False)
+    with torch.no_grad():
+        after = torch.nn.functional.cosine_similarity(_pooled(student.eval(), x),
+                                                      _pooled(teacher, x), -1).mean()
+    assert after > before  # the student's features moved towards the teacher's
+    assert not student.head._forward_pre_hooks and not teacher.head._forward_pre_hooks
+
+
+def test_feature_distillation_settings_are_checked():
+    from vitprune.errors import ConfigError
+    from vitprune.train import Distiller
+
+    with pytest.raises(ConfigError, match="kd_features"):
+        TrainConfig(kd_features=-1.0, kd_alpha=0.5)
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        TrainConfig(kd_features=1.0, kd_alpha=0.0)
+    teacher, _ = _pair()
+    backbone = build_model("fmnist_vit_tiny", num_classes=0)  # its head is no linear layer
+    with pytest.raises(ConfigError, match="linear classifier"):
+        Distiller(teacher, alpha=0.5, temperature=2.0, features=1.0, student=backbone)

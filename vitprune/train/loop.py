@@ -91,6 +91,10 @@ class TrainConfig:
                 "outputs by cosine similarity (cosine) or squared error (mse): feature "
                 "distillation, for backbones without a classifier, whose outputs are their "
                 "embeddings; needs no labels with --kd-alpha 1", "choices": KD_LOSSES})
+    kd_features: float = field(default=0.0, metadata={
+        "help": "weight of a feature term added to the distillation loss: 1 - cos between the "
+                "student's and the teacher's pooled features (the classifier's input), which "
+                "carry more of the teacher than its 10-class predictions; 0: off"})
 
     def __post_init__(self):
         require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got "
@@ -120,6 +124,10 @@ class TrainConfig:
         for name in ("augment", "kd_hard"):
             v = getattr(self, name)
             require(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        require(is_number(self.kd_features) and self.kd_features >= 0, "kd_features",
+                f"must be >= 0, got {self.kd_features!r}")
+        require(not (self.kd_features and self.kd_alpha <= 0), "kd_features",
+                "is a distillation term: it needs a teacher (--kd-alpha > 0)")
         require(self.kd_loss in KD_LOSSES, "kd_loss",
                 f"must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
         require(not (self.kd_hard and self.kd_loss != "kl"), "kd_hard",
@@ -300,7 +308,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, steps * cfg.epochs, int(cfg.warmup_epochs * steps)))
-    step = _Step(model, opt, sched, loss_fn or _default_loss(cfg, teacher, device),
+    step = _Step(model, opt, sched, loss_fn or _default_loss(cfg, teacher, device, model),
                  _mixer(cfg, vit_shape(model).num_classes),  # soft targets as wide as the logits
                  _ema(model, cfg.ema_decay), cfg.grad_clip, device, amp)
     history, start = [], 0
@@ -311,26 +319,29 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
 
-    for epoch in range(start, cfg.epochs):
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # dropout / drop-path
-        np.random.seed(epoch_seed(cfg.seed, epoch, rank) % 2**32)  # timm's Mixup draws here
-        loader.set_epoch(epoch)
-        net.train()
-        t0 = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main),
-                   mininterval=min_interval(),
-                   leave=False, dynamic_ncols=True)
-        loss_sum = step.epoch(net, loader, steps, epoch, bar)
-        bar.close()
-        loss_sum = dist.sum_([loss_sum], device)[0] / world
-        rec = _record(model if step.ema is None else step.ema.module, teacher if backbone else None,
-                      calib, device, epoch=epoch + 1, train_loss=loss_sum / steps, t0=t0)
-        history.append(rec)
-        if main:
-            if progress:
-                print(json.dumps(rec.to_dict()), flush=True)
-            _save(out, cfg, epoch + 1, step, history)
-        dist.barrier()
+    try:
+        for epoch in range(start, cfg.epochs):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # dropout / drop-path
+            np.random.seed(epoch_seed(cfg.seed, epoch, rank) % 2**32)  # timm's Mixup draws here
+            loader.set_epoch(epoch)
+            net.train()
+            t0 = time.perf_counter()
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main),
+                       mininterval=min_interval(),
+                       leave=False, dynamic_ncols=True)
+            loss_sum = step.epoch(net, loader, steps, epoch, bar)
+            bar.close()
+            loss_sum = dist.sum_([loss_sum], device)[0] / world
+            rec = _record(model if step.ema is None else step.ema.module, teacher if backbone else None,
+                          calib, device, epoch=epoch + 1, train_loss=loss_sum / steps, t0=t0)
+            history.append(rec)
+            if main:
+                if progress:
+                    print(json.dumps(rec.to_dict()), flush=True)
+                _save(out, cfg, epoch + 1, step, history)
+            dist.barrier()
+    finally:
+        getattr(step.loss_fn, "close", lambda: None)()  # a feature distiller's hook goes
     if step.ema is not None:  # the weights a run with weight averaging hands over are the average
         model.load_state_dict(step.ema.module.state_dict())
     return history
@@ -426,14 +437,15 @@ def _save(out: Path, cfg: TrainConfig, epoch: int, step: _Step,
     fsutil.write_text(out / LOG, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
 
 
-def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str) -> LossFn:
+def _default_loss(cfg: TrainConfig, teacher: torch.nn.Module | None, device: str,
+                  student: torch.nn.Module) -> LossFn:
     if cfg.kd_alpha > 0:
         if teacher is None:
             raise ConfigError("kd_alpha", "> 0 distils from a teacher: pass the teacher model, "
                               "or set kd_alpha to 0")
         return Distiller(teacher.to(device), alpha=cfg.kd_alpha, temperature=cfg.kd_temperature,
                          hard=cfg.kd_hard, label_smoothing=cfg.label_smoothing,
-                         kind=cfg.kd_loss)
+                         kind=cfg.kd_loss, features=cfg.kd_features, student=student)
     # soft targets (mixed batches) already carry the smoothing
     return lambda logits, y, x: F.cross_entropy(  # noqa: E731
         logits.float(), y, label_smoothing=0.0 if y.ndim == 2 else cfg.label_smoothing)

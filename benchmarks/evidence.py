@@ -623,7 +623,13 @@ def page(r: dict) -> str:
                 def iv(d: dict | None) -> str:
                     return "-" if not d else f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
-                lines.append(f"| {name} | {fmt(row['macs_kept'], pct=True)} | "
+                # a row whose seeds did not all finish says which did (training-free ToMe
+                # has no seed)
+                unseeded = name in BY_NAME and BY_NAME[name].kind == "tome"
+                part = ("" if row["seeds"] == s["seeds"] or unseeded else
+                        f" (seed{'s' * (len(row['seeds']) > 1)} "
+                        f"{', '.join(map(str, row['seeds']))})")
+                lines.append(f"| {name}{part} | {fmt(row['macs_kept'], pct=True)} | "
                              f"{fmt(row.get('speedup_b1'), x=True)} | "
                              f"{fmt(row.get(f'speedup_b{BATCH}'), x=True)} | "
                              f"{fmt(row['test_top1_before'])} | {fmt(row['test_top1'])} | "

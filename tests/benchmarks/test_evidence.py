@@ -155,3 +155,16 @@ def test_a_study_with_feature_distillation_fine_tunes_every_cell_with_it(study, 
     assert "a feature term of weight 0.5" in evidence.page(
         {"settings": json.loads((runs / "study.json").read_text()), "test_images": 1,
          "models": {}})
+
+
+def test_a_row_whose_seeds_did_not_all_finish_says_which_did():
+    one = {"mean": 88.0, "min": 88.0, "max": 88.0, "n": 1}
+    row = {"macs_kept": {**one, "mean": 0.6}, "test_top1_before": one, "test_top1": one}
+    record = {"settings": {"epochs": 1, "max_steps": 300, "seeds": [0, 1, 2]},
+              "test_images": 10, "models": {"t197": {"0.6": {
+                  evidence.ANCHORED: {**row, "seeds": [0, 1]},
+                  "dense reference": {**row, "seeds": [0, 1, 2]},
+                  "ToMe, training-free": {**row, "seeds": [0]}}}}}
+    page = evidence.page(record)
+    assert f"| {evidence.ANCHORED} (seeds 0, 1) |" in page
+    assert "| dense reference |" in page and "| ToMe, training-free |" in page

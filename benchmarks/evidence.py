@@ -150,9 +150,9 @@ class Study:
         settings = {k: getattr(args, k) for k in ("models", "targets", "seeds", "epochs",
                                                   "max_steps", "trials", "init", "calib_images",
                                                   "smoke")}
-        # checked (a device this machine lacks is refused) before anything is written
         if args.kd_features:  # the main study's settings stay as they were
             settings["kd_features"] = args.kd_features
+        # checked (a device this machine lacks is refused) before anything is written
         asked = None if args.device is None else devices.resolve(args.device)
         if asked not in (None, "cpu"):  # a CPU study's settings stay as they were
             settings["device"] = asked

@@ -19,10 +19,16 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+# every part but the evidence study, whose smoke (four processes, about 45 s) runs in the slow
+# test below; tests/benchmarks/test_evidence.py runs the same study in-process
+FAST_PARTS = ("table", "speed", "families", "compile-s", "compile-b", "compress", "torchrun")
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu_suite")
-    proc = _run("--smoke", "--out", str(d / "gpu"), "--work", str(d / "work"))
+    proc = _run("--smoke", "--out", str(d / "gpu"), "--work", str(d / "work"), "--parts",
+                *FAST_PARTS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d, json.loads((d / "gpu.json").read_text())
 
@@ -30,8 +36,11 @@ def smoke(tmp_path_factory):
 def test_every_part_runs_and_is_recorded(smoke):
     _, res = smoke
     assert res["smoke"] is True
-    assert set(res["parts"]) == {"table", "speed", "families", "compile-s", "compile-b",
-                                 "compress", "torchrun", "evidence"}
+    assert set(res["parts"]) == set(FAST_PARTS)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_suite
+
+    assert set(gpu_suite.PARTS) == {*FAST_PARTS, "evidence"}  # a GPU run runs them all
     t = res["parts"]["table"]
     assert len(t["rows"]) == 1 + res["settings"]["table_plans"]
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in t["rows"])
@@ -79,8 +88,13 @@ def test_the_page_is_made_from_the_json_and_a_rerun_skips_finished_parts(smoke):
     assert json.loads((d / "gpu.json").read_text())["parts"] == res["parts"]
 
 
-def test_the_evidence_study_runs_on_the_asked_device_with_its_rows(smoke):
-    d, res = smoke
+@pytest.mark.slow
+def test_the_evidence_study_runs_on_the_asked_device_with_its_rows(tmp_path):
+    d = tmp_path
+    proc = _run("--smoke", "--out", str(d / "gpu"), "--work", str(d / "work"), "--parts",
+                "evidence")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((d / "gpu.json").read_text())
     r = res["parts"]["evidence"]
     assert [p["phase"] for p in r["phases"]] == ["plans", "time", "finetune", "report"]
     assert all(p["returncode"] == 0 for p in r["phases"]) and "failed" not in r

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from vitprune.adapters import input_shape
+from vitprune.devices import device_of
 from vitprune.speed import compare
 
 Measure = Callable[[torch.nn.Module, torch.nn.Module], float]
@@ -39,7 +40,7 @@ def counted_speedup(dense: torch.nn.Module, model: torch.nn.Module) -> float:
     models on a loaded machine). Merged or dropped tokens count, as they shrink the matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(2, *input_shape(dense), device=next(dense.parameters()).device)
+    x = torch.randn(2, *input_shape(dense), device=device_of(dense))
     counts = []
     for m in (dense, model):
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:

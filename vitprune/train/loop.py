@@ -308,9 +308,10 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, out: str | Pat
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, steps * cfg.epochs, int(cfg.warmup_epochs * steps)))
+    ema = _ema(model, cfg.ema_decay)  # copied before a feature distiller hooks the model
     step = _Step(model, opt, sched, loss_fn or _default_loss(cfg, teacher, device, model),
                  _mixer(cfg, vit_shape(model).num_classes),  # soft targets as wide as the logits
-                 _ema(model, cfg.ema_decay), cfg.grad_clip, device, amp)
+                 ema, cfg.grad_clip, device, amp)
     history, start = [], 0
     if state is not None:
         start, history = _restore(state, cfg, out, step)

@@ -50,3 +50,47 @@ def test_restore_puts_the_pages_rows_back_and_report_regenerates_the_same_page(t
     generated = (tmp_path / "page.md").read_text()
     assert generated.split("## Reading")[0] == \
         committed.with_suffix(".md").read_text().split("## Reading")[0]
+
+
+def test_a_row_measured_before_the_test_column_gets_it_from_its_checkpoint(
+        tmp_path, tiny_vit, synth_splits):
+    import json
+
+    from tests.helpers import random_plan
+    from vitprune.adapters import vit_shape
+    from vitprune.data import make_loader
+    from vitprune.surgery import prune
+    from vitprune.train import evaluate
+
+    plan = random_plan(vit_shape(tiny_vit), 3, stages=(1,))
+    trained = prune(tiny_vit, plan)
+    torch.manual_seed(1)
+    with torch.no_grad():  # the checkpoint's weights are not the freshly pruned model's
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    out = ft_proxy.row_dir(tmp_path, "t197", 0.4, "built", 150, 0)
+    (out / "finetune").mkdir(parents=True)
+    torch.save({"model": trained.state_dict()}, out / "finetune" / "checkpoint.pt")
+    old = {"plan": "built", "held_out_after": 50.0}
+    (out / "row.json").write_text(json.dumps(old))
+    test = make_loader(synth_splits.test, 64)
+    want = evaluate(trained.eval(), test)["top1"]
+    assert want != evaluate(prune(tiny_vit, plan).eval(), test)["top1"]
+    r = ft_proxy.row(tmp_path, "t197", 0.4, "built", plan, tiny_vit, None, None, 150, 0, test)
+    assert r == {**old, "test_after": want}
+    assert json.loads((out / "row.json").read_text()) == r  # kept for the page
+
+
+def test_the_page_sets_the_held_out_ranking_beside_the_tests_at_equal_training():
+    def r(plan, held, test, final):
+        return {"model": "t197", "target": 0.4, "steps": 150, "plan": plan, "params": int(held),
+                "held_out_before": held - 10, "held_out_after": held, "test_after": test,
+                "final_test_top1": [final]}
+
+    rows = [r("a", 87.0, 86.0, 86.5), r("b", 86.0, 86.5, 87.0), r("c", 85.0, 84.0, 84.5)]
+    text = ft_proxy.page({"command": "c", "settings": {"held_out": "h", "batch": 128,
+                                                         "recipe": "r"}, "rows": rows})
+    assert "| a | 87 | 77.00 | 87.00 | 86.00 | 86.50 |" in text
+    assert "test after 150 steps +1.00" in text  # test at k ranks them as the final does
+    # a and b swap between held-out and test: 2 of 3 ranks agree
+    assert "rank correlation +0.50; held-out minus test -0.50 to +1.00 points" in text

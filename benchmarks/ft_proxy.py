@@ -52,6 +52,7 @@ from vitprune.plan import PrunePlan  # noqa: E402
 from vitprune.scoring import rankings  # noqa: E402
 from vitprune.surgery import prune  # noqa: E402
 from vitprune.train import EVAL_BATCH, FINETUNE, evaluate  # noqa: E402
+from vitprune.train.loop import CKPT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "benchmarks" / "state" / "evidence"
@@ -159,7 +160,7 @@ def row(runs: Path, model: str, target: float, name: str, cell: Path | PrunePlan
     plan = cell if isinstance(cell, PrunePlan) else PrunePlan.load(cell / "plan.json")
     if (out / "row.json").exists():
         r = json.loads((out / "row.json").read_text())
-        ckpt = out / "finetune" / "checkpoint.pt"
+        ckpt = out / "finetune" / CKPT
         if test_loader is not None and "test_after" not in r and ckpt.exists():
             student = prune(dense, plan)
             student.load_state_dict(torch.load(ckpt, map_location="cpu",

@@ -70,7 +70,7 @@ def test_a_row_measured_before_the_test_column_gets_it_from_its_checkpoint(
             p.add_(torch.randn_like(p))
     out = ft_proxy.row_dir(tmp_path, "t197", 0.4, "built", 150, 0)
     (out / "finetune").mkdir(parents=True)
-    torch.save({"model": trained.state_dict()}, out / "finetune" / "checkpoint.pt")
+    torch.save({"model": trained.state_dict()}, out / "finetune" / ft_proxy.CKPT)
     old = {"plan": "built", "held_out_after": 50.0}
     (out / "row.json").write_text(json.dumps(old))
     test = make_loader(synth_splits.test, 64)

@@ -163,8 +163,7 @@ def row(runs: Path, model: str, target: float, name: str, cell: Path | PrunePlan
         ckpt = out / "finetune" / CKPT
         if test_loader is not None and "test_after" not in r and ckpt.exists():
             student = prune(dense, plan)
-            student.load_state_dict(torch.load(ckpt, map_location="cpu",
-                                               weights_only=False)["model"])
+            student.load_state_dict(fsutil.torch_load(ckpt, SystemExit)["model"])
             r["test_after"] = evaluate(student.eval(), test_loader)["top1"]
             fsutil.write_json(out / "row.json", r)
         return r

@@ -9,8 +9,10 @@ split the choice of default is made on. Test top-1 is reported beside it for the
 Both benchmark models: the 50-token one (vitprune/assets/fmnist_vit_d12) and the 197-token one
 (vitprune/assets/fmnist_vit_t197), where the bandwidth matters more (N = 197 tokens a head).
 
-    python benchmarks/hsic_variants.py run --threads 1 --out runs/hsic_variants   # ~25 min
+    python benchmarks/hsic_variants.py run --threads 2 --out runs/hsic_variants   # resumable
     python benchmarks/hsic_variants.py report --runs runs/hsic_variants           # the page
+
+(d12 took about 25 minutes on one thread, t197 13 on two; the page says each model's threads.)
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def run_model(label: str, path: str) -> dict:
                     shape, Ratios.uniform(depth, heads=h, neurons=d), rankings=rank))
         objective.close()
         rows[0][f"{split}: dense"] = rows_dense
-    return {"model": label, "path": path, "held_out_images": len(held), "rows": rows}
+    return {"model": label, "path": path, "held_out_images": len(held),
+            "threads": torch.get_num_threads(), "rows": rows}
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -97,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     models = [json.loads(p.read_text()) for p in sorted(args.runs.glob("model*.json"))]
-    record = {"command": "python benchmarks/hsic_variants.py run --threads 1 --out RUNS; "
+    record = {"command": "python benchmarks/hsic_variants.py run --threads N --out RUNS; "
                          "python benchmarks/hsic_variants.py report --runs RUNS",
               "held_out_from": HELD_OUT_FROM, "models": models}
     pages.publish(ROOT / "docs" / "hsic_variants", record, page)
@@ -118,7 +121,9 @@ def page(r: dict) -> str:
                   f"Dense: held-out calibration {rows[0]['calib_heldout: dense']:.2f} "
                   f"({m['held_out_images']} images)"
                   + (f", test {test_dense:.2f}." if test_dense is not None else
-                     "; test not measured on this model (its cost).") , "",
+                     "; test not measured on this model (its cost).")
+                  + (f" Scoring times on {m['threads']} thread(s)." if "threads" in m else ""),
+                  "",
                   "| variant | " + " | ".join(f"calib {s}" for s, _, _ in SETTINGS) + " | "
                   + " | ".join(f"test {s}" for s, _, _ in SETTINGS) + " | scoring (s) |",
                   "|---|" + "---|" * (2 * len(SETTINGS) + 1)]

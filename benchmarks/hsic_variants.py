@@ -7,7 +7,8 @@ half the neurons) and the masked model's top-1 is measured on **held-out calibra
 split the choice of default is made on. Test top-1 is reported beside it for the record only
 (on the 50-token model; on the 197-token one it would triple the run's time).
 Both benchmark models: the 50-token one (vitprune/assets/fmnist_vit_d12) and the 197-token one
-(vitprune/assets/fmnist_vit_t197), where the bandwidth matters more (N = 197 tokens a head).
+(vitprune/assets/fmnist_vit_t197), where the bandwidth was expected to matter more (N = 197
+tokens a head; it changes no head ranking there).
 
     python benchmarks/hsic_variants.py run --threads 2 --out runs/hsic_variants   # resumable
     python benchmarks/hsic_variants.py report --runs runs/hsic_variants           # the page

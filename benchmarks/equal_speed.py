@@ -14,6 +14,7 @@ dense model in one process (:func:`speedup`), so drifts in the machine's load hi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,6 +33,17 @@ def speedup(dense: torch.nn.Module, model: torch.nn.Module, *, batch: int, round
     got = compare({"dense": dense, "model": model}, input_shape(dense), batch, rounds=rounds,
                   reps=reps, device=device, amp=False)
     return got["dense"]["latency_ms"] / got["model"]["latency_ms"]
+
+
+def group_speedup(dense: torch.nn.Module, models: dict[Any, torch.nn.Module], *, batch: int,
+                  rounds: int = 7, reps: int = 3, device: str = "cpu") -> dict[Any, float]:
+    """:func:`speedup` of several models over ``dense`` from one pass (every model, dense
+    included, timed in turn each round), so that the models' speed-ups compare with each other:
+    a drift in load between passes would otherwise tell them apart."""
+    keys = list(models)
+    got = compare({"dense": dense, **{i: models[k] for i, k in enumerate(keys)}},
+                  input_shape(dense), batch, rounds=rounds, reps=reps, device=device, amp=False)
+    return {k: got["dense"]["latency_ms"] / got[i]["latency_ms"] for i, k in enumerate(keys)}
 
 
 def counted_speedup(dense: torch.nn.Module, model: torch.nn.Module) -> float:

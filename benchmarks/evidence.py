@@ -25,10 +25,13 @@ re-run continues where it stopped:
    same fine-tuning (distillation from the dense model; the reference distils from its own
    copy); per-image test predictions are kept beside each cell's ``result.json``. ToMe is also
    kept training-free.
-3. ``time`` (quiet cores): every planned model against the dense one, batch 1 and 64 (speed
-   does not depend on the weights: each is rebuilt from its plan, so a study carried between
-   machines needs only its cells' small files, and ``time`` may run before ``finetune``, while
-   the cores are still quiet).
+3. ``time`` (quiet cores): every planned model against the dense one, batch 1 and 64, a
+   model, target and seed's models in one pass once all are planned, 21 rounds of each in
+   turn (on this shared 2-core machine one model's time varies 5-9% from round to round, and
+   medians over ten rounds still move 2-6%: the same ToMe model timed twice in one pass
+   measured 1.61x and 1.66x). Speed does not depend on the weights: each model is rebuilt
+   from its plan, so a study carried between machines needs only its cells' small files, and
+   ``time`` may run before ``finetune``, while the cores are still quiet.
 4. ``report``: the page, with each row's paired 95% interval against vitprune and the reference.
 
     python benchmarks/evidence.py plans --runs runs/evidence                 # quiet cores
@@ -65,7 +68,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pages  # noqa: E402
-from equal_speed import counted_speedup, match_speedup, speedup  # noqa: E402
+from equal_speed import counted_speedup, group_speedup, match_speedup, speedup  # noqa: E402
 from results import test_predictions  # noqa: E402
 from stats import correct, paired_bootstrap, wording  # noqa: E402
 
@@ -94,6 +97,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"t197": "vitprune/assets/fmnist_vit_t197", "d12": "vitprune/assets/fmnist_vit_d12"}
 TARGETS = (0.6, 0.4)  # fraction of the dense model's measured time at batch 64
 BATCH = 64
+TIME_ROUNDS = 21  # phase 3's rounds per pass (medians over them)
 
 
 class Unreachable(Exception):
@@ -414,27 +418,45 @@ class Study:
                 "finetune_seconds": round(sum(h.seconds for h in history), 1)})
 
     # ---- phase 3: measured speed of every finished model ---------------------------------------
-    def time_cell(self, model: str, target: float, m: Method, seed: int) -> None:
-        """Speed does not depend on the weights: a planned cell is timed whether or not it is
-        fine-tuned yet (so the quiet-cores phase can run before fine-tuning loads them)."""
-        cell, source = self.cell(model, target, m, seed), self.plan_source(model, target, m, seed)
-        if (cell / "speed.json").exists() or not (source / "plan_info.json").exists():
+    def time_group(self, model: str, target: float, seed: int, ms: list[Method]) -> None:
+        """The untimed cells of one model, target and seed timed in one pass with the
+        dense model (rounds of every model in turn: a drift in load hits them alike, so their
+        speed-ups compare within the pass; timed one by one against dense, the same ToMe model
+        measured 1.62-1.69x), once every one of them is planned. Speed does not depend on the
+        weights: a planned cell is timed whether or not it is fine-tuned yet (so the
+        quiet-cores phase can run before fine-tuning loads them)."""
+        waiting = [m.name for m in ms
+                   if not (self.plan_source(model, target, m, seed) / "plan_info.json").exists()]
+        if waiting:  # timed later, all in one pass (or name the rows that exist with --rows)
+            print(f"{model} at {target:.0%}, seed {seed}: not timed yet, not planned: "
+                  f"{', '.join(waiting)}", file=sys.stderr)
             return
-        info = json.loads((source / "plan_info.json").read_text())
-        if "unreachable" in info:
+        dense, nets = self.dense(model), {}
+        for m in ms:
+            cell, source = self.cell(model, target, m, seed), self.plan_source(model, target, m, seed)
+            if (cell / "speed.json").exists() or not (source / "plan_info.json").exists():
+                continue
+            info = json.loads((source / "plan_info.json").read_text())
+            if "unreachable" in info:
+                continue
+            plan = PrunePlan.load(source / "plan.json") if (source / "plan.json").exists() else None
+            nets[cell] = self._model(m, dense, cell, info, plan)
+        if not nets:
             return
-        dense = self.dense(model)
-        plan = PrunePlan.load(source / "plan.json") if (source / "plan.json").exists() else None
-        net = self._model(m, dense, cell, info, plan)
-        out = {}
+        out: dict[Path, dict] = {cell: {} for cell in nets}
         for batch in (1, BATCH):
-            out[f"speedup_b{batch}"] = (counted_speedup(dense, net) if self.args.smoke else
-                                        speedup(dense, net, batch=batch, rounds=7,
-                                                reps=3 if batch > 1 else 15, device=self.device))
-        cell.mkdir(parents=True, exist_ok=True)
-        fsutil.write_json(cell / "speed.json", {**out, "threads": torch.get_num_threads(),
-                                                **({} if self.device == "cpu" else
-                                                   {"device": self.device})})
+            if self.args.smoke:
+                got = {cell: counted_speedup(dense, net) for cell, net in nets.items()}
+            else:
+                got = group_speedup(dense, nets, batch=batch, rounds=TIME_ROUNDS,
+                                    reps=3 if batch > 1 else 15, device=self.device)
+            for cell, x in got.items():
+                out[cell][f"speedup_b{batch}"] = x
+        for cell, speeds in out.items():
+            cell.mkdir(parents=True, exist_ok=True)
+            fsutil.write_json(cell / "speed.json", {
+                **speeds, "threads": torch.get_num_threads(), "timed_with": len(nets),
+                **({} if self.device == "cpu" else {"device": self.device})})
 
 
 def _copy_plan(src: Path, cell: Path) -> None:
@@ -689,8 +711,14 @@ def main(argv: list[str] | None = None) -> int:
             record.update(variant=args.variant, json=f"docs/{args.out.name}.json")
         pages.publish(args.out, record, page)
         return 0
-    step = {"plans": study.plan_cell, "finetune": study.finetune_cell,
-            "time": study.time_cell}[args.phase]
+    if args.phase == "time":  # a model, target and seed's cells in one pass
+        groups: dict[tuple, list[Method]] = {}
+        for model, target, m, seed in study.cells():
+            groups.setdefault((model, target, seed), []).append(m)
+        for (model, target, seed), ms in groups.items():
+            study.time_group(model, target, seed, ms)
+        return 0
+    step = {"plans": study.plan_cell, "finetune": study.finetune_cell}[args.phase]
     for cell in study.cells():
         step(*cell)
     return 0

@@ -51,3 +51,19 @@ def test_the_speedup_is_dense_time_over_model_time_timed_in_one_comparison(monke
     model = build_model("fmnist_vit_tiny").eval()
     assert speedup(model, model, batch=8) == pytest.approx(2.5)
     assert calls == [(["dense", "model"], (1, 28, 28), 8)]  # both in one interleaved run
+
+
+def test_a_group_is_timed_in_one_pass_and_each_model_keeps_its_own_ratio(monkeypatch):
+    import equal_speed
+
+    calls = []
+
+    def fake_compare(models, shape, batch, **kw):  # latency: 30 ms dense, 10 ms per model index
+        calls.append(list(models))
+        return {k: {"latency_ms": 30.0 if k == "dense" else 10.0 * (k + 1)} for k in models}
+
+    monkeypatch.setattr(equal_speed, "compare", fake_compare)
+    model = build_model("fmnist_vit_tiny").eval()
+    got = equal_speed.group_speedup(model, {"a": model, "b": model, "c": model}, batch=4)
+    assert got == pytest.approx({"a": 3.0, "b": 1.5, "c": 1.0})  # in the order given
+    assert len(calls) == 1 and len(calls[0]) == 4  # dense and the three, one interleaved pass

@@ -43,6 +43,10 @@ def test_every_method_has_a_cell_and_the_matched_ones_record_their_target(study)
         cell = (study / "d12" / "dense" if m.kind == "dense" else cells) / evidence.slug(m.name)
         result = json.loads((cell / "s0" / "result.json").read_text())
         assert ("unreachable" in result) != (cell / "s0" / "speed.json").exists(), m.name
+    # a model, target and seed's cells are timed in one pass, the dense reference among them
+    speeds = [json.loads(p.read_text()) for p in (*cells.glob("*/s0/speed.json"),
+                                                  *(study / "d12" / "dense").glob("*/s0/speed.json"))]
+    assert len(speeds) > 2 and {s["timed_with"] for s in speeds} == {len(speeds)}
     # the anchored search runs at the fraction of the dense time vitprune's plan measured
     vp = json.loads((cells / "vitprune" / "s0" / "plan_info.json").read_text())
     assert vp["speedup_b64_at_plan"] > 1  # the smoke counts FLOPs (deterministic), never times

@@ -30,20 +30,21 @@ def speedup(dense: torch.nn.Module, model: torch.nn.Module, *, batch: int, round
     """Measured speed-up of ``model`` over ``dense`` (dense ms / model ms, medians over rounds
     of both timed in turn) at ``batch`` on ``device`` (float32: on CUDA with TF32 matmuls,
     as the latency table the search reads is measured)."""
-    got = compare({"dense": dense, "model": model}, input_shape(dense), batch, rounds=rounds,
-                  reps=reps, device=device, amp=False)
-    return got["dense"]["latency_ms"] / got["model"]["latency_ms"]
+    return group_speedup(dense, {"model": model}, batch=batch, rounds=rounds, reps=reps,
+                         device=device)["model"]
 
 
 def group_speedup(dense: torch.nn.Module, models: dict[Any, torch.nn.Module], *, batch: int,
                   rounds: int = 7, reps: int = 3, device: str = "cpu") -> dict[Any, float]:
     """:func:`speedup` of several models over ``dense`` from one pass (every model, dense
     included, timed in turn each round), so that the models' speed-ups compare with each other:
-    a drift in load between passes would otherwise tell them apart."""
-    keys = list(models)
-    got = compare({"dense": dense, **{i: models[k] for i, k in enumerate(keys)}},
-                  input_shape(dense), batch, rounds=rounds, reps=reps, device=device, amp=False)
-    return {k: got["dense"]["latency_ms"] / got[i]["latency_ms"] for i, k in enumerate(keys)}
+    a drift in load between passes would otherwise tell them apart. ``models``' keys are any
+    but ``"dense"``."""
+    if "dense" in models:
+        raise ValueError('group_speedup: "dense" names the reference; key the models otherwise')
+    got = compare({"dense": dense, **models}, input_shape(dense), batch, rounds=rounds,
+                  reps=reps, device=device, amp=False)
+    return {k: got["dense"]["latency_ms"] / got[k]["latency_ms"] for k in models}
 
 
 def counted_speedup(dense: torch.nn.Module, model: torch.nn.Module) -> float:

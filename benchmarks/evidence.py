@@ -434,9 +434,9 @@ class Study:
         dense, nets = self.dense(model), {}
         for m in ms:
             cell, source = self.cell(model, target, m, seed), self.plan_source(model, target, m, seed)
-            if (cell / "speed.json").exists() or not (source / "plan_info.json").exists():
+            if (cell / "speed.json").exists():
                 continue
-            info = json.loads((source / "plan_info.json").read_text())
+            info = json.loads((source / "plan_info.json").read_text())  # planned: checked above
             if "unreachable" in info:
                 continue
             plan = PrunePlan.load(source / "plan.json") if (source / "plan.json").exists() else None

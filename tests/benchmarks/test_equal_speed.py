@@ -58,9 +58,11 @@ def test_a_group_is_timed_in_one_pass_and_each_model_keeps_its_own_ratio(monkeyp
 
     calls = []
 
-    def fake_compare(models, shape, batch, **kw):  # latency: 30 ms dense, 10 ms per model index
+    ms = {"dense": 30.0, "a": 10.0, "b": 20.0, "c": 30.0}
+
+    def fake_compare(models, shape, batch, **kw):  # latency: 30 ms dense, 10-30 ms the models
         calls.append(list(models))
-        return {k: {"latency_ms": 30.0 if k == "dense" else 10.0 * (k + 1)} for k in models}
+        return {k: {"latency_ms": ms[k]} for k in models}
 
     monkeypatch.setattr(equal_speed, "compare", fake_compare)
     model = build_model("fmnist_vit_tiny").eval()

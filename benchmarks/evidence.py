@@ -536,8 +536,9 @@ def collect(study: Study) -> dict:
         ref = _row(study, model, first, BY_NAME["dense reference"], y) or {}
         per_target = {}
         for target in study.settings["targets"]:
+            # the reference's row is copied per target: its intervals are that target's own
             rows = {m.name: r for m in METHODS
-                    if (r := ref if m.kind == "dense" else _row(study, model, target, m, y))}
+                    if (r := dict(ref) if m.kind == "dense" else _row(study, model, target, m, y))}
             if set(rows) <= {"dense reference"}:  # nothing at this target has finished yet
                 continue
             _intervals(rows, ref.get("_correct"))

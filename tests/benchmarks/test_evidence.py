@@ -82,6 +82,21 @@ def test_the_page_holds_each_row_and_its_intervals(study):
                                          after="## Reading")
 
 
+def test_the_committed_dense_rows_intervals_are_their_own_targets():
+    """The dense reference is one row shared by every target of a model; its interval against
+    each of vitprune's rows is the negative of that row's against it, target by target."""
+    record = json.loads((Path(evidence.ROOT) / "docs" / "evidence.json").read_text())
+    checked = 0
+    for targets in record["models"].values():
+        for rows in targets.values():
+            dense = rows["dense reference"]
+            for me in evidence.OURS:
+                if (iv := rows.get(me, {}).get("vs_dense")):
+                    assert dense[evidence._vs(me)]["diff"] == pytest.approx(-iv["diff"], abs=0.011)
+                    checked += 1
+    assert checked >= 5
+
+
 def test_the_group_taylor_row_keeps_group_taylors_best_units(study):
     import torch
 

@@ -15,7 +15,7 @@ import pages  # noqa: E402
 # page -> the benchmark module whose page(record) writes it from docs/<page>.json
 GENERATED = {"backbones": "backbone_fidelity", "latency_budget": "latency_budget",
              "baseline_t197": "baseline_t197", "evidence": "evidence", "evidence_ft600": "evidence",
-             "evidence_kdf": "evidence", "ft_proxy": "ft_proxy",
+             "evidence_kdf": "evidence", "evidence_open_loop": "evidence", "ft_proxy": "ft_proxy",
              "hsic_variants": "hsic_variants", "compress": "compress_fmnist",
              "criteria_accuracy": "criteria_accuracy", "demo": "demo_runs", "deploy": "deploy",
              "families": "families_cost", "latency": "latency_predict",
